@@ -1,0 +1,150 @@
+"""Collect rows and write them in batches: at `size` equity rows or every `interval` seconds.
+
+Rows wait in a dict keyed by (ticker, timestamp), so a row emitted twice before a write is written
+once, with its latest values. Writing happens in `run()`'s task; `add()` never waits for the
+database, so a slow or unreachable sink never stalls the stream. A failed write of a batch is
+retried (`SinkUnavailable`, exponential backoff with jitter, capped) until it succeeds; rows that
+arrive meanwhile are kept and written after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential_jitter,
+)
+
+from streaming_service.errors import SinkUnavailable
+from streaming_service.models import Batch, EquityRow, IndicatorRow
+from streaming_service.pipeline import RowPair
+from streaming_service.sinks.base import Sink
+
+__all__ = ["Batcher", "WriteStats"]
+
+log = structlog.get_logger(__name__)
+_Key = tuple[str, datetime]
+
+
+@dataclass(slots=True)
+class WriteStats:
+    """Counters for the status line and /metrics."""
+
+    rows_written: int = 0
+    batches: int = 0
+    write_errors: int = 0
+    last_write_at: float | None = None
+    last_error: str | None = field(default=None)
+
+
+class Batcher:
+    """See the module docstring. Use: `add()` from the stream, `run()` as a task, `close()` to stop."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        size: int,
+        interval: float,
+        drain: Callable[[], list[RowPair]] = list,
+        max_retry_wait: float = 60.0,
+    ) -> None:
+        self._sink = sink
+        self._size = size
+        self._interval = interval
+        self._drain = drain
+        self._max_retry_wait = max_retry_wait
+        self._equity: dict[_Key, EquityRow] = {}
+        self._indicators: dict[_Key, IndicatorRow] = {}
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._closed = asyncio.Event()
+        self.stats = WriteStats()
+
+    @property
+    def pending(self) -> int:
+        """Equity rows waiting to be written."""
+        return len(self._equity)
+
+    def add(self, pair: RowPair) -> None:
+        """Queue a row pair; wakes the writer when `size` equity rows are waiting. Never blocks."""
+        equity, indicator = pair
+        key = (equity.ticker, equity.timestamp)
+        self._equity[key] = equity
+        self._indicators[key] = indicator
+        if len(self._equity) >= self._size:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Write batches until `close()`; then write what is left (open rows included) and return.
+
+        Raises `SinkRejected` if the sink refuses a batch (the service stops: see the log line).
+        """
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+            except TimeoutError:
+                for pair in self._drain():  # interval elapsed: include rows still open
+                    self.add(pair)
+            self._wake.clear()
+            await self._write_pending()
+        for pair in self._drain():
+            self.add(pair)
+        await self._write_pending()
+        self._closed.set()
+
+    async def close(self, grace: float = 20.0) -> None:
+        """Ask `run()` to flush everything and stop; wait up to `grace` seconds for it."""
+        self._closing = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._closed.wait(), timeout=grace)
+        except TimeoutError:
+            log.error("final flush timed out; rows not written", rows=self.pending, grace_s=grace)
+
+    async def _write_pending(self) -> None:
+        while self._equity or self._indicators:
+            batch = Batch(tuple(self._equity.values()), tuple(self._indicators.values()))
+            self._equity, self._indicators = {}, {}
+            await self._write_with_retry(batch)
+            if len(self._equity) < self._size and not self._closing:
+                return
+
+    async def _write_with_retry(self, batch: Batch) -> None:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.stats.write_errors += 1
+            self.stats.last_error = str(exc)
+            log.warning(
+                "write failed, retrying",
+                sink=self._sink.name,
+                rows=len(batch),
+                attempt=state.attempt_number,
+                retry_in_s=round(state.upcoming_sleep, 1),
+                error=str(exc),
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(SinkUnavailable),
+            wait=wait_exponential_jitter(initial=0.5, max=self._max_retry_wait),
+            stop=stop_after_delay(self._max_retry_wait * 2) if self._closing else stop_never,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._sink.write(batch)
+        self.stats.rows_written += len(batch)
+        self.stats.batches += 1
+        self.stats.last_write_at = time.time()
+        log.debug("batch written", sink=self._sink.name, rows=len(batch))

@@ -1,0 +1,123 @@
+"""Ticks → rows: aggregate trades at the row resolution and attach the indicators.
+
+A row covers one interval of `resolution_s` seconds of exchange time (0 = one row per trade
+timestamp): its price is the last trade's, its volume the sum of the interval's trades, its
+timestamp the interval's start. Trades with equal keys are merged here, so the tables' UNIQUE keys
+never silently drop volume.
+
+A row is *emitted* (handed to the batcher) when a trade of a later interval arrives, and also by
+`drain()` while it is still open; an open row keeps accumulating and is emitted again, whole, when
+it changes, so the upsert of the latest emission always holds the row's full totals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from streaming_service.indicators import MovingAverage, SessionVwap
+from streaming_service.models import EquityRow, IndicatorRow, Tick
+
+__all__ = ["Pipeline", "RowBuilder", "RowPair"]
+
+RowPair = tuple[EquityRow, IndicatorRow]
+
+
+@dataclass(slots=True)
+class _OpenRow:
+    bucket_ms: int
+    price: float
+    volume: int
+    sma: float | None
+    vwap: float | None
+    dirty: bool = True
+
+
+class RowBuilder:
+    """Rows for one ticker. Not thread-safe; O(1) per tick."""
+
+    def __init__(
+        self, ticker: str, *, resolution_s: int, sma_period: int = 9, sma_bar_seconds: int = 60
+    ) -> None:
+        self.ticker = ticker
+        self._resolution_ms = resolution_s * 1000
+        self._sma = MovingAverage(sma_period, sma_bar_seconds)
+        self._vwap = SessionVwap()
+        self._row: _OpenRow | None = None
+        self.last_indicators: tuple[float | None, float | None] = (None, None)
+
+    def add(self, tick: Tick) -> list[RowPair]:
+        """Account for one trade; return the row it closed, if any (at most one)."""
+        ts_ms = _epoch_ms(tick.timestamp)
+        sma = self._sma.update(ts_ms, tick.price)
+        vwap = self._vwap.update(ts_ms, tick.price, tick.volume)
+        self.last_indicators = (sma, vwap)
+        bucket = ts_ms - ts_ms % self._resolution_ms if self._resolution_ms else ts_ms
+        row = self._row
+        if row is not None and bucket <= row.bucket_ms:  # same interval, or a late trade
+            row.price, row.volume, row.sma, row.vwap = tick.price, row.volume + tick.volume, sma, vwap
+            row.dirty = True
+            return []
+        closed = self.drain()
+        self._row = _OpenRow(bucket, tick.price, tick.volume, sma, vwap)
+        return closed
+
+    def drain(self) -> list[RowPair]:
+        """Return the open row if it changed since it was last emitted; it stays open."""
+        row = self._row
+        if row is None or not row.dirty:
+            return []
+        row.dirty = False
+        ts = datetime.fromtimestamp(row.bucket_ms / 1000, UTC)
+        return [
+            (
+                EquityRow(self.ticker, ts, round(row.price, 2), row.volume),
+                IndicatorRow(self.ticker, ts, _round(row.sma), _round(row.vwap)),
+            )
+        ]
+
+
+class Pipeline:
+    """Routes ticks to a `RowBuilder` per ticker and hands emitted rows to `emit`."""
+
+    def __init__(
+        self,
+        tickers: tuple[str, ...],
+        emit: Callable[[RowPair], None],
+        *,
+        resolution_s: int,
+        sma_period: int = 9,
+        sma_bar_seconds: int = 60,
+    ) -> None:
+        self.builders = {
+            t: RowBuilder(
+                t, resolution_s=resolution_s, sma_period=sma_period, sma_bar_seconds=sma_bar_seconds
+            )
+            for t in tickers
+        }
+        self._emit = emit
+        self.ticks = 0
+        self.last_tick: Tick | None = None
+
+    def on_tick(self, tick: Tick) -> None:
+        """Process one trade of a configured ticker (others are ignored)."""
+        builder = self.builders.get(tick.symbol)
+        if builder is None:
+            return
+        self.ticks += 1
+        self.last_tick = tick
+        for pair in builder.add(tick):
+            self._emit(pair)
+
+    def drain(self) -> list[RowPair]:
+        """Open rows that changed since last emitted (see module docstring)."""
+        return [pair for builder in self.builders.values() for pair in builder.drain()]
+
+
+def _epoch_ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000 + 0.5)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
