@@ -69,6 +69,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._closing = False
         self._closed = asyncio.Event()
+        self._in_flight = 0
         self.stats = WriteStats()
 
     @property
@@ -90,18 +91,20 @@ class Batcher:
 
         Raises `SinkRejected` if the sink refuses a batch (the service stops: see the log line).
         """
-        while not self._closing:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-            except TimeoutError:
-                for pair in self._drain():  # interval elapsed: include rows still open
-                    self.add(pair)
-            self._wake.clear()
+        try:
+            while not self._closing:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+                except TimeoutError:
+                    for pair in self._drain():  # interval elapsed: include rows still open
+                        self.add(pair)
+                self._wake.clear()
+                await self._write_pending()
+            for pair in self._drain():
+                self.add(pair)
             await self._write_pending()
-        for pair in self._drain():
-            self.add(pair)
-        await self._write_pending()
-        self._closed.set()
+        finally:
+            self._closed.set()
 
     async def close(self, grace: float = 20.0) -> None:
         """Ask `run()` to flush everything and stop; wait up to `grace` seconds for it."""
@@ -110,13 +113,19 @@ class Batcher:
         try:
             await asyncio.wait_for(self._closed.wait(), timeout=grace)
         except TimeoutError:
-            log.error("final flush timed out; rows not written", rows=self.pending, grace_s=grace)
+            log.error(
+                "final flush timed out; rows not written",
+                rows=self.pending + self._in_flight,
+                grace_s=grace,
+            )
 
     async def _write_pending(self) -> None:
         while self._equity or self._indicators:
             batch = Batch(tuple(self._equity.values()), tuple(self._indicators.values()))
             self._equity, self._indicators = {}, {}
+            self._in_flight = len(batch.equity)
             await self._write_with_retry(batch)
+            self._in_flight = 0
             if len(self._equity) < self._size and not self._closing:
                 return
 

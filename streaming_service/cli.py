@@ -1,5 +1,219 @@
-"""Command line entry point (filled in below)."""
+"""`streaming-service` commands: run (production), demo (local simulator).
+
+Exit codes: 0 done, 1 unexpected error, 2 bad configuration or argument, 3 Schwab auth problem,
+4 database refused or unreachable at shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from streaming_service.config import load_settings
+from streaming_service.errors import AuthError, ConfigError, SinkError, StreamerError
+from streaming_service.logs import configure_logging
+
+if TYPE_CHECKING:
+    from streaming_service.service import Service
+
+__all__ = ["main"]
+
+log = structlog.get_logger(__name__)
+EXIT_CODES: dict[type[StreamerError], int] = {ConfigError: 2, AuthError: 3, SinkError: 4}
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the command, map errors to a one-line message and an exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        command: Callable[[argparse.Namespace], Coroutine[None, None, None]] = args.command
+        asyncio.run(command(args))
+    except KeyboardInterrupt:
+        return 130
+    except (StreamerError, BaseExceptionGroup) as exc:
+        error = _streamer_error(exc)
+        if error is None:
+            raise
+        print(error if isinstance(error, ConfigError) else f"error: {error}", file=sys.stderr)
+        return next(code for kind, code in EXIT_CODES.items() if isinstance(error, kind))
     return 0
+
+
+def _streamer_error(exc: BaseException) -> StreamerError | None:
+    """The first of our own errors in `exc` (task groups wrap them), or None."""
+    if isinstance(exc, StreamerError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        return next(filter(None, map(_streamer_error, exc.exceptions)), None)
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streaming-service",
+        description="Record Schwab's live market data with SMA9/VWAP into Supabase, Postgres or SQLite.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="stream STREAM_TICKER from Schwab into the configured database")
+    run.set_defaults(command=_run)
+
+    demo = commands.add_parser(
+        "demo", help="stream from a local Schwab simulator into ./data/demo.db (never to Supabase)"
+    )
+    demo.add_argument("--duration", type=_positive(float), help="stop after N seconds (default: Ctrl-C)")
+    demo.add_argument(
+        "--database-url",
+        default="sqlite:///data/demo.db",
+        help="sqlite:///path.db or postgresql://… (default: %(default)s)",
+    )
+    demo.add_argument("--ticker", default="QQQ", help="comma-separated tickers (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=1, help="simulator random seed (default: %(default)s)")
+    demo.add_argument(
+        "--speed",
+        type=_positive(float),
+        default=60.0,
+        help="simulated seconds per real second (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--rate",
+        type=_positive(float),
+        default=2.0,
+        help="trades per simulated second per ticker (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--batch-interval",
+        type=_positive(float),
+        default=5.0,
+        help="seconds between writes (default: %(default)s; BATCH_SIZE still applies)",
+    )
+    demo.add_argument(
+        "--status-every", type=_positive(float), default=2.0, help="seconds between status lines"
+    )
+    demo.set_defaults(command=_demo)
+    return parser
+
+
+def _positive(kind: type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    return parse
+
+
+async def _run(args: argparse.Namespace) -> None:
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    from streaming_service.service import Service
+    from streaming_service.sinks import sink_from_url
+    from streaming_service.sources.schwab_client import build_schwab_client
+
+    if settings.schwab_app_key is None or settings.schwab_app_secret is None:
+        raise ConfigError(
+            "config error: SCHWAB_APP_KEY and SCHWAB_APP_SECRET must be set (from your app at "
+            "developer.schwab.com). Set them in .env."
+        )
+    if settings.sink_url == "supabase":
+        raise ConfigError(
+            "config error: the Supabase sink is not available in this version; set DATABASE_URL "
+            "(postgresql://… or sqlite:///…) instead, e.g. Supabase's Postgres connection string."
+        )
+    client = build_schwab_client(
+        settings.schwab_token_path,
+        settings.schwab_app_key.get_secret_value(),
+        settings.schwab_app_secret.get_secret_value(),
+    )
+    service = Service(settings, client, sink_from_url(settings.sink_url))
+    await _serve(service, stop_when=None, status_every=60.0, print_status=False)
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    settings = load_settings(
+        stream_ticker=args.ticker,
+        database_url=args.database_url,
+        skip_market_hours=True,
+        batch_interval=args.batch_interval,
+    )
+    configure_logging(settings.log_format, settings.log_level)
+    from streaming_service.service import Service
+    from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
+    from streaming_service.sinks import sink_from_url
+    from streaming_service.sources.schwab_client import build_schwab_client
+
+    market = SimulatedMarket(settings.stream_ticker, seed=args.seed, trades_per_second=args.rate)
+    async with SchwabSimulator(market, speed=args.speed) as sim:
+        with tempfile.TemporaryDirectory() as tmp:
+            token_path = Path(tmp) / "token.json"
+            write_token_file(token_path)
+            client = build_schwab_client(token_path, "demo-key", "demo-secret", api_base_url=sim.api_base_url)
+            service = Service(settings, client, sink_from_url(settings.sink_url))
+            print(f"demo: simulator at {sim.api_base_url}, writing to {service.sink.name}", flush=True)
+            await _serve(
+                service,
+                stop_when=_first_of(sim.session_finished.wait(), args.duration),
+                status_every=args.status_every,
+                print_status=True,
+            )
+        traded = sum(trade.size for trade in sim.sent_trades)
+    status = service.status()
+    print(
+        f"demo: done. simulator sent {len(sim.sent_trades)} trades ({traded} shares); "
+        f"{status.ticks} ticks received; {status.rows_written} rows written to {service.sink.name}",
+        flush=True,
+    )
+
+
+async def _first_of(event_wait: Awaitable[bool], duration: float | None) -> None:
+    """Return when `event_wait` completes or `duration` seconds pass, whichever is first."""
+    try:
+        async with asyncio.timeout(duration):
+            await event_wait
+    except TimeoutError:
+        pass
+
+
+async def _serve(
+    service: Service, *, stop_when: Awaitable[None] | None, status_every: float, print_status: bool
+) -> None:
+    """Run `service` until SIGINT/SIGTERM or `stop_when` completes; report status periodically."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def stop_later() -> None:
+        if stop_when is not None:
+            await stop_when
+            stop.set()
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(status_every)
+            status = service.status()
+            if print_status:
+                print(status.line(), flush=True)
+            else:
+                log.info("status", **{k: getattr(status, k) for k in status.__slots__})
+
+    async with asyncio.TaskGroup() as group:
+        stopper = group.create_task(stop_later(), name="stop-timer")
+        reporter = group.create_task(report(), name="status")
+        await service.run(stop)
+        stopper.cancel()
+        reporter.cancel()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)

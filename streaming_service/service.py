@@ -1,0 +1,126 @@
+"""The supervisor: wires source → pipeline → batcher → sink and runs them until asked to stop.
+
+Shutdown order (SIGTERM, Ctrl-C, `--duration`, or a fatal error in the stream): stop reading the
+stream, close the open rows, write everything pending, close the sink. A fatal error is re-raised
+after that flush, so accepted rows are written whenever the database allows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from streaming_service.batcher import Batcher
+from streaming_service.config import Settings
+from streaming_service.pipeline import Pipeline
+from streaming_service.sinks.base import Sink
+from streaming_service.sources.schwab import SchwabStream
+
+__all__ = ["Service", "Status"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A snapshot of the counters, for the status line and /metrics."""
+
+    ticks: int
+    ticks_per_s: float
+    rows_written: int
+    batches: int
+    pending_rows: int
+    last_price: float | None
+    sma: float | None
+    vwap: float | None
+    bad_frames: int
+    write_errors: int
+    connects: int
+
+    def line(self) -> str:
+        """One human-readable line."""
+
+        def fmt(value: float | None) -> str:
+            return "-" if value is None else f"{value:.2f}"
+
+        return (
+            f"ticks={self.ticks} ({self.ticks_per_s:.1f}/s) rows_written={self.rows_written} "
+            f"batches={self.batches} pending={self.pending_rows} last={fmt(self.last_price)} "
+            f"sma={fmt(self.sma)} vwap={fmt(self.vwap)} "
+            f"errors={self.bad_frames + self.write_errors} connects={self.connects}"
+        )
+
+
+class Service:
+    """One ticker set, one Schwab client, one sink. Call `run(stop)` once."""
+
+    def __init__(self, settings: Settings, client: Any, sink: Sink, *, grace_s: float = 20.0) -> None:
+        self.sink = sink
+        self._grace_s = grace_s
+        self.batcher = Batcher(
+            sink,
+            size=settings.batch_size,
+            interval=settings.batch_interval,
+            drain=lambda: self.pipeline.drain(),
+        )
+        self.pipeline = Pipeline(
+            settings.stream_ticker,
+            self.batcher.add,
+            resolution_s=settings.row_resolution,
+            sma_period=settings.sma_period,
+            sma_bar_seconds=settings.sma_bar_seconds,
+        )
+        self.stream = SchwabStream(client, settings.stream_ticker, self.pipeline.on_tick)
+        self._rate_mark = (time.monotonic(), 0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stream until `stop` is set, then flush and return. Raises `SinkError`, `AuthError`."""
+        await self.sink.open()
+        log.info("sink open", sink=self.sink.name)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.batcher.run(), name="batcher")
+                group.create_task(self._stream_until(stop), name="stream")
+        finally:
+            await self.sink.aclose()
+
+    async def _stream_until(self, stop: asyncio.Event) -> None:
+        streaming = asyncio.create_task(self.stream.run(), name="schwab-stream")
+        stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+        try:
+            await asyncio.wait({streaming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (streaming, stopping):
+                task.cancel()
+            await asyncio.gather(streaming, stopping, return_exceptions=True)
+            log.info("stream stopped; flushing", pending_rows=self.batcher.pending)
+            await self.batcher.close(self._grace_s)
+        if not streaming.cancelled() and streaming.exception() is not None:
+            raise streaming.exception()  # type: ignore[misc]
+
+    def status(self) -> Status:
+        """Counters now; ticks/s is measured since the previous call."""
+        now, ticks = time.monotonic(), self.pipeline.ticks
+        then, ticks_then = self._rate_mark
+        self._rate_mark = (now, ticks)
+        last = self.pipeline.last_tick
+        sma, vwap = (
+            self.pipeline.builders[last.symbol].last_indicators if last else (None, None)
+        )
+        return Status(
+            ticks=ticks,
+            ticks_per_s=(ticks - ticks_then) / (now - then) if now > then else 0.0,
+            rows_written=self.batcher.stats.rows_written,
+            batches=self.batcher.stats.batches,
+            pending_rows=self.batcher.pending,
+            last_price=last.price if last else None,
+            sma=sma,
+            vwap=vwap,
+            bad_frames=self.stream.stats.bad_frames,
+            write_errors=self.batcher.stats.write_errors,
+            connects=self.stream.stats.connects,
+        )
