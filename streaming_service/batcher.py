@@ -4,7 +4,8 @@ Rows wait in a dict keyed by (ticker, timestamp), so a row emitted twice before 
 once, with its latest values. Writing happens in `run()`'s task; `add()` never waits for the
 database, so a slow or unreachable sink never stalls the stream. A failed write of a batch is
 retried (`SinkUnavailable`, exponential backoff with jitter, capped) until it succeeds; rows that
-arrive meanwhile are kept and written after it.
+arrive meanwhile are kept and written after it, together (a batch takes everything pending, up to
+`MAX_BATCH_ROWS`), so a backlog costs few writes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from streaming_service.sinks.base import Sink
 __all__ = ["Batcher", "WriteStats"]
 
 log = structlog.get_logger(__name__)
+#: Upper bound of one write, so a backlog after an outage goes out in reasonably sized requests.
+MAX_BATCH_ROWS = 5000
 _Key = tuple[str, datetime]
 
 
@@ -120,9 +123,13 @@ class Batcher:
             )
 
     async def _write_pending(self) -> None:
+        """Write what is pending, in batches of at most `MAX_BATCH_ROWS` equity rows."""
         while self._equity or self._indicators:
-            batch = Batch(tuple(self._equity.values()), tuple(self._indicators.values()))
-            self._equity, self._indicators = {}, {}
+            keys = list(self._equity)[:MAX_BATCH_ROWS] or list(self._indicators)[:MAX_BATCH_ROWS]
+            batch = Batch(
+                tuple(self._equity.pop(k) for k in keys if k in self._equity),
+                tuple(self._indicators.pop(k) for k in keys if k in self._indicators),
+            )
             self._in_flight = len(batch.equity)
             await self._write_with_retry(batch)
             self._in_flight = 0
@@ -145,7 +152,7 @@ class Batcher:
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(SinkUnavailable),
-            wait=wait_exponential_jitter(initial=0.5, max=self._max_retry_wait),
+            wait=wait_exponential_jitter(max=self._max_retry_wait),
             stop=stop_after_delay(self._max_retry_wait * 2) if self._closing else stop_never,
             before_sleep=before_sleep,
             reraise=True,

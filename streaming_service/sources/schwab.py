@@ -21,17 +21,20 @@ from typing import Any
 import httpx
 import structlog
 import websockets.exceptions
-from authlib.common.errors import AuthlibBaseError
-from schwab.streaming import (
-    StreamClient,
-    UnexpectedResponse,
-    UnexpectedResponseCode,
-    UnparsableMessage,
-)
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from streaming_service.errors import AuthError
 from streaming_service.models import Tick
+from streaming_service.sources import quiet_library_warnings
+
+with quiet_library_warnings():
+    from authlib.common.errors import AuthlibBaseError
+    from schwab.streaming import (
+        StreamClient,
+        UnexpectedResponse,
+        UnexpectedResponseCode,
+        UnparsableMessage,
+    )
 
 __all__ = ["EQUITY_FIELDS", "BadFrame", "QuoteMerger", "SchwabStream", "StreamStats"]
 
@@ -163,7 +166,7 @@ class SchwabStream:
         while True:
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(_RETRYABLE),
-                wait=wait_exponential_jitter(initial=1, max=self._max_backoff_s),
+                wait=wait_exponential_jitter(max=self._max_backoff_s),
                 before_sleep=_log_reconnect,
             )
             try:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from streaming_service.errors import AuthError
+from streaming_service.sources import quiet_library_warnings
 
 __all__ = ["SCHWAB_API_BASE_URL", "build_schwab_client", "read_token_file"]
 
@@ -48,7 +49,8 @@ def build_schwab_client(
     schwab-py hard-codes https://api.schwabapi.com; when `api_base_url` differs, every REST request
     (token refresh included) is rewritten to it by an httpx request hook. Raises `AuthError`.
     """
-    import schwab.auth  # heavy import (≈45 MiB): only commands that stream pay for it
+    with quiet_library_warnings():
+        import schwab.auth  # heavy import (≈45 MiB): only commands that stream pay for it
 
     read_token_file(token_path)
     client = schwab.auth.client_from_token_file(
