@@ -98,6 +98,7 @@ class Pipeline:
         }
         self._emit = emit
         self.ticks = 0
+        self.volume = 0
         self.last_tick: Tick | None = None
 
     def on_tick(self, tick: Tick) -> None:
@@ -106,6 +107,7 @@ class Pipeline:
         if builder is None:
             return
         self.ticks += 1
+        self.volume += tick.volume
         self.last_tick = tick
         for pair in builder.add(tick):
             self._emit(pair)
