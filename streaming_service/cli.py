@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
 import sys
 import tempfile
@@ -118,6 +119,7 @@ def _positive(kind: type[float]) -> Callable[[str], float]:
 async def _run(args: argparse.Namespace) -> None:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
+    from streaming_service.market_hours import load_market_hours
     from streaming_service.service import Service
     from streaming_service.sinks import sink_from_url
     from streaming_service.sources.schwab_client import build_schwab_client
@@ -137,7 +139,11 @@ async def _run(args: argparse.Namespace) -> None:
         settings.schwab_app_key.get_secret_value(),
         settings.schwab_app_secret.get_secret_value(),
     )
-    service = Service(settings, client, sink_from_url(settings.sink_url))
+    hours = None
+    if not settings.skip_market_hours:
+        cache = settings.schwab_token_path.parent / "market_hours.json"
+        hours = functools.partial(load_market_hours, cache)
+    service = Service(settings, client, sink_from_url(settings.sink_url), market_hours=hours)
     await _serve(service, stop_when=None, status_every=60.0, print_status=False)
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from streaming_service.batcher import Batcher
 from streaming_service.config import Settings
+from streaming_service.market_hours import MarketHours
 from streaming_service.pipeline import Pipeline
 from streaming_service.sinks.base import Sink
 from streaming_service.sources.schwab import SchwabStream
@@ -58,8 +61,18 @@ class Status:
 class Service:
     """One ticker set, one Schwab client, one sink. Call `run(stop)` once."""
 
-    def __init__(self, settings: Settings, client: Any, sink: Sink, *, grace_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any,
+        sink: Sink,
+        *,
+        market_hours: Callable[[], MarketHours] | None = None,
+        grace_s: float = 20.0,
+    ) -> None:
+        """`market_hours`: returns the schedule (called again when it runs out); None streams 24/7."""
         self.sink = sink
+        self._market_hours = market_hours
         self._grace_s = grace_s
         self.batcher = Batcher(
             sink,
@@ -89,7 +102,8 @@ class Service:
             await self.sink.aclose()
 
     async def _stream_until(self, stop: asyncio.Event) -> None:
-        streaming = asyncio.create_task(self.stream.run(), name="schwab-stream")
+        source = self.stream.run() if self._market_hours is None else self._stream_in_sessions()
+        streaming = asyncio.create_task(source, name="schwab-stream")
         stopping = asyncio.create_task(stop.wait(), name="stop-signal")
         try:
             await asyncio.wait({streaming, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -101,6 +115,30 @@ class Service:
             await self.batcher.close(self._grace_s)
         if not streaming.cancelled() and streaming.exception() is not None:
             raise streaming.exception()  # type: ignore[misc]
+
+    async def _stream_in_sessions(self) -> None:
+        """Stream during regular sessions only; between them, stay disconnected."""
+        assert self._market_hours is not None
+        hours = await asyncio.to_thread(self._market_hours)
+        while True:
+            now = time.time()
+            session = hours.session_for(now)
+            if session is None or hours.covers_until() - now < 86_400:
+                hours = await asyncio.to_thread(self._market_hours)
+                session = hours.session_for(now)
+            if session is None:
+                raise RuntimeError("the market calendar has no future session")
+            opens, closes = session
+            if now < opens:
+                log.info("market closed; waiting for the open", opens_at=_iso(opens))
+                await asyncio.sleep(min(opens - now, 3600.0))  # re-check hourly: clocks drift, hosts sleep
+                continue
+            log.info("market open; streaming", closes_at=_iso(closes))
+            try:
+                async with asyncio.timeout(closes - now):
+                    await self.stream.run()
+            except TimeoutError:
+                log.info("market closed; stream stopped", closed_at=_iso(closes))
 
     def status(self) -> Status:
         """Counters now; ticks/s is measured since the previous call."""
@@ -124,3 +162,7 @@ class Service:
             write_errors=self.batcher.stats.write_errors,
             connects=self.stream.stats.connects,
         )
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat()
