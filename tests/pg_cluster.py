@@ -46,9 +46,7 @@ def find_pg_bin() -> Path:
     on_path = shutil.which("pg_ctl")
     if on_path and shutil.which("initdb"):
         return Path(on_path).resolve().parent
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
-    )
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name))
     for candidate in reversed(candidates):
         if (Path(candidate) / "pg_ctl").exists() and (Path(candidate) / "initdb").exists():
             return Path(candidate)
@@ -117,7 +115,11 @@ class PgCluster:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def __enter__(self) -> PgCluster:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(

@@ -1,0 +1,73 @@
+"""Where batches are stored. `sink_from_url` picks the sink for a database URL:
+
+- `sqlite:///relative/path.db`, `sqlite:////absolute/path.db` → `SQLiteSink`
+- `postgresql://user:password@host:port/dbname` (or `postgres://…`) → `PostgresSink`
+
+The sink modules are imported on first use, so psycopg is only loaded when Postgres is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from streaming_service.errors import ConfigError
+from streaming_service.sinks.base import Sink
+
+if TYPE_CHECKING:
+    from streaming_service.sinks.postgres import PostgresSink
+    from streaming_service.sinks.sqlite import SQLiteSink
+
+__all__ = ["PostgresSink", "SQLiteSink", "Sink", "sink_from_url"]
+
+_ALLOWED = (
+    "sqlite:///relative/path.db, sqlite:////absolute/path.db, "
+    "postgresql://user:password@host:port/dbname (or postgres://...)"
+)
+
+
+def sink_from_url(url: str) -> Sink:
+    """Return an unopened sink for `url`; raises `ConfigError` naming the value (password hidden)
+    and the allowed forms if the URL is not one of them.
+    """
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")  # a fourth slash is the root of an absolute path
+        if path and not path.endswith("/") and "?" not in path:
+            from streaming_service.sinks.sqlite import SQLiteSink
+
+            return SQLiteSink(Path(path))
+    elif url.startswith(("postgresql://", "postgres://")):
+        from streaming_service.sinks.postgres import PostgresSink
+
+        try:
+            return PostgresSink(url)
+        except ConfigError:
+            raise ConfigError(
+                f"invalid database URL {_redact(url)!r}: libpq cannot parse it; use one of: {_ALLOWED}"
+            ) from None
+    raise ConfigError(f"unsupported database URL {_redact(url)!r}; use one of: {_ALLOWED}")
+
+
+def _redact(url: str) -> str:
+    """`url` with any password replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SQLiteSink":
+        from streaming_service.sinks.sqlite import SQLiteSink
+
+        return SQLiteSink
+    if name == "PostgresSink":
+        from streaming_service.sinks.postgres import PostgresSink
+
+        return PostgresSink
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,269 @@
+"""Direct PostgreSQL sink (psycopg 3, async): one transaction and one round trip per batch.
+
+Library errors are mapped at this boundary:
+
+- cannot connect, connection lost, server shutting down, timeout → `SinkUnavailable`
+  (the next `write` reconnects by itself);
+- the server refuses the data or the schema is wrong (DataError, IntegrityError,
+  ProgrammingError, …) → `SinkRejected`, with the SQLSTATE and the server's message.
+
+Names and messages never contain the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from streaming_service.errors import ConfigError, SinkRejected, SinkUnavailable
+from streaming_service.models import Batch, EquityRow, IndicatorRow
+
+__all__ = ["PostgresSink", "migrations_dir"]
+
+_TABLES = ("equity_data", "indicators", "option_prices")
+
+_UPSERT_EQUITY = """
+INSERT INTO equity_data (ticker, timestamp, price, volume)
+SELECT * FROM unnest(%s::varchar[], %s::timestamptz[], %s::numeric[], %s::bigint[])
+ON CONFLICT (ticker, timestamp) DO UPDATE SET price = EXCLUDED.price, volume = EXCLUDED.volume
+"""
+
+_UPSERT_INDICATORS = """
+INSERT INTO indicators (ticker, timestamp, sma9, vwap)
+SELECT * FROM unnest(%s::varchar[], %s::timestamptz[], %s::numeric[], %s::numeric[])
+ON CONFLICT (ticker, timestamp) DO UPDATE SET sma9 = EXCLUDED.sma9, vwap = EXCLUDED.vwap
+"""
+
+_MISSING_TABLES = "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass('public.' || t) IS NULL"
+
+# libpq gives no SQLSTATE for errors raised while connecting; these server messages mean that
+# retrying cannot help (wrong password, user or database), so they map to SinkRejected.
+_PERMANENT_CONNECT_ERRORS = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+)
+
+_Row = TypeVar("_Row", EquityRow, IndicatorRow)
+_Connection = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+def migrations_dir() -> Path:
+    """Where the `*.sql` migrations are: `streaming_service/_migrations` in an installed wheel,
+    else `<repo>/supabase/migrations` (editable install or source checkout). The path may not exist.
+    """
+    package_dir = Path(__file__).resolve().parent.parent
+    bundled = package_dir / "_migrations"
+    if bundled.is_dir():
+        return bundled
+    return package_dir.parent / "supabase" / "migrations"
+
+
+def last_per_key(rows: Iterable[_Row]) -> list[_Row]:
+    """Drop rows whose (ticker, timestamp) appears again later; the last one wins, order kept."""
+    return list({(row.ticker, row.timestamp): row for row in rows}.values())
+
+
+class PostgresSink:
+    """Writes batches to PostgreSQL through one connection.
+
+    `dsn` is a libpq URL (`postgresql://user:password@host:port/dbname`) or key=value string.
+    `timeout` bounds connecting and each write, in seconds. Prepared statements are disabled so
+    the sink also works through a transaction-mode pooler (Supabase port 6543).
+
+    The connection is in autocommit mode and every transaction is spelled out (`BEGIN` … `COMMIT`):
+    with autocommit off, psycopg waits for its implicit `BEGIN` before pipelining the rest, which
+    would cost a second round trip per batch.
+    """
+
+    def __init__(self, dsn: str, *, timeout: float = 30.0) -> None:
+        """Raises `ConfigError` if `dsn` cannot be parsed (the message does not echo it)."""
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:
+            raise ConfigError(
+                "invalid Postgres DSN; expected postgresql://user:password@host:port/dbname"
+            ) from None
+        host = str(params.get("host") or params.get("hostaddr") or "localhost")
+        self._where = f"{host}:{params.get('port') or 5432}"
+        self.name = f"postgres:{self._where}/{params.get('dbname') or params.get('user') or ''}"
+        self._dsn = dsn
+        self._timeout = timeout
+        self._conn: _Connection | None = None
+        self._opened = False
+        self._closed = False
+
+    async def open(self) -> None:
+        """Connect, and create the tables from the migration files if any of them is missing.
+
+        Each migration file runs in its own transaction, in filename order; they are written to be
+        safe to re-run. Idempotent. Raises `SinkUnavailable` if the server cannot be reached (or
+        times out), `SinkRejected` if it refuses the login or a migration fails.
+        """
+        if self._closed:
+            raise RuntimeError(f"{self.name}: open() after aclose()")
+        conn = await self._connection()
+        try:
+            if await self._missing_tables(conn):
+                await self._apply_migrations(conn)
+                if missing := await self._missing_tables(conn):
+                    raise SinkRejected(
+                        f"{self.name}: tables {', '.join(missing)} are still missing after "
+                        f"applying the migrations in {migrations_dir()}"
+                    )
+        except psycopg.Error as exc:
+            raise await self._fail(exc, "checking the tables") from exc
+        self._opened = True
+
+    async def write(self, batch: Batch) -> None:
+        """Upsert the batch's rows in one transaction, sent in one round trip (pipeline mode).
+
+        Rows that repeat a (ticker, timestamp) key within one table of the batch are reduced to the
+        last one, because Postgres refuses to update a row twice in one statement. `None` is stored
+        as NULL, `0.0` as 0; numbers are rounded by the columns' DECIMAL scale. A naive timestamp or
+        a NaN/infinite number rejects the batch before anything is sent. Replaying a batch changes
+        nothing. Raises `SinkUnavailable` (retry the batch; the next call reconnects) or
+        `SinkRejected`; after either nothing of the batch is committed, except when the connection
+        is lost while the commit is in flight — which a replay makes harmless.
+        """
+        if not self._opened or self._closed:
+            raise RuntimeError(f"{self.name}: write() before open() or after aclose()")
+        if not len(batch):
+            return
+        statements: list[tuple[str, list[list[Any]]]] = []
+        if equity := last_per_key(batch.equity):
+            statements.append((_UPSERT_EQUITY, _equity_columns(equity)))
+        if indicators := last_per_key(batch.indicators):
+            statements.append((_UPSERT_INDICATORS, _indicator_columns(indicators)))
+        conn = await self._connection()
+        try:
+            # Pipeline mode: every message is sent, then one Sync; an error skips the rest (COMMIT
+            # included) and surfaces when the block exits, leaving the transaction to roll back.
+            async with asyncio.timeout(self._timeout), conn.pipeline():
+                await conn.execute("BEGIN")
+                for query, params in statements:
+                    await conn.execute(query, params)
+                await conn.execute("COMMIT")
+        except (psycopg.Error, TimeoutError) as exc:
+            raise await self._fail(exc, "write") from exc
+        except BaseException:  # cancelled mid-write: the transaction state is unknown
+            await self._drop()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the connection; idempotent. Any open transaction is rolled back by the server."""
+        self._closed = True
+        await self._drop()
+
+    async def _connection(self) -> _Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        self._conn = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self._dsn,
+                    autocommit=True,
+                    prepare_threshold=None,
+                    connect_timeout=max(1, int(self._timeout)),
+                    application_name="streaming-service",
+                )
+        except TimeoutError:
+            raise SinkUnavailable(
+                f"{self.name}: connecting to {self._where} timed out after {self._timeout:g}s; "
+                "check that the server is up and reachable from this host"
+            ) from None
+        except psycopg.OperationalError as exc:
+            reason = _oneline(exc)
+            if any(hint in reason for hint in _PERMANENT_CONNECT_ERRORS):
+                raise SinkRejected(
+                    f"{self.name}: the server refused the login: {reason}; "
+                    "fix the user, password or database name in the DSN"
+                ) from exc
+            raise SinkUnavailable(
+                f"{self.name}: cannot connect to {self._where}: {reason}; "
+                "check that the server is running and the host and port in the DSN"
+            ) from exc
+        return self._conn
+
+    async def _missing_tables(self, conn: _Connection) -> list[str]:
+        rows = await (await conn.execute(_MISSING_TABLES, [list(_TABLES)])).fetchall()
+        return [str(row[0]) for row in rows]
+
+    async def _apply_migrations(self, conn: _Connection) -> None:
+        files = sorted(migrations_dir().glob("*.sql"))
+        if not files:
+            raise SinkRejected(
+                f"{self.name}: tables are missing and no migrations were found in "
+                f"{migrations_dir()}; reinstall the package or apply supabase/migrations by hand"
+            )
+        for path in files:
+            try:
+                async with conn.transaction():
+                    # No parameters: psycopg sends the file as one query, all statements in it.
+                    await conn.execute(path.read_bytes())
+            except psycopg.Error as exc:
+                raise await self._fail(exc, f"migration {path.name}") from exc
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def _fail(self, exc: BaseException, doing: str) -> SinkRejected | SinkUnavailable:
+        """Leave the connection clean (rolled back, or dropped) and map `exc` to a sink error."""
+        conn = self._conn
+        retryable = isinstance(exc, TimeoutError | psycopg.OperationalError | psycopg.InterfaceError)
+        if conn is not None and not retryable and not conn.closed:
+            try:
+                await conn.rollback()
+            except psycopg.Error:
+                retryable = True
+        if retryable:
+            await self._drop()
+        if isinstance(exc, TimeoutError):
+            return SinkUnavailable(f"{self.name}: {doing}: no answer within {self._timeout:g}s")
+        sqlstate = getattr(exc, "sqlstate", None) or "no SQLSTATE"
+        message = f"{self.name}: {doing} failed: [{sqlstate}] {_oneline(exc)}"
+        return SinkUnavailable(message) if retryable else SinkRejected(message)
+
+
+def _equity_columns(rows: list[EquityRow]) -> list[list[Any]]:
+    return [
+        [row.ticker for row in rows],
+        [_aware(row.timestamp) for row in rows],
+        [_finite(row.price) for row in rows],
+        [row.volume for row in rows],
+    ]
+
+
+def _indicator_columns(rows: list[IndicatorRow]) -> list[list[Any]]:
+    return [
+        [row.ticker for row in rows],
+        [_aware(row.timestamp) for row in rows],
+        [_finite(row.sma9) for row in rows],
+        [_finite(row.vwap) for row in rows],
+    ]
+
+
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise SinkRejected(f"cannot store {value!r}: NaN and infinity are not valid prices")
+    return value
+
+
+def _aware(ts: datetime) -> datetime:
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise SinkRejected(f"naive timestamp {ts.isoformat()}: rows must carry timezone-aware UTC")
+    return ts

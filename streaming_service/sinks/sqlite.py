@@ -1,0 +1,211 @@
+"""Embedded SQLite sink: the default for demos and single-box use, no server needed.
+
+The three tables mirror the Postgres schema (same names, columns and UNIQUE keys). SQLite has no
+TIMESTAMPTZ or DECIMAL, so timestamps are ISO-8601 UTC text with milliseconds
+('2026-11-24T14:30:00.123+00:00', which sorts chronologically) and numbers are REAL/INTEGER;
+equity and indicator values are rounded to the Postgres columns' scale before writing, and
+CHECKs mirror VARCHAR(10) and DECIMAL(10, 2), so for those tables both sinks accept and store the
+same data. Timestamps closer than a millisecond share a key here (Postgres keeps microseconds).
+
+All sqlite3 calls run in a worker thread (`asyncio.to_thread`) on one connection, one call at a
+time (a `threading.Lock`, which also holds if an awaiting task is cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from streaming_service.errors import SinkRejected, SinkUnavailable
+from streaming_service.models import Batch
+
+__all__ = ["SQLiteSink"]
+
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS equity_data (
+    id INTEGER PRIMARY KEY,
+    ticker TEXT NOT NULL CHECK (length(ticker) <= 10),
+    timestamp TEXT NOT NULL,
+    price REAL NOT NULL CHECK (abs(price) < 1e8),
+    volume INTEGER NOT NULL,
+    created_at TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')),
+    UNIQUE (ticker, timestamp)
+);
+CREATE TABLE IF NOT EXISTS indicators (
+    id INTEGER PRIMARY KEY,
+    ticker TEXT NOT NULL CHECK (length(ticker) <= 10),
+    timestamp TEXT NOT NULL,
+    sma9 REAL CHECK (abs(sma9) < 1e8),
+    vwap REAL CHECK (abs(vwap) < 1e8),
+    created_at TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')),
+    UNIQUE (ticker, timestamp)
+);
+CREATE TABLE IF NOT EXISTS option_prices (
+    id INTEGER PRIMARY KEY,
+    ticker TEXT NOT NULL CHECK (length(ticker) <= 10),
+    timestamp TEXT NOT NULL,
+    option_type TEXT NOT NULL CHECK (option_type IN ('CALL', 'PUT')),
+    strike_price REAL NOT NULL,
+    expiration_date TEXT NOT NULL,
+    last_price REAL,
+    bid REAL,
+    ask REAL,
+    volume INTEGER,
+    open_interest INTEGER,
+    implied_volatility REAL,
+    delta REAL,
+    gamma REAL,
+    theta REAL,
+    vega REAL,
+    option_symbol TEXT CHECK (length(option_symbol) <= 50),
+    created_at TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')),
+    UNIQUE (ticker, timestamp, option_type, strike_price, expiration_date)
+);
+CREATE INDEX IF NOT EXISTS idx_equity_data_ticker_timestamp ON equity_data (ticker, timestamp DESC);
+CREATE INDEX IF NOT EXISTS idx_indicators_ticker_timestamp ON indicators (ticker, timestamp DESC);
+CREATE INDEX IF NOT EXISTS idx_option_prices_ticker_timestamp
+    ON option_prices (ticker, timestamp DESC);
+"""
+
+_UPSERT_EQUITY = """
+INSERT INTO equity_data (ticker, timestamp, price, volume) VALUES (?, ?, ?, ?)
+ON CONFLICT (ticker, timestamp) DO UPDATE SET price = excluded.price, volume = excluded.volume
+"""
+
+_UPSERT_INDICATORS = """
+INSERT INTO indicators (ticker, timestamp, sma9, vwap) VALUES (?, ?, ?, ?)
+ON CONFLICT (ticker, timestamp) DO UPDATE SET sma9 = excluded.sma9, vwap = excluded.vwap
+"""
+
+_PRICE_SCALE = 2  # DECIMAL(10, 2) in the Postgres schema
+
+
+def iso_utc(ts: datetime) -> str:
+    """Format an aware datetime as stored: UTC, milliseconds, '+00:00' (sub-ms digits dropped).
+
+    Raises `SinkRejected` for a naive datetime.
+    """
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise SinkRejected(f"naive timestamp {ts.isoformat()}: rows must carry timezone-aware UTC")
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _scaled(value: float | None) -> float | None:
+    """Round to the Postgres columns' scale; raises `SinkRejected` for NaN or infinity."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise SinkRejected(f"cannot store {value!r}: NaN and infinity are not valid prices")
+    return round(value, _PRICE_SCALE)
+
+
+class SQLiteSink:
+    """Writes batches to a SQLite file (WAL journal, synchronous=NORMAL).
+
+    `busy_timeout` is how long, in seconds, a write waits for another process's lock before
+    raising `SinkUnavailable`.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self.name = f"sqlite:{self.path}"
+        self._busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    async def open(self) -> None:
+        """Create the parent directory, the file and the tables (if missing). Idempotent.
+
+        Raises `SinkUnavailable` if the file is locked, `SinkRejected` if it cannot be used.
+        """
+        if self._closed:
+            raise RuntimeError(f"{self.name}: open() after aclose()")
+        await self._run(self._open_sync)
+
+    async def write(self, batch: Batch) -> None:
+        """Upsert the batch's rows in one transaction; replaying a batch changes nothing.
+
+        Rows repeating a (ticker, timestamp) key leave the last one's values. `None` is stored as
+        NULL, `0.0` as 0. A naive timestamp or a NaN/infinite number rejects the batch. Raises
+        `SinkUnavailable` (database locked: retry) or `SinkRejected` (e.g. a CHECK failed); after
+        either, nothing of the batch is committed.
+        """
+        if self._conn is None or self._closed:
+            raise RuntimeError(f"{self.name}: write() before open() or after aclose()")
+        if not len(batch):
+            return
+        equity = [
+            (row.ticker, iso_utc(row.timestamp), _scaled(row.price), row.volume) for row in batch.equity
+        ]
+        indicators = [
+            (row.ticker, iso_utc(row.timestamp), _scaled(row.sma9), _scaled(row.vwap))
+            for row in batch.indicators
+        ]
+        await self._run(self._write_sync, equity, indicators)
+
+    async def aclose(self) -> None:
+        """Close the database file; idempotent."""
+        self._closed = True
+        await self._run(self._close_sync)
+
+    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
+        try:
+            return await asyncio.to_thread(self._locked, func, *args)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise SinkUnavailable(
+                    f"{self.name}: the database is locked by another process ({exc}); retry later"
+                ) from exc
+            raise SinkRejected(f"{self.name}: {exc}") from exc
+        except (sqlite3.Error, OverflowError) as exc:
+            raise SinkRejected(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        except OSError as exc:
+            raise SinkRejected(f"{self.name}: cannot create the database file: {exc}") from exc
+
+    def _locked(self, func: Callable[..., _T], *args: Any) -> _T:
+        with self._lock:
+            return func(*args)
+
+    def _open_sync(self) -> None:
+        if self._conn is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _write_sync(self, equity: list[tuple[Any, ...]], indicators: list[tuple[Any, ...]]) -> None:
+        conn = self._conn
+        if conn is None:  # closed while the write was queued
+            raise sqlite3.ProgrammingError("the sink was closed")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_UPSERT_EQUITY, equity)
+            conn.executemany(_UPSERT_INDICATORS, indicators)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

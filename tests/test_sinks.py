@@ -1,0 +1,412 @@
+"""Both sinks against real databases: a throwaway PostgreSQL server and SQLite files."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from pg_cluster import PgCluster
+
+from streaming_service.errors import ConfigError, SinkRejected, SinkUnavailable
+from streaming_service.models import Batch, EquityRow, IndicatorRow
+from streaming_service.sinks import PostgresSink, Sink, SQLiteSink, sink_from_url
+from streaming_service.sinks.postgres import migrations_dir
+
+T0 = datetime(2026, 11, 24, 14, 30, tzinfo=UTC)
+Row = tuple[Any, ...]
+
+
+def at(ms: int) -> datetime:
+    return T0 + timedelta(milliseconds=ms)
+
+
+def make_batch(n: int = 3, price: float = 500.0, sma9: float | None = 499.5, ticker: str = "QQQ") -> Batch:
+    return Batch(
+        equity=tuple(EquityRow(ticker, at(i), price + i, 100 + i) for i in range(n)),
+        indicators=tuple(IndicatorRow(ticker, at(i), sma9, price) for i in range(n)),
+    )
+
+
+class Db:
+    """One empty database of either kind: makes sinks for it and reads its tables back directly.
+
+    `rows(table)` gives (ticker, timestamp, value, value) sorted by key, with numbers as Decimal
+    and timestamps as aware datetimes whatever the backend.
+    """
+
+    def __init__(self, kind: str, url: str, make: Callable[..., Sink]) -> None:
+        self.kind, self.url, self._make = kind, url, make
+
+    def sink(self, **kwargs: Any) -> Sink:
+        return self._make(**kwargs)
+
+    def query(self, sql: str, *params: Any) -> list[Row]:
+        if self.kind == "postgres":
+            with psycopg.connect(self.url) as conn:
+                cursor = conn.execute(sql.replace("?", "%s").encode(), params)
+                return cursor.fetchall() if cursor.description else []
+        with sqlite3.connect(self.url) as lite:
+            rows = lite.execute(sql, params).fetchall()
+        lite.close()
+        return rows
+
+    def rows(self, table: str) -> list[Row]:
+        value_columns = "price, volume" if table == "equity_data" else "sma9, vwap"
+        raw = self.query(f"SELECT ticker, timestamp, {value_columns} FROM {table} ORDER BY 1, 2")
+        return [(r[0], _as_datetime(r[1]), _as_decimal(r[2]), _as_decimal(r[3])) for r in raw]
+
+
+def _as_datetime(value: Any) -> datetime:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _as_decimal(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
+    if request.param == "sqlite":
+        path = tmp_path / "nested" / "dir" / "test.db"
+        return Db("sqlite", str(path), lambda **kw: SQLiteSink(path, **kw))
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    return Db("postgres", dsn, lambda **kw: PostgresSink(dsn, **kw))
+
+
+@pytest.fixture
+async def sink(db: Db) -> AsyncIterator[Sink]:
+    opened = db.sink()
+    await opened.open()
+    yield opened
+    await opened.aclose()
+
+
+# --- both sinks ---------------------------------------------------------------------------------
+
+
+async def test_open_creates_tables_and_is_idempotent(db: Db) -> None:
+    for _ in range(2):
+        first = db.sink()
+        await first.open()
+        await first.open()
+        await first.aclose()
+        await first.aclose()
+    for table in ("equity_data", "indicators", "option_prices"):
+        assert db.query(f"SELECT count(*) FROM {table}") == [(0,)]
+
+
+async def test_replaying_a_batch_changes_nothing(db: Db, sink: Sink) -> None:
+    batch = make_batch()
+    await sink.write(batch)
+    first = (db.rows("equity_data"), db.rows("indicators"), db.query("SELECT id FROM equity_data"))
+    await sink.write(batch)
+    assert (db.rows("equity_data"), db.rows("indicators"), db.query("SELECT id FROM equity_data")) == first
+    assert first[0] == [("QQQ", at(i), Decimal(500 + i), 100 + i) for i in range(3)]
+    assert first[1] == [("QQQ", at(i), Decimal("499.5"), Decimal(500)) for i in range(3)]
+
+
+async def test_conflicting_rows_are_updated(db: Db, sink: Sink) -> None:
+    await sink.write(make_batch(price=500.0, sma9=None))
+    await sink.write(make_batch(n=2, price=600.0, sma9=601.25))
+    assert [r[2:] for r in db.rows("equity_data")] == [(600, 100), (601, 101), (502, 102)]
+    assert [r[2:] for r in db.rows("indicators")] == [
+        (Decimal("601.25"), 600),
+        (Decimal("601.25"), 600),
+        (None, 500),
+    ]
+
+
+async def test_zero_is_zero_and_none_is_null(db: Db, sink: Sink) -> None:
+    await sink.write(
+        Batch(
+            equity=(EquityRow("QQQ", at(0), 0.0, 0),),
+            indicators=(IndicatorRow("QQQ", at(0), 0.0, None), IndicatorRow("QQQ", at(1), None, 0.0)),
+        )
+    )
+    assert db.rows("equity_data") == [("QQQ", at(0), 0, 0)]
+    assert db.rows("indicators") == [("QQQ", at(0), 0, None), ("QQQ", at(1), None, 0)]
+
+
+async def test_numbers_are_stored_at_the_schema_scale(db: Db, sink: Sink) -> None:
+    await sink.write(
+        Batch(
+            equity=(EquityRow("QQQ", at(0), 500.123, 7), EquityRow("QQQ", at(1), 99.996, 8)),
+            indicators=(IndicatorRow("QQQ", at(0), 500.126, 0.004),),
+        )
+    )
+    assert [r[2] for r in db.rows("equity_data")] == [Decimal("500.12"), Decimal("100.00")]
+    assert db.rows("indicators")[0][2:] == (Decimal("500.13"), Decimal("0"))
+
+
+async def test_timestamps_round_trip_as_aware_utc(db: Db, sink: Sink) -> None:
+    new_york = datetime(2026, 11, 24, 9, 30, 0, 123000, tzinfo=ZoneInfo("America/New_York"))
+    await sink.write(Batch(equity=(EquityRow("SPY", new_york, 1.0, 1),)))
+    [(_, stored, _, _)] = db.rows("equity_data")
+    assert stored == new_york
+
+
+async def test_duplicate_keys_within_a_batch_keep_the_last_row(db: Db, sink: Sink) -> None:
+    await sink.write(
+        Batch(
+            equity=(EquityRow("QQQ", at(0), 1.0, 1), EquityRow("QQQ", at(0), 2.0, 2)),
+            indicators=(IndicatorRow("QQQ", at(0), 1.0, 1.0), IndicatorRow("QQQ", at(0), None, 3.0)),
+        )
+    )
+    assert db.rows("equity_data") == [("QQQ", at(0), 2, 2)]
+    assert db.rows("indicators") == [("QQQ", at(0), None, 3)]
+
+
+async def test_a_batch_is_atomic_across_tables(db: Db, sink: Sink) -> None:
+    bad = Batch(
+        equity=(EquityRow("QQQ", at(0), 1.0, 1),),
+        indicators=(IndicatorRow("QQQ", at(0), 1.0, 1.0), IndicatorRow("TOOLONGTICKER", at(0), 1.0, 1.0)),
+    )
+    with pytest.raises(SinkRejected) as caught:
+        await sink.write(bad)
+    if db.kind == "postgres":
+        assert "[22001]" in str(caught.value)  # string_data_right_truncation, with the SQLSTATE
+    assert db.rows("equity_data") == []
+    assert db.rows("indicators") == []
+    await sink.write(make_batch(n=1))  # the sink is still usable, and the failed rows stay out
+    assert len(db.rows("equity_data")) == len(db.rows("indicators")) == 1
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        (EquityRow("QQQ", datetime(2026, 1, 2), 1.0, 1), "naive"),
+        (EquityRow("QQQ", T0, float("nan"), 1), "nan"),
+        (IndicatorRow("QQQ", T0, None, float("inf")), "inf"),
+        (EquityRow("QQQ", T0, 1.0, 2**63), "out of range|too large"),
+        (EquityRow("QQQ", T0, 1e9, 1), "overflow|CHECK constraint"),
+    ],
+)
+async def test_invalid_rows_reject_the_whole_batch(
+    db: Db, sink: Sink, row: EquityRow | IndicatorRow, match: str
+) -> None:
+    good = make_batch(n=1, ticker="SPY")
+    bad = Batch(equity=(*good.equity, row)) if isinstance(row, EquityRow) else Batch(indicators=(row,))
+    with pytest.raises(SinkRejected, match=match):
+        await sink.write(bad)
+    assert db.rows("equity_data") == []
+
+
+async def test_a_large_batch_is_written_in_one_call(db: Db, sink: Sink) -> None:
+    batch = make_batch(n=5000)
+    await sink.write(batch)
+    await sink.write(batch)
+    assert db.query("SELECT count(*), sum(volume) FROM equity_data") == [(5000, sum(range(100, 5100)))]
+    assert db.query("SELECT count(*) FROM indicators") == [(5000,)]
+
+
+async def test_empty_batch_and_lifecycle_errors(db: Db) -> None:
+    unopened = db.sink()
+    with pytest.raises(RuntimeError, match="open"):
+        await unopened.write(make_batch())
+    await unopened.open()
+    await unopened.write(Batch())
+    await unopened.aclose()
+    with pytest.raises(RuntimeError, match="aclose"):
+        await unopened.write(make_batch())
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def test_migration_files_are_found() -> None:
+    files = sorted(p.name for p in migrations_dir().glob("*.sql"))
+    assert files == [
+        "20251015151016_create_equity_and_indicators_tables.sql",
+        "20251019000000_create_option_prices_table.sql",
+    ]
+
+
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+async def test_postgres_tables_columns_constraints_and_indexes(db: Db, sink: Sink) -> None:
+    columns = db.query(
+        "SELECT table_name, column_name, format_type(atttypid, atttypmod), attnotnull"
+        " FROM information_schema.columns JOIN pg_attribute"
+        " ON attrelid = ('public.' || table_name)::regclass AND attname = column_name"
+        " WHERE table_schema = 'public' AND table_name IN ('equity_data', 'indicators')"
+        " ORDER BY table_name, ordinal_position"
+    )
+    tz, num = "timestamp with time zone", "numeric(10,2)"
+    common = [("id", "bigint", True), ("ticker", "character varying(10)", True), ("timestamp", tz, True)]
+    assert [c[1:] for c in columns if c[0] == "equity_data"] == [
+        *common, ("price", num, True), ("volume", "bigint", True), ("created_at", tz, False)
+    ]  # fmt: skip
+    assert [c[1:] for c in columns if c[0] == "indicators"] == [
+        *common, ("sma9", num, False), ("vwap", num, False), ("created_at", tz, False)
+    ]  # fmt: skip
+    defaults = db.query(
+        "SELECT table_name, column_default FROM information_schema.columns"
+        " WHERE table_schema = 'public' AND column_name IN ('created_at') ORDER BY 1"
+    )
+    assert {d[1] for d in defaults} == {"now()"} and len(defaults) == 3
+    constraints = db.query(
+        "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE contype IN ('u', 'c') AND connamespace = 'public'::regnamespace ORDER BY 1, 2"
+    )
+    assert constraints == [
+        ("equity_data", 'UNIQUE (ticker, "timestamp")'),
+        ("indicators", 'UNIQUE (ticker, "timestamp")'),
+        ("option_prices", "CHECK (((option_type)::text = ANY ((ARRAY['CALL'::character varying, "
+         "'PUT'::character varying])::text[])))"),
+        ("option_prices", 'UNIQUE (ticker, "timestamp", option_type, strike_price, expiration_date)'),
+    ]  # fmt: skip
+    indexes = db.query("SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = 'public'")
+    for table in ("equity_data", "indicators", "option_prices"):
+        assert any(t == table and 'btree (ticker, "timestamp" DESC)' in d for t, d in indexes), table
+
+
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+async def test_migrations_are_safe_to_apply_twice(db: Db) -> None:
+    with psycopg.connect(db.url) as conn:
+        for _ in range(2):
+            for path in sorted(migrations_dir().glob("*.sql")):
+                conn.execute(path.read_bytes())
+            conn.commit()
+    first = db.sink()
+    await first.open()
+    await first.write(make_batch())
+    await first.aclose()
+    db.query("DROP TABLE option_prices")  # a missing table makes open() apply every file again
+    again = db.sink()
+    await again.open()
+    await again.aclose()
+    assert len(db.rows("equity_data")) == 3
+    assert db.query("SELECT count(*) FROM option_prices") == [(0,)]
+
+
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+async def test_a_missing_table_after_open_is_rejected_with_its_sqlstate(db: Db, sink: Sink) -> None:
+    db.query("DROP TABLE indicators")
+    with pytest.raises(SinkRejected, match=r"\[42P01\]"):
+        await sink.write(make_batch())
+    assert db.rows("equity_data") == []
+
+
+async def test_unreachable_postgres_is_unavailable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sink = PostgresSink(f"postgresql://streamer:s3cret@127.0.0.1:{port}/market", timeout=5)
+    assert sink.name == f"postgres:127.0.0.1:{port}/market"
+    with pytest.raises(SinkUnavailable, match=f"127.0.0.1:{port}") as caught:
+        await sink.open()
+    assert "s3cret" not in str(caught.value)
+    await sink.aclose()
+
+
+async def test_unknown_database_is_rejected(pg_cluster: PgCluster) -> None:
+    sink = PostgresSink(pg_cluster.dsn("no_such_database"))
+    with pytest.raises(SinkRejected, match="does not exist"):
+        await sink.open()
+
+
+@pytest.mark.parametrize("how", ["terminate_backend", "restart_server"])
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+async def test_postgres_reconnects_after_losing_the_connection(
+    db: Db, sink: Sink, pg_cluster: PgCluster, how: str
+) -> None:
+    await sink.write(make_batch(n=1))
+    if how == "restart_server":
+        pg_cluster.restart()
+    else:
+        killed = db.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'streaming-service'"
+        )
+        assert killed == [(True,)]
+    with contextlib.suppress(SinkUnavailable):  # the loss may be noticed here; a caller retries
+        await sink.write(make_batch(n=2))
+    await sink.write(make_batch(n=3))
+    assert len(db.rows("equity_data")) == 3
+
+
+# --- SQLite -------------------------------------------------------------------------------------
+
+
+async def test_sqlite_schema_and_storage_format(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b.db"
+    sink = SQLiteSink(path)
+    await sink.open()
+    await sink.write(make_batch(n=1))
+    await sink.aclose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT timestamp, price, volume FROM equity_data").fetchall() == [
+            ("2026-11-24T14:30:00.000+00:00", 500.0, 100)
+        ]
+        for table in ("equity_data", "indicators", "option_prices"):
+            indexes = conn.execute(f"PRAGMA index_list({table})").fetchall()
+            keys = {
+                index[1]: [(c[2], c[3]) for c in conn.execute(f"PRAGMA index_xinfo({index[1]})") if c[5]]
+                for index in indexes
+            }
+            assert [("ticker", 0), ("timestamp", 1)] in keys.values(), table  # (ticker, timestamp DESC)
+            unique = [keys[i[1]] for i in indexes if i[2]]
+            assert [[c for c, _ in u][:2] for u in unique] == [["ticker", "timestamp"]], table
+    conn.close()
+
+
+async def test_sqlite_locked_database_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    sink = SQLiteSink(path, busy_timeout=0.05)
+    await sink.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(SinkUnavailable, match="locked"):
+        await sink.write(make_batch())
+    other.execute("ROLLBACK")
+    other.close()
+    await sink.write(make_batch())
+    await sink.aclose()
+
+
+# --- sink_from_url ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "name"),
+    [
+        ("sqlite:///data/demo.db", SQLiteSink, "sqlite:data/demo.db"),
+        ("sqlite:////var/lib/streamer/demo.db", SQLiteSink, "sqlite:/var/lib/streamer/demo.db"),
+        ("postgresql://u:pw@db.example.com:6543/pg", PostgresSink, "postgres:db.example.com:6543/pg"),
+        ("postgres://u@127.0.0.1/market", PostgresSink, "postgres:127.0.0.1:5432/market"),
+    ],
+)
+def test_sink_from_url_accepts(url: str, kind: type, name: str) -> None:
+    sink = sink_from_url(url)
+    assert isinstance(sink, kind)
+    assert sink.name == name
+    if isinstance(sink, SQLiteSink):
+        assert sink.path == Path(name.removeprefix("sqlite:"))
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("mysql://u:hunter2@db/x", "mysql://u:***@db/x"),
+        ("sqlite://demo.db", "sqlite://demo.db"),
+        ("sqlite:///", "sqlite:///"),
+        ("data/demo.db", "data/demo.db"),
+        ("", "''"),
+        ("postgresql://u:hunter2@db/x?nonsense=1", "postgresql://u:***@db/x?nonsense=1"),
+    ],
+)
+def test_sink_from_url_refuses(url: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        sink_from_url(url)
+    message = str(caught.value)
+    assert shown in message and "sqlite:///" in message and "postgresql://" in message
+    assert "hunter2" not in message
