@@ -1,7 +1,7 @@
-"""`streaming-service` commands: run (production), demo (local simulator).
+"""`streaming-service` commands: run (production), check (pre-flight), demo (local simulator).
 
-Exit codes: 0 done, 1 unexpected error, 2 bad configuration or argument, 3 Schwab auth problem,
-4 database refused or unreachable at shutdown.
+Exit codes: 0 done, 1 unexpected error or a failed check, 2 bad configuration or argument, 3 Schwab
+auth problem, 4 database refused or unreachable at shutdown.
 """
 
 from __future__ import annotations
@@ -28,7 +28,13 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 log = structlog.get_logger(__name__)
-EXIT_CODES: dict[type[StreamerError], int] = {ConfigError: 2, AuthError: 3, SinkError: 4}
+
+
+class ChecksFailed(StreamerError):
+    """`check` found a problem (already printed)."""
+
+
+EXIT_CODES: dict[type[StreamerError], int] = {ChecksFailed: 1, ConfigError: 2, AuthError: 3, SinkError: 4}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="stream STREAM_TICKER from Schwab into the configured database")
     run.set_defaults(command=_run)
+
+    check = commands.add_parser(
+        "check", help="check configuration, Schwab token and database; exit 0 only if all pass"
+    )
+    check.set_defaults(command=_check)
 
     demo = commands.add_parser(
         "demo", help="stream from a local Schwab simulator into ./data/demo.db (never to Supabase)"
@@ -145,6 +156,25 @@ async def _run(args: argparse.Namespace) -> None:
         hours = functools.partial(load_market_hours, cache)
     service = Service(settings, client, sink_from_url(settings.sink_url), market_hours=hours)
     await _serve(service, stop_when=None, status_every=60.0, print_status=False)
+
+
+async def _check(args: argparse.Namespace) -> None:
+    from streaming_service.check import CheckResult, check_database, check_token
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(CheckResult("configuration", False, str(exc), "edit .env as the message says").line())
+        raise
+    results = [CheckResult("configuration", True, f"tickers {','.join(settings.stream_ticker)}")]
+    results.append(check_token(settings.schwab_token_path))
+    results += await check_database(settings)
+    for result in results:
+        print(result.line())
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)}/{len(results)} checks passed")
+    if failed:
+        raise ChecksFailed(f"{len(failed)} check(s) failed")
 
 
 async def _demo(args: argparse.Namespace) -> None:

@@ -1,0 +1,204 @@
+"""`streaming-service check`: a ✓/✗ checklist of what `run` needs, each ✗ with its fix.
+
+Checks, in order: configuration; the Schwab token file (present, readable, refresh-token age
+against its 7-day life); the database (reachable; the three tables with their columns and UNIQUE
+keys; the credentials can write, proven by an upsert that is rolled back). Nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from streaming_service.config import Settings
+from streaming_service.errors import AuthError
+from streaming_service.sources.schwab_client import read_token_file
+
+__all__ = ["EXPECTED_COLUMNS", "UNIQUE_KEYS", "CheckResult", "check_database", "check_token"]
+
+REFRESH_TOKEN_LIFE_S = 7 * 86_400
+UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
+    "equity_data": ("ticker", "timestamp"),
+    "indicators": ("ticker", "timestamp"),
+    "option_prices": ("ticker", "timestamp", "option_type", "strike_price", "expiration_date"),
+}
+EXPECTED_COLUMNS: dict[str, frozenset[str]] = {
+    "equity_data": frozenset({"ticker", "timestamp", "price", "volume"}),
+    "indicators": frozenset({"ticker", "timestamp", "sma9", "vwap"}),
+    "option_prices": frozenset(
+        {
+            "ticker", "timestamp", "option_type", "strike_price", "expiration_date", "last_price",
+            "bid", "ask", "volume", "open_interest", "implied_volatility", "delta", "gamma", "theta",
+            "vega", "option_symbol",
+        }
+    ),
+}
+_PROBE = (
+    "INSERT INTO equity_data (ticker, timestamp, price, volume) "
+    "VALUES ('ZZCHECK', '2000-01-03T14:30:00+00:00', 1, 1) "
+    "ON CONFLICT (ticker, timestamp) DO UPDATE SET volume = excluded.volume"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One line of the checklist; `fix` says what to do when `ok` is false."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = "✓" if self.ok else "✗"
+        return f"{mark} {self.name}: {self.detail}" + ("" if self.ok else f"\n    fix: {self.fix}")
+
+
+def check_token(path: Path, *, now: float | None = None) -> CheckResult:
+    """Is the token file usable, and how long until its refresh token expires?"""
+    now = time.time() if now is None else now
+    try:
+        created = float(read_token_file(path)["creation_timestamp"])
+    except (AuthError, TypeError, ValueError) as exc:
+        return CheckResult("Schwab token", False, str(exc).split(":")[0], "see README, 'Schwab token'")
+    left_h = (created + REFRESH_TOKEN_LIFE_S - now) / 3600
+    if left_h <= 0:
+        return CheckResult(
+            "Schwab token",
+            False,
+            f"{path}: refresh token expired {-left_h:.0f} h ago (it lasts 7 days)",
+            "create a new token file (README, 'Schwab token') and restart",
+        )
+    warning = " — renew it soon" if left_h < 24 else ""
+    return CheckResult("Schwab token", True, f"{path}: refresh token valid for {left_h:.0f} h more{warning}")
+
+
+async def check_database(settings: Settings) -> list[CheckResult]:
+    """Reachability, schema and write permission of the configured database."""
+    url = settings.sink_url
+    if url.startswith("sqlite:///"):
+        return await asyncio.to_thread(_check_sqlite, Path(url.removeprefix("sqlite:///")))
+    if url.startswith(("postgresql://", "postgres://")):
+        return await _check_postgres(url)
+    return [CheckResult("database", False, f"no check for {url!r}", "set DATABASE_URL")]
+
+
+def _schema_results(
+    columns: dict[str, set[str]], unique: dict[str, set[tuple[str, ...]]]
+) -> list[CheckResult]:
+    results = []
+    for table, expected in EXPECTED_COLUMNS.items():
+        missing = sorted(expected - columns.get(table, set()))
+        key = UNIQUE_KEYS[table]
+        problems = []
+        if table not in columns:
+            problems.append("table missing")
+        elif missing:
+            problems.append(f"columns missing: {', '.join(missing)}")
+        if table in columns and key not in unique.get(table, set()):
+            problems.append(f"no UNIQUE ({', '.join(key)})")
+        results.append(
+            CheckResult(
+                f"table {table}",
+                not problems,
+                "; ".join(problems) or f"columns and UNIQUE ({', '.join(key)}) present",
+                "apply supabase/migrations (README, 'Apply the schema'); `run` creates missing tables "
+                "on Postgres and SQLite by itself",
+            )
+        )
+    return results
+
+
+def _check_sqlite(path: Path) -> list[CheckResult]:
+    if not path.exists():
+        return [CheckResult("database", True, f"sqlite {path} does not exist yet; `run` creates it")]
+    try:
+        with _sqlite(path) as conn:
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            columns = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
+            unique: dict[str, set[tuple[str, ...]]] = {}
+            for table in tables:
+                for index in conn.execute(f"PRAGMA index_list({table})"):
+                    if index[2]:  # unique
+                        cols = tuple(r[2] for r in conn.execute(f"PRAGMA index_info({index[1]})"))
+                        unique.setdefault(table, set()).add(cols)
+            results = [CheckResult("database", True, f"sqlite {path} opened")]
+            results += _schema_results(columns, unique)
+            if all(r.ok for r in results):
+                conn.execute("BEGIN")
+                conn.execute(_PROBE)
+                conn.execute("ROLLBACK")
+                results.append(CheckResult("write", True, "upsert into equity_data works (rolled back)"))
+            return results
+    except sqlite3.Error as exc:
+        return [
+            CheckResult("database", False, f"sqlite {path}: {exc}", "check the file and its permissions")
+        ]
+
+
+@contextmanager
+def _sqlite(path: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=5)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+async def _check_postgres(url: str) -> list[CheckResult]:
+    import psycopg
+
+    from streaming_service.sinks import sink_from_url
+
+    name = sink_from_url(url).name
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())
+        fix = "check DATABASE_URL and that the server is up"
+        return [CheckResult("database", False, f"{name}: {reason}", fix)]
+    async with conn:
+        results = [CheckResult("database", True, f"{name} reachable")]
+        rows = await (
+            await conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND table_name = ANY(%s)",
+                [list(EXPECTED_COLUMNS)],
+            )
+        ).fetchall()
+        columns: dict[str, set[str]] = {}
+        for table, column in rows:
+            columns.setdefault(table, set()).add(column)
+        keys = await (
+            await conn.execute(
+                "SELECT t.relname, array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i "
+                "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+                "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+                "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum "
+                "WHERE i.indisunique AND n.nspname = 'public' GROUP BY i.indexrelid, t.relname"
+            )
+        ).fetchall()
+        unique: dict[str, set[tuple[str, ...]]] = {}
+        for table, cols in keys:
+            unique.setdefault(table, set()).add(tuple(cols))
+        results += _schema_results(columns, unique)
+        if all(r.ok for r in results):
+            try:
+                async with conn.transaction(force_rollback=True):
+                    await conn.execute(_PROBE)
+                results.append(CheckResult("write", True, "upsert into equity_data works (rolled back)"))
+            except psycopg.Error as exc:
+                results.append(
+                    CheckResult(
+                        "write",
+                        False,
+                        f"[{exc.sqlstate}] {' '.join(str(exc).split())}",
+                        "the DATABASE_URL user needs INSERT and UPDATE on the three tables",
+                    )
+                )
+        return results
