@@ -1,0 +1,96 @@
+"""`check` reports each problem with its fix, proves write access without leaving rows behind."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from streaming_service.check import check_database, check_token
+from streaming_service.config import load_settings
+from streaming_service.sinks import sink_from_url
+
+
+def token_file(path: Path, age_days: float) -> Path:
+    path.write_text(json.dumps({"creation_timestamp": int(time.time() - age_days * 86_400), "token": {}}))
+    return path
+
+
+def test_token_missing_expired_and_valid(tmp_path: Path) -> None:
+    missing = check_token(tmp_path / "nope.json")
+    assert not missing.ok and "does not exist" in missing.detail and "Schwab token" in missing.fix
+    expired = check_token(token_file(tmp_path / "old.json", age_days=8))
+    assert not expired.ok and "expired" in expired.detail
+    fresh = check_token(token_file(tmp_path / "new.json", age_days=1))
+    assert fresh.ok and "valid for 144 h" in fresh.detail
+    nearly = check_token(token_file(tmp_path / "late.json", age_days=6.5))
+    assert nearly.ok and "renew it soon" in nearly.detail
+
+
+async def test_postgres_without_tables_fails_then_passes_after_open(postgres_dsn: str) -> None:
+    settings = load_settings(database_url=postgres_dsn)
+    before = await check_database(settings)
+    assert before[0].ok  # reachable
+    assert [r.ok for r in before[1:]] == [False, False, False]
+    assert all("table missing" in r.detail and "migrations" in r.fix for r in before[1:])
+
+    sink = sink_from_url(postgres_dsn)
+    await sink.open()
+    await sink.aclose()
+    after = await check_database(settings)
+    assert all(r.ok for r in after), [r.line() for r in after]
+    assert after[-1].name == "write"
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM equity_data").fetchone() == (0,)  # probe rolled back
+
+
+async def test_postgres_missing_unique_key_is_reported(postgres_dsn: str) -> None:
+    sink = sink_from_url(postgres_dsn)
+    await sink.open()
+    await sink.aclose()
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE indicators DROP CONSTRAINT indicators_ticker_timestamp_key")
+    results = {r.name: r for r in await check_database(load_settings(database_url=postgres_dsn))}
+    assert not results["table indicators"].ok
+    assert "no UNIQUE (ticker, timestamp)" in results["table indicators"].detail
+    assert results["table equity_data"].ok
+
+
+async def test_unreachable_postgres_names_the_fix() -> None:
+    results = await check_database(load_settings(database_url="postgresql://u:pw@127.0.0.1:1/db"))
+    assert [r.ok for r in results] == [False]
+    assert "DATABASE_URL" in results[0].fix and "pw" not in results[0].detail
+
+
+async def test_sqlite_after_open_passes_and_probe_leaves_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    sink = sink_from_url(url)
+    await sink.open()
+    await sink.aclose()
+    results = await check_database(load_settings(database_url=url))
+    assert all(r.ok for r in results) and results[-1].name == "write"
+    with sqlite3.connect(tmp_path / "x.db") as conn:
+        assert conn.execute("SELECT count(*) FROM equity_data").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(("age_days", "code"), [(1, 0), (8, 1)])
+def test_cli_check_exit_code(tmp_path: Path, age_days: float, code: int) -> None:
+    token_file(tmp_path / "token.json", age_days)
+    result = subprocess.run(
+        [sys.executable, "-m", "streaming_service", "check"],
+        env={"PATH": "/usr/bin:/bin", "SCHWAB_TOKEN_PATH": str(tmp_path / "token.json"),
+             "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == code, result.stderr
+    assert ("✗ Schwab token" in result.stdout) == bool(code)
+    assert "checks passed" in result.stdout
