@@ -1,7 +1,8 @@
 """The supervisor: wires source → pipeline → batcher → sink and runs them until asked to stop.
 
 Shutdown order (SIGTERM, Ctrl-C, `--duration`, or a fatal error in the stream): stop reading the
-stream, close the open rows, write everything pending, close the sink. A fatal error is re-raised
+stream, close the open rows, write everything pending, close the sink and the Schwab client's HTTP
+session (the service owns both once `run` starts). A fatal error is re-raised
 after that flush, so accepted rows are written whenever the database allows it.
 """
 
@@ -72,6 +73,7 @@ class Service:
     ) -> None:
         """`market_hours`: returns the schedule (called again when it runs out); None streams 24/7."""
         self.sink = sink
+        self._client = client
         self._market_hours = market_hours
         self._grace_s = grace_s
         self.batcher = Batcher(
@@ -100,6 +102,7 @@ class Service:
                 group.create_task(self._stream_until(stop), name="stream")
         finally:
             await self.sink.aclose()
+            await self._client.close_async_session()
 
     async def _stream_until(self, stop: asyncio.Event) -> None:
         source = self.stream.run() if self._market_hours is None else self._stream_in_sessions()

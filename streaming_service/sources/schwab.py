@@ -40,8 +40,19 @@ __all__ = ["EQUITY_FIELDS", "BadFrame", "QuoteMerger", "SchwabStream", "StreamSt
 
 log = structlog.get_logger(__name__)
 
-#: SYMBOL, LAST_PRICE, TOTAL_VOLUME, LAST_SIZE, TRADE_TIME_MILLIS (wire keys "0", "3", "8", "9", "35").
-EQUITY_FIELDS = [0, 3, 8, 9, 35]
+_Equity = StreamClient.LevelOneEquityFields
+#: The minimal field set; on the wire these are keys "0", "3", "8", "9", "35".
+EQUITY_FIELDS = [
+    _Equity.SYMBOL,
+    _Equity.LAST_PRICE,
+    _Equity.TOTAL_VOLUME,
+    _Equity.LAST_SIZE,
+    _Equity.TRADE_TIME_MILLIS,
+]
+
+
+#: What schwab-py raises while parsing or relabelling one malformed frame; the frame is skipped.
+_FRAME_ERRORS = (UnparsableMessage, UnexpectedResponse, KeyError, TypeError, AttributeError, ValueError)
 
 
 class BadFrame(ValueError):
@@ -191,7 +202,7 @@ class SchwabStream:
                     try:
                         async with asyncio.timeout(self._stale_after_s):
                             await stream.handle_message()
-                    except (UnparsableMessage, UnexpectedResponse, KeyError, TypeError) as exc:
+                    except _FRAME_ERRORS as exc:
                         self._bad_frame(f"{type(exc).__name__}: {exc}")
                     self.stats.frames += 1
                     self.stats.last_frame_at = loop.time()

@@ -1,0 +1,324 @@
+"""A local Schwab: the REST endpoints schwab-py needs and the streamer WebSocket protocol.
+
+REST (stdlib HTTP server in a thread): `GET /trader/v1/userPreference` (streamer URL and ids),
+`POST /v1/oauth/token` (refresh). Streamer (websockets, on the event loop): ADMIN LOGIN/LOGOUT and
+LEVELONE_EQUITIES SUBS/ADD/UNSUBS answered once each with Schwab's response envelope; heartbeats;
+one data frame per market event, a full snapshot per symbol first and then only changed fields.
+
+The market clock starts at the first subscription: simulated offset = elapsed wall time * `speed`.
+Fault injection: `disconnect_all()`, `drop_next_frames(n)`, `send_raw(text)`, `reject_login`,
+`refresh_token_valid`. Ground truth: `market.trades` (all), `sent_trades` (delivered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from streaming_service.simulator.market import Event, SimulatedMarket
+
+__all__ = ["SchwabSimulator", "write_token_file"]
+
+EQUITY_SERVICE = "LEVELONE_EQUITIES"
+
+
+def write_token_file(path: Path, *, expires_in_s: int = 86_400) -> None:
+    """Write a schwab-py token file the simulator accepts (access token valid `expires_in_s`)."""
+    now = int(time.time())
+    token = {
+        "access_token": "sim-access",
+        "refresh_token": "sim-refresh",
+        "token_type": "Bearer",
+        "expires_in": 1800,
+        "expires_at": now + expires_in_s,
+        "scope": "api",
+        "id_token": "sim-id",
+    }
+    path.write_text(json.dumps({"creation_timestamp": now, "token": token}))
+
+
+def _wire_fields(event: Event) -> dict[str, Any]:
+    """The LEVELONE_EQUITIES fields the simulator knows, keyed as on the wire."""
+    trade_ms = event.timestamp_ms if event.kind == "trade" else None
+    fields: dict[str, Any] = {
+        "1": event.bid,
+        "2": event.ask,
+        "3": event.price,
+        "8": event.total_volume,
+        "9": event.size or None,
+        "34": event.timestamp_ms,
+        "35": trade_ms,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+@dataclass(eq=False)
+class _Client:
+    socket: ServerConnection
+    outbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    fields: dict[str, set[str]] = field(default_factory=dict)  # symbol → wire keys subscribed
+    sent: dict[str, dict[str, Any]] = field(default_factory=dict)  # symbol → last values sent
+
+
+class SchwabSimulator:
+    """See the module docstring. Use as `async with SchwabSimulator(market) as sim:`."""
+
+    def __init__(
+        self,
+        market: SimulatedMarket,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        speed: float = 1.0,
+        heartbeat_seconds: float = 1.0,
+    ) -> None:
+        self.market = market
+        self.speed = speed
+        self._host, self._port = host, port
+        self._heartbeat_s = heartbeat_seconds
+        self.reject_login = False
+        self.refresh_token_valid = True
+        self.rest_requests: list[tuple[str, str]] = []
+        self.stream_requests: list[tuple[str, str, dict[str, Any]]] = []
+        self.sent_trades: list[Event] = []
+        self.session_finished = asyncio.Event()
+        self._clients: set[_Client] = set()
+        self._current: dict[str, Event] = {s: market.snapshot(s) for s in market.symbols}
+        self._drop = 0
+        self._clock_started: float | None = None
+        self._ws: Server | None = None
+        self._http: ThreadingHTTPServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def api_base_url(self) -> str:
+        assert self._http is not None, "start() first"
+        return f"http://{self._host}:{self._http.server_address[1]}"
+
+    @property
+    def streamer_url(self) -> str:
+        assert self._ws is not None, "start() first"
+        return f"ws://{self._host}:{next(iter(self._ws.sockets)).getsockname()[1]}/ws"
+
+    async def start(self) -> None:
+        """Listen on REST and streamer ports and start the market loop."""
+        self._ws = await serve(self._serve_client, self._host, 0)
+        self._http = ThreadingHTTPServer((self._host, self._port), _rest_handler(self))
+        self._http.daemon_threads = True
+        threading.Thread(target=self._http.serve_forever, name="sim-rest", daemon=True).start()
+        self._tasks.append(asyncio.create_task(self._run_market(), name="sim-market"))
+
+    async def stop(self) -> None:
+        """Close every connection and both servers; idempotent."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._ws is not None:
+            self._ws.close()
+            await self._ws.wait_closed()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    async def __aenter__(self) -> SchwabSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def disconnect_all(self) -> None:
+        """Close every streamer socket (the market keeps running)."""
+        await asyncio.gather(*(c.socket.close() for c in list(self._clients)))
+
+    def drop_next_frames(self, count: int) -> None:
+        """Do not send the next `count` market data frames (their trades still happen)."""
+        self._drop += count
+
+    async def send_raw(self, text: str) -> None:
+        """Send `text` as a frame to every connection, after what is already queued."""
+        for client in self._clients:
+            client.outbox.put_nowait(text)
+
+    # --- streamer ---------------------------------------------------------------------------------
+
+    async def _serve_client(self, socket: ServerConnection) -> None:
+        client = _Client(socket)
+        self._clients.add(client)
+        writer = asyncio.create_task(self._write(client), name="sim-writer")
+        beats = asyncio.create_task(self._heartbeats(client), name="sim-heartbeat")
+        try:
+            async for raw in socket:
+                for request in json.loads(raw).get("requests", []):
+                    self._handle(client, request)
+        except (ConnectionClosed, ValueError, AttributeError):
+            pass
+        finally:
+            self._clients.discard(client)
+            for task in (writer, beats):
+                task.cancel()
+            await asyncio.gather(writer, beats, return_exceptions=True)
+
+    async def _write(self, client: _Client) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                frame = await client.outbox.get()
+                if not frame:  # queued by LOGOUT: Schwab closes the socket after answering
+                    await client.socket.close()
+                    return
+                await client.socket.send(frame)
+
+    async def _heartbeats(self, client: _Client) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            client.outbox.put_nowait(json.dumps({"notify": [{"heartbeat": str(_now_ms())}]}))
+
+    def _handle(self, client: _Client, request: dict[str, Any]) -> None:
+        service, command = request.get("service"), request.get("command")
+        params = request.get("parameters") or {}
+        self.stream_requests.append((str(service), str(command), params))
+        code, message = 0, "success"
+        if service == "ADMIN" and command == "LOGIN":
+            if self.reject_login or not params.get("Authorization"):
+                code, message = 3, "Login denied"
+        elif service == "ADMIN" and command == "LOGOUT":
+            message = "logged out"
+        elif service == EQUITY_SERVICE and command in ("SUBS", "ADD", "UNSUBS"):
+            self._subscribe(client, str(command), params)
+        else:
+            code, message = 11, f"unsupported: {service} {command}"
+        response = {
+            "service": service,
+            "command": command,
+            "requestid": request.get("requestid"),
+            "timestamp": _now_ms(),
+            "content": {"code": code, "msg": message},
+        }
+        client.outbox.put_nowait(json.dumps({"response": [response]}))
+        if command in ("SUBS", "ADD") and code == 0:
+            for symbol in self._keys(params):
+                if symbol in self._current:
+                    self._send_event(client, self._current[symbol])
+        if command == "LOGOUT":
+            client.outbox.put_nowait("")  # marker: close after what is queued
+
+    def _subscribe(self, client: _Client, command: str, params: dict[str, Any]) -> None:
+        keys = self._keys(params)
+        if command == "UNSUBS":
+            for symbol in keys:
+                client.fields.pop(symbol, None)
+            return
+        if command == "SUBS":
+            client.fields.clear()
+        wanted = {f for f in str(params.get("fields", "")).split(",") if f}
+        for symbol in keys:
+            client.fields[symbol] = wanted
+            client.sent.pop(symbol, None)  # the next frame is a full snapshot
+        if self._clock_started is None and keys:
+            self._clock_started = asyncio.get_running_loop().time()
+
+    @staticmethod
+    def _keys(params: dict[str, Any]) -> list[str]:
+        return [k for k in str(params.get("keys", "")).split(",") if k]
+
+    def _send_event(self, client: _Client, event: Event) -> bool:
+        """Queue `event` for `client` as changed fields only; return whether anything was queued."""
+        wanted = client.fields.get(event.symbol)
+        if wanted is None:
+            return False
+        values = {k: v for k, v in _wire_fields(event).items() if k in wanted}
+        previous = client.sent.get(event.symbol)
+        changed = values if previous is None else {k: v for k, v in values.items() if previous.get(k) != v}
+        client.sent[event.symbol] = values
+        if previous is not None and not changed:
+            return False
+        item = {"key": event.symbol, "delayed": False, **changed}
+        frame = {"service": EQUITY_SERVICE, "timestamp": _now_ms(), "command": "SUBS", "content": [item]}
+        client.outbox.put_nowait(json.dumps({"data": [frame]}))
+        return True
+
+    async def _run_market(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.01)
+            if self._clock_started is None:
+                continue
+            for event in self.market.events_until((loop.time() - self._clock_started) * self.speed):
+                self._current[event.symbol] = event
+                if self._drop:
+                    self._drop -= 1
+                    continue
+                delivered = [self._send_event(c, event) for c in list(self._clients)]
+                if event.kind == "trade" and any(delivered):
+                    self.sent_trades.append(event)
+            if self.market.finished and not any(c.outbox.qsize() for c in self._clients):
+                self.session_finished.set()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _rest_handler(sim: SchwabSimulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            sim.rest_requests.append(("GET", self.path))
+            if self.path.split("?")[0] == "/trader/v1/userPreference":
+                self._reply(200, _preferences(sim.streamer_url))
+            else:
+                self._reply(404, {"errors": [{"status": 404, "title": f"not simulated: {self.path}"}]})
+
+        def do_POST(self) -> None:
+            sim.rest_requests.append(("POST", self.path))
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path != "/v1/oauth/token":
+                self._reply(404, {"errors": [{"status": 404, "title": f"not simulated: {self.path}"}]})
+            elif not sim.refresh_token_valid:
+                self._reply(400, {"error": "invalid_client", "error_description": "refresh token invalid"})
+            else:
+                self._reply(200, {"access_token": f"sim-access-{_now_ms()}", "refresh_token": "sim-refresh",
+                                  "token_type": "Bearer", "expires_in": 1800, "scope": "api",
+                                  "id_token": "sim-id"})
+
+        def _reply(self, status: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            return None
+
+    return Handler
+
+
+def _preferences(streamer_url: str) -> dict[str, Any]:
+    return {
+        "accounts": [{"accountNumber": "SIM0001", "primaryAccount": True, "type": "BROKERAGE"}],
+        "streamerInfo": [
+            {
+                "streamerSocketUrl": streamer_url,
+                "schwabClientCustomerId": "sim-customer",
+                "schwabClientCorrelId": "sim-correl",
+                "schwabClientChannel": "N9",
+                "schwabClientFunctionId": "APIAPP",
+            }
+        ],
+        "offers": [{"level2Permissions": False, "mktDataPermission": "NP"}],
+    }
