@@ -24,6 +24,7 @@ from streaming_service.logs import configure_logging
 
 if TYPE_CHECKING:
     from streaming_service.service import Service
+    from streaming_service.simulator import SchwabSimulator
 
 __all__ = ["main"]
 
@@ -200,7 +201,7 @@ async def _demo(args: argparse.Namespace) -> None:
             print(f"demo: simulator at {sim.api_base_url}, writing to {service.sink.name}", flush=True)
             await _serve(
                 service,
-                stop_when=_first_of(sim.session_finished.wait(), args.duration),
+                stop_when=_demo_end(sim, service, args.duration),
                 status_every=args.status_every,
                 print_status=True,
             )
@@ -211,6 +212,18 @@ async def _demo(args: argparse.Namespace) -> None:
         f"{status.ticks} ticks received; {status.rows_written} rows written to {service.sink.name}",
         flush=True,
     )
+
+
+async def _demo_end(sim: SchwabSimulator, service: Service, duration: float | None) -> None:
+    """Wait for the end of the simulated session or `duration`; then freeze the market and give the
+    service up to 10 s to receive what was already sent, so the demo's totals can be compared."""
+    await _first_of(sim.session_finished.wait(), duration)
+    sim.pause()
+    sent = sum(trade.size for trade in sim.sent_trades)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while service.pipeline.volume < sent and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll
+        await asyncio.sleep(0.05)
 
 
 async def _first_of(event_wait: Awaitable[bool], duration: float | None) -> None:

@@ -95,6 +95,7 @@ class SchwabSimulator:
         self._clients: set[_Client] = set()
         self._current: dict[str, Event] = {s: market.snapshot(s) for s in market.symbols}
         self._drop = 0
+        self.paused = False
         self._clock_started: float | None = None
         self._ws: Server | None = None
         self._http: ThreadingHTTPServer | None = None
@@ -142,6 +143,10 @@ class SchwabSimulator:
     async def disconnect_all(self) -> None:
         """Close every streamer socket (the market keeps running)."""
         await asyncio.gather(*(c.socket.close() for c in list(self._clients)))
+
+    def pause(self) -> None:
+        """Freeze the market: no further trades or quotes (already queued frames are still sent)."""
+        self.paused = True
 
     def drop_next_frames(self, count: int) -> None:
         """Do not send the next `count` market data frames (their trades still happen)."""
@@ -253,7 +258,7 @@ class SchwabSimulator:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.01)
-            if self._clock_started is None:
+            if self._clock_started is None or self.paused:
                 continue
             for event in self.market.events_until((loop.time() - self._clock_started) * self.speed):
                 self._current[event.symbol] = event
