@@ -246,7 +246,7 @@ class SchwabSimulator:
         values = {k: v for k, v in _wire_fields(event).items() if k in wanted}
         previous = client.sent.get(event.symbol)
         changed = values if previous is None else {k: v for k, v in values.items() if previous.get(k) != v}
-        client.sent[event.symbol] = values
+        client.sent[event.symbol] = {**(previous or {}), **values}  # fields persist until changed
         if previous is not None and not changed:
             return False
         item = {"key": event.symbol, "delayed": False, **changed}

@@ -261,8 +261,24 @@ def _raise_if_auth_error(exc: Exception) -> None:
             f"Schwab refused the token ({exc}); the refresh token lasts 7 days. Create a new token "
             "file (README, 'Schwab token') and restart."
         ) from exc
+    if isinstance(exc, UnexpectedResponseCode) and _response_code(exc) == _LOGIN_DENIED:
+        raise AuthError(
+            f"Schwab's streamer denied the login (code {_LOGIN_DENIED}, {exc}): the access token was "
+            "not accepted. Check SCHWAB_APP_KEY/SCHWAB_APP_SECRET and create a new token file "
+            "(README, 'Schwab token')."
+        ) from exc
     if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403):
         raise AuthError(
             f"Schwab answered {exc.response.status_code} to the stream login: check SCHWAB_APP_KEY, "
             "SCHWAB_APP_SECRET and the token file (README, 'Schwab token')."
         ) from exc
+
+
+_LOGIN_DENIED = 3  # Schwab streamer response code LOGIN_DENIED
+
+
+def _response_code(exc: UnexpectedResponseCode) -> object:
+    try:
+        return exc.response["response"][0]["content"]["code"]
+    except (KeyError, IndexError, TypeError):
+        return None
