@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
 from pg_cluster import PgCluster
 from psycopg import sql
+from supabase_db import bootstrap_roles, prepare_database
 
 # --- Real PostgreSQL ----------------------------------------------------------------------------
 # `pg_cluster`: one throwaway server for the whole session (started on first use, stopped at the
@@ -22,19 +24,47 @@ def pg_cluster() -> Iterator[PgCluster]:
         yield cluster
 
 
+@contextmanager
+def fresh_database(cluster: PgCluster) -> Iterator[str]:
+    """Create database `test_<hex>` on `cluster`, yield its DSN, drop it (connections forced out)."""
+    name = f"test_{uuid.uuid4().hex}"
+    if not cluster.running:
+        cluster.start()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield cluster.dsn(name)
+    if not cluster.running:  # a test stopped the server; bring it back for the next one
+        cluster.start()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture
 def postgres_dsn(pg_cluster: PgCluster) -> Iterator[str]:
-    """The DSN of a new empty database `test_<hex>`; dropped (connections forced out) after the test."""
-    name = f"test_{uuid.uuid4().hex}"
-    if not pg_cluster.running:
-        pg_cluster.start()
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield pg_cluster.dsn(name)
-    if not pg_cluster.running:  # a test stopped the server; bring it back for the next one
-        pg_cluster.start()
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    """The DSN of a new empty database on the plain server (no Supabase roles)."""
+    with fresh_database(pg_cluster) as dsn:
+        yield dsn
+
+
+# --- Supabase-flavoured PostgreSQL ----------------------------------------------------------------
+# A second server with Supabase's roles; `supabase_dsn` is a new database with Supabase's grants and
+# every migration applied as `supabase db push` would. Kept apart from `pg_cluster` so the plain
+# server never has those roles (the migrations must also work without them).
+
+
+@pytest.fixture(scope="session")
+def supabase_cluster() -> Iterator[PgCluster]:
+    with PgCluster() as cluster:
+        bootstrap_roles(cluster.dsn())
+        yield cluster
+
+
+@pytest.fixture
+def supabase_dsn(supabase_cluster: PgCluster) -> Iterator[str]:
+    """Superuser DSN of a new database with Supabase's grants and all migrations applied."""
+    with fresh_database(supabase_cluster) as dsn:
+        prepare_database(dsn)
+        yield dsn
 
 
 # --- (end of real PostgreSQL fixtures) ----------------------------------------------------------
