@@ -17,27 +17,12 @@ from pathlib import Path
 
 from streaming_service.config import Settings
 from streaming_service.errors import AuthError
+from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS
 from streaming_service.sources.schwab_client import read_token_file
 
-__all__ = ["EXPECTED_COLUMNS", "UNIQUE_KEYS", "CheckResult", "check_database", "check_token"]
+__all__ = ["CheckResult", "check_database", "check_token"]
 
 REFRESH_TOKEN_LIFE_S = 7 * 86_400
-UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
-    "equity_data": ("ticker", "timestamp"),
-    "indicators": ("ticker", "timestamp"),
-    "option_prices": ("ticker", "timestamp", "option_type", "strike_price", "expiration_date"),
-}
-EXPECTED_COLUMNS: dict[str, frozenset[str]] = {
-    "equity_data": frozenset({"ticker", "timestamp", "price", "volume"}),
-    "indicators": frozenset({"ticker", "timestamp", "sma9", "vwap"}),
-    "option_prices": frozenset(
-        {
-            "ticker", "timestamp", "option_type", "strike_price", "expiration_date", "last_price",
-            "bid", "ask", "volume", "open_interest", "implied_volatility", "delta", "gamma", "theta",
-            "vega", "option_symbol",
-        }
-    ),
-}
 _PROBE = (
     "INSERT INTO equity_data (ticker, timestamp, price, volume) "
     "VALUES ('ZZCHECK', '2000-01-03T14:30:00+00:00', 1, 1) "
@@ -92,8 +77,8 @@ def _schema_results(
     columns: dict[str, set[str]], unique: dict[str, set[tuple[str, ...]]]
 ) -> list[CheckResult]:
     results = []
-    for table, expected in EXPECTED_COLUMNS.items():
-        missing = sorted(expected - columns.get(table, set()))
+    for table, expected in TABLE_COLUMNS.items():
+        missing = sorted(set(expected) - columns.get(table, set()))
         key = UNIQUE_KEYS[table]
         problems = []
         if table not in columns:
@@ -168,7 +153,7 @@ async def _check_postgres(url: str) -> list[CheckResult]:
             await conn.execute(
                 "SELECT table_name, column_name FROM information_schema.columns "
                 "WHERE table_schema = 'public' AND table_name = ANY(%s)",
-                [list(EXPECTED_COLUMNS)],
+                [list(TABLE_COLUMNS)],
             )
         ).fetchall()
         columns: dict[str, set[str]] = {}

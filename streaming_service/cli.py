@@ -133,18 +133,13 @@ async def _run(args: argparse.Namespace) -> None:
     configure_logging(settings.log_format, settings.log_level)
     from streaming_service.market_hours import load_market_hours
     from streaming_service.service import Service
-    from streaming_service.sinks import sink_from_url
+    from streaming_service.sinks import sink_for
     from streaming_service.sources.schwab_client import build_schwab_client
 
     if settings.schwab_app_key is None or settings.schwab_app_secret is None:
         raise ConfigError(
             "config error: SCHWAB_APP_KEY and SCHWAB_APP_SECRET must be set (from your app at "
             "developer.schwab.com). Set them in .env."
-        )
-    if settings.sink_url == "supabase":
-        raise ConfigError(
-            "config error: the Supabase sink is not available in this version; set DATABASE_URL "
-            "(postgresql://… or sqlite:///…) instead, e.g. Supabase's Postgres connection string."
         )
     client = build_schwab_client(
         settings.schwab_token_path,
@@ -155,7 +150,7 @@ async def _run(args: argparse.Namespace) -> None:
     if not settings.skip_market_hours:
         cache = settings.schwab_token_path.parent / "market_hours.json"
         hours = functools.partial(load_market_hours, cache)
-    service = Service(settings, client, sink_from_url(settings.sink_url), market_hours=hours)
+    service = Service(settings, client, sink_for(settings), market_hours=hours)
     await _serve(service, stop_when=None, status_every=60.0, print_status=False)
 
 

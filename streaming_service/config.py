@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     supabase_service_role_key: SecretStr | None = Field(
         None, description="the service_role key of your Supabase project"
     )
+    dead_letter_path: Path = Field(
+        Path("data/dead_letters.jsonl"), description="path of the JSON-lines file for rejected rows"
+    )
     database_url: str | None = Field(
         None, description="sqlite:///path.db or postgresql://user:pass@host:port/db"
     )
@@ -82,6 +85,13 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         return value.upper() if value.lower() in {"debug", "info", "warning", "error"} else value
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must look like https://<project>.supabase.co")
+        return value.rstrip("/") if value is not None else None
 
     @field_validator("database_url")
     @classmethod

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 
-import psycopg
 import pytest
-from pg_cluster import PgCluster
-from psycopg import sql
+from pg_cluster import PgCluster, fresh_database
 from supabase_db import bootstrap_roles, prepare_database
 
 # --- Real PostgreSQL ----------------------------------------------------------------------------
@@ -22,21 +18,6 @@ def pg_cluster() -> Iterator[PgCluster]:
     """A running PostgreSQL server on 127.0.0.1 (trust auth, superuser `postgres`)."""
     with PgCluster() as cluster:
         yield cluster
-
-
-@contextmanager
-def fresh_database(cluster: PgCluster) -> Iterator[str]:
-    """Create database `test_<hex>` on `cluster`, yield its DSN, drop it (connections forced out)."""
-    name = f"test_{uuid.uuid4().hex}"
-    if not cluster.running:
-        cluster.start()
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield cluster.dsn(name)
-    if not cluster.running:  # a test stopped the server; bring it back for the next one
-        cluster.start()
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture

@@ -17,10 +17,16 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["PgCluster", "PgClusterError", "find_pg_bin"]
+import psycopg
+from psycopg import sql
+
+__all__ = ["PgCluster", "PgClusterError", "find_pg_bin", "fresh_database"]
 
 _SERVER_USER = "nobody"
 _START_TIMEOUT_S = 30
@@ -179,3 +185,18 @@ class PgCluster:
         except FileNotFoundError:
             return "(no server log yet)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+@contextmanager
+def fresh_database(cluster: PgCluster) -> Iterator[str]:
+    """Create database `test_<hex>` on `cluster`, yield its DSN, drop it (connections forced out)."""
+    name = f"test_{uuid.uuid4().hex}"
+    if not cluster.running:
+        cluster.start()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield cluster.dsn(name)
+    if not cluster.running:  # a test stopped the server; bring it back for the next one
+        cluster.start()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

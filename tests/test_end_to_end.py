@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
+from polling import wait_until
 from reference import reference_rows
 
 from streaming_service.config import load_settings
@@ -51,13 +52,6 @@ async def running_service(
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
-
-
-async def wait_until(condition: object, within: float = 30.0) -> None:
-    """Poll `condition()` until true; fail after `within` seconds."""
-    async with asyncio.timeout(within):
-        while not condition():  # type: ignore[operator]  # noqa: ASYNC110 - a bounded condition poll
-            await asyncio.sleep(0.02)
 
 
 def read_rows(database_url: str) -> pd.DataFrame:

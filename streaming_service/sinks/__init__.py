@@ -1,4 +1,6 @@
-"""Where batches are stored. `sink_from_url` picks the sink for a database URL:
+"""Where batches are stored. `sink_for(settings)` picks the configured sink: DATABASE_URL if set,
+else Supabase's REST API if SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are, else local SQLite.
+`sink_from_url` picks the sink for a database URL:
 
 - `sqlite:///relative/path.db`, `sqlite:////absolute/path.db` → `SQLiteSink`
 - `postgresql://user:password@host:port/dbname` (or `postgres://…`) → `PostgresSink`
@@ -16,15 +18,30 @@ from streaming_service.errors import ConfigError
 from streaming_service.sinks.base import Sink
 
 if TYPE_CHECKING:
+    from streaming_service.config import Settings
     from streaming_service.sinks.postgres import PostgresSink
     from streaming_service.sinks.sqlite import SQLiteSink
 
-__all__ = ["PostgresSink", "SQLiteSink", "Sink", "sink_from_url"]
+__all__ = ["PostgresSink", "SQLiteSink", "Sink", "sink_for", "sink_from_url"]
 
 _ALLOWED = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db, "
     "postgresql://user:password@host:port/dbname (or postgres://...)"
 )
+
+
+def sink_for(settings: Settings) -> Sink:
+    """Return the unopened sink `settings` select (see the module docstring)."""
+    if settings.sink_url == "supabase":
+        from streaming_service.sinks.supabase import SupabaseSink
+
+        assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
+        return SupabaseSink(
+            settings.supabase_url,
+            settings.supabase_service_role_key.get_secret_value(),
+            dead_letter_path=settings.dead_letter_path,
+        )
+    return sink_from_url(settings.sink_url)
 
 
 def sink_from_url(url: str) -> Sink:

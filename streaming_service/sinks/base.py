@@ -6,7 +6,24 @@ from typing import Protocol
 
 from streaming_service.models import Batch
 
-__all__ = ["Sink"]
+__all__ = ["TABLE_COLUMNS", "UNIQUE_KEYS", "Sink"]
+
+#: The UNIQUE key of each table: what every upsert conflicts on.
+UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
+    "equity_data": ("ticker", "timestamp"),
+    "indicators": ("ticker", "timestamp"),
+    "option_prices": ("ticker", "timestamp", "option_type", "strike_price", "expiration_date"),
+}
+#: The columns the service writes (besides `id` and `created_at`), per table.
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "equity_data": ("ticker", "timestamp", "price", "volume"),
+    "indicators": ("ticker", "timestamp", "sma9", "vwap"),
+    "option_prices": (
+        *UNIQUE_KEYS["option_prices"],
+        *("last_price", "bid", "ask", "volume", "open_interest", "implied_volatility"),
+        *("delta", "gamma", "theta", "vega", "option_symbol"),
+    ),
+}
 
 
 class Sink(Protocol):

@@ -1,0 +1,309 @@
+"""A test double for Supabase's REST API (PostgREST), over a real PostgreSQL database.
+
+It speaks the subset supabase-py uses, as captured in shared/reference/supabase-py.md:
+
+- `POST /rest/v1/<table>?on_conflict=a,b&columns="x","y"` with `Prefer: return=minimal|representation,
+  resolution=merge-duplicates|ignore-duplicates[, missing=default]`: one `INSERT ... SELECT FROM
+  json_to_recordset(body) ON CONFLICT (...) DO UPDATE|DO NOTHING` in one transaction (all or nothing);
+  201, or 200 when merge-duplicates inserted no row. (`missing=default` is accepted and ignored:
+  a key absent from a row inserts NULL.)
+- `GET /rest/v1/<table>?select=a,b&limit=n`: rows as a JSON array.
+
+Each request runs as the role named by the JWT in `Authorization: Bearer` (HS256, `JWT_SECRET`):
+the double logs in as `authenticator` and `SET LOCAL ROLE`s, so grants and RLS are Postgres's own.
+Errors are `{"code","details","hint","message"}` with PostgREST's SQLSTATE → HTTP status mapping;
+a lost database connection is 503 PGRST000.
+
+Faults on demand: `fail_next(n, "503" | "timeout" | "close", table=None)` makes the next n requests
+(for `table`, if given) answer 503,
+hang until the client gives up, or drop the connection, without touching the database.
+Every request is recorded in `requests` (method, path, query, headers, body).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+__all__ = ["JWT_SECRET", "PostgrestDouble", "Recorded", "make_key"]
+
+JWT_SECRET = "test-secret-with-at-least-32-characters!!"
+Fault = Literal["503", "timeout", "close"]
+
+
+def make_key(role: str, secret: str = JWT_SECRET) -> str:
+    """A Supabase-style API key: a JWT whose `role` claim picks the database role."""
+    return jwt.encode({"role": role, "iss": "supabase-test"}, secret, algorithm="HS256")
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Any
+
+
+class _ApiError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, details: str | None = None, hint: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.body = status, {"code": code, "details": details, "hint": hint, "message": message}
+
+
+def status_for(sqlstate: str, role: str) -> int:
+    """PostgREST's mapping of a SQLSTATE to an HTTP status (Error.hs `mapSQLtoHTTP`)."""
+    exact = {"23503": 409, "23505": 409, "25006": 405, "42883": 404, "42P01": 404, "42P17": 500,
+             "21000": 500, "53400": 500, "57P01": 503, "P0001": 400}  # fmt: skip
+    if sqlstate in exact:
+        return exact[sqlstate]
+    if sqlstate == "42501":
+        return 401 if role == "anon" else 403
+    prefixes = {"08": 503, "09": 500, "0L": 403, "0P": 403, "25": 500, "28": 403, "2D": 500, "38": 500,
+                "39": 500, "3B": 500, "40": 500, "53": 503, "54": 500, "55": 500, "57": 500, "58": 500,
+                "F0": 500, "HV": 500, "P0": 500, "XX": 500}  # fmt: skip
+    return prefixes.get(sqlstate[:2], 400)
+
+
+class PostgrestDouble:
+    """Serve the REST subset on 127.0.0.1 over the database at `dsn` (a superuser DSN; requests log
+    in as `authenticator` on the same server). Use as a context manager; `url` is the project URL."""
+
+    def __init__(self, dsn: str) -> None:
+        params = conninfo_to_dict(dsn)
+        params["user"] = "authenticator"
+        self._dsn = make_conninfo(**params)  # type: ignore[arg-type]
+        self.requests: list[Recorded] = []
+        self._faults: list[tuple[Fault, str | None]] = []
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="postgrest-double", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> PostgrestDouble:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._release.set()  # let hung "timeout" requests go
+        self._server.shutdown()
+        self._server.server_close()
+
+    def fail_next(self, count: int, fault: Fault, *, table: str | None = None) -> None:
+        """Fail the next `count` requests (only those for `table`, if given) with `fault`."""
+        with self._lock:
+            self._faults.extend([(fault, table)] * count)
+
+    def _take_fault(self, path: str) -> Fault | None:
+        with self._lock:
+            for index, (fault, table) in enumerate(self._faults):
+                if table is None or path == f"/rest/v1/{table}":
+                    del self._faults[index]
+                    return fault
+            return None
+
+    # --- request handling (server threads) -------------------------------------------------------
+
+    def _role(self, headers: dict[str, str]) -> str:
+        if "apikey" not in headers:
+            raise _ApiError(401, "401", "No API key found in request", hint="No `apikey` request header")
+        token = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        try:
+            claims = jwt.decode(token, JWT_SECRET, algorithms=["HS256"])
+        except jwt.PyJWTError as exc:
+            raise _ApiError(401, "PGRST301", f"JWT invalid: {exc}") from None
+        return str(claims.get("role", "anon"))
+
+    def _columns(self, conn: psycopg.Connection, table: str) -> dict[str, str]:
+        rows = conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum",
+            [table],
+        ).fetchall()
+        if not rows:
+            raise _ApiError(404, "PGRST205", f"Could not find the table 'public.{table}' in the schema cache")
+        return {str(name): str(kind) for name, kind in rows}
+
+    def _run(self, role: str, work: Any) -> Any:
+        try:
+            with psycopg.connect(self._dsn, connect_timeout=5) as conn, conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+                return work(conn)
+        except psycopg.OperationalError as exc:
+            if exc.sqlstate is None:
+                raise _ApiError(503, "PGRST000", "Database client error. Retrying the connection.",
+                                details=str(exc)) from None  # fmt: skip
+            raise _sql_error(exc, role) from None
+        except psycopg.Error as exc:
+            raise _sql_error(exc, role) from None
+
+    def upsert(
+        self, role: str, table: str, query: dict[str, list[str]], prefer: set[str], body: Any
+    ) -> tuple[int, Any]:
+        if not isinstance(body, list) or not all(isinstance(row, dict) for row in body):
+            raise _ApiError(400, "PGRST102", "Empty or invalid json")
+        on_conflict = [c for c in (query.get("on_conflict") or [""])[0].split(",") if c]
+        listed = (query.get("columns") or [""])[0]
+        names = (
+            [c.strip().strip('"') for c in listed.split(",") if c.strip()]
+            if listed
+            else sorted({k for row in body for k in row})
+        )
+        representation = "return=representation" in prefer
+        ignore = "resolution=ignore-duplicates" in prefer
+
+        def work(conn: psycopg.Connection) -> tuple[int, Any]:
+            types = self._columns(conn, table)
+            for name in names:
+                if name not in types:
+                    raise _ApiError(
+                        400,
+                        "PGRST204",
+                        f"Could not find the '{name}' column of '{table}' in the schema cache",
+                    )
+            if not names:
+                return (200 if not ignore else 201), ([] if representation else None)
+            cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+            record = sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(types[n])) for n in names
+            )
+            statement = sql.SQL(
+                "INSERT INTO {} ({}) SELECT {} FROM json_to_recordset(%s::json) AS _({})"
+            ).format(sql.Identifier("public", table), cols, cols, record)
+            if on_conflict:
+                target = sql.SQL(", ").join(sql.Identifier(c) for c in on_conflict)
+                if ignore:
+                    action = sql.SQL("DO NOTHING")
+                else:
+                    action = sql.SQL("DO UPDATE SET ") + sql.SQL(", ").join(
+                        sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(n), sql.Identifier(n))
+                        for n in names
+                    )
+                statement += sql.SQL(" ON CONFLICT ({}) ").format(target) + action
+            statement += sql.SQL(" RETURNING (xmax = 0) AS _inserted, row_to_json({}.*) AS _row").format(
+                sql.Identifier(table)
+            )
+            rows = conn.execute(statement, [json.dumps(body)]).fetchall()
+            inserted = sum(1 for flag, _ in rows if flag)
+            status = 200 if (on_conflict and not ignore and inserted == 0) else 201
+            return status, ([r for _, r in rows] if representation else None)
+
+        result: tuple[int, Any] = self._run(role, work)
+        return result
+
+    def select(self, role: str, table: str, query: dict[str, list[str]]) -> list[Any]:
+        wanted = [c for c in (query.get("select") or ["*"])[0].split(",") if c]
+        limit = int((query.get("limit") or ["1000"])[0])
+
+        def work(conn: psycopg.Connection) -> list[Any]:
+            types = self._columns(conn, table)
+            for name in wanted:
+                if name != "*" and name not in types:
+                    raise _ApiError(400, "42703", f"column {table}.{name} does not exist")
+            cols = sql.SQL("*") if wanted == ["*"] else sql.SQL(", ").join(sql.Identifier(c) for c in wanted)
+            statement = sql.SQL("SELECT row_to_json(t) FROM (SELECT {} FROM {} LIMIT %s) t").format(
+                cols, sql.Identifier("public", table)
+            )
+            return [r[0] for r in conn.execute(statement, [limit]).fetchall()]
+
+        result: list[Any] = self._run(role, work)
+        return result
+
+
+def _sql_error(exc: psycopg.Error, role: str) -> _ApiError:
+    state = exc.sqlstate or "XX000"
+    diag = exc.diag
+    return _ApiError(
+        status_for(state, role),
+        state,
+        diag.message_primary or str(exc),
+        diag.message_detail,
+        diag.message_hint,
+    )
+
+
+def _handler(double: PostgrestDouble) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def _serve(self, method: str) -> None:
+            url = urlsplit(self.path)
+            query = parse_qs(url.query, keep_blank_values=True)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            raw = self.rfile.read(int(headers.get("content-length") or 0))
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode(errors="replace")
+            double.requests.append(Recorded(method, url.path, query, headers, body))
+            fault = double._take_fault(url.path)
+            if fault == "close":
+                self.close_connection = True
+                self.connection.close()
+                return
+            if fault == "timeout":
+                double._release.wait(timeout=60)  # hang until the client gives up (or the double stops)
+                self.close_connection = True
+                return
+            try:
+                if fault == "503":
+                    raise _ApiError(503, "PGRST000", "Database client error. Retrying the connection.")
+                status, payload = self._dispatch(method, url.path, query, headers, body)
+            except _ApiError as err:
+                self._reply(err.status, err.body, error=True)
+                return
+            self._reply(status, payload)
+
+        def _dispatch(
+            self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: Any
+        ) -> tuple[int, Any]:
+            if not path.startswith("/rest/v1/"):
+                raise _ApiError(404, "404", f"no route {path}")
+            role = double._role(headers)
+            table = path.removeprefix("/rest/v1/")
+            if method == "GET":
+                return 200, double.select(role, table, query)
+            prefer = {p.strip() for p in headers.get("prefer", "").split(",") if p.strip()}
+            return double.upsert(role, table, query, prefer, body)
+
+        def _reply(self, status: int, payload: Any, *, error: bool = False) -> None:
+            data = b"" if payload is None else json.dumps(payload).encode()
+            self.send_response(status)
+            if data:
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+            if error:
+                self.send_header("Proxy-Status", f"PostgREST; error={payload['code']}")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    return Handler

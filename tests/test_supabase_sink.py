@@ -1,0 +1,223 @@
+"""The Supabase sink: real supabase-py client → PostgREST double → real Postgres with Supabase's
+roles, grants, RLS and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from pg_cluster import PgCluster, fresh_database
+from polling import wait_until
+from postgrest_double import PostgrestDouble, Recorded, make_key
+
+from streaming_service.batcher import Batcher
+from streaming_service.errors import SinkRejected, SinkUnavailable
+from streaming_service.models import Batch, EquityRow, IndicatorRow, Tick
+from streaming_service.pipeline import Pipeline, RowPair
+from streaming_service.simulator import SimulatedMarket
+from streaming_service.sinks.supabase import SupabaseSink
+
+T0 = datetime(2026, 11, 24, 14, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def double(supabase_dsn: str) -> Iterator[PostgrestDouble]:
+    with PostgrestDouble(supabase_dsn) as server:
+        yield server
+
+
+@pytest.fixture
+async def sink(double: PostgrestDouble, tmp_path: Path) -> AsyncIterator[SupabaseSink]:
+    sink = SupabaseSink(
+        double.url, make_key("service_role"), dead_letter_path=tmp_path / "dead.jsonl", timeout=1.0
+    )
+    await sink.open()
+    yield sink
+    await sink.aclose()
+
+
+def rows(count: int, *, start: datetime = T0, price: float = 500.0) -> Batch:
+    stamps = [start + timedelta(seconds=i) for i in range(count)]
+    return Batch(
+        equity=tuple(EquityRow("QQQ", ts, price + i / 100, 100 + i) for i, ts in enumerate(stamps)),
+        indicators=tuple(
+            IndicatorRow("QQQ", ts, None if i < 3 else price, price) for i, ts in enumerate(stamps)
+        ),
+    )
+
+
+def table_totals(dsn: str) -> dict[str, tuple[int, int]]:
+    """(row count, distinct keys) per table, and Σ volume under key 'volume'."""
+    with psycopg.connect(dsn) as conn:
+        out = {}
+        for table in ("equity_data", "indicators"):
+            found = conn.execute(
+                f"SELECT count(*), count(DISTINCT (ticker, timestamp)) FROM {table}".encode()
+            ).fetchone()
+            assert found is not None
+            out[table] = (int(found[0]), int(found[1]))
+        volume = conn.execute("SELECT coalesce(sum(volume), 0) FROM equity_data").fetchone()
+        assert volume is not None
+        out["volume"] = (int(volume[0]), 0)
+        return out
+
+
+def columns(request: Recorded) -> set[str]:
+    """The `columns=` query parameter as a set (supabase-py sends it in random order)."""
+    return {c.strip('"') for c in request.query["columns"][0].split(",")}
+
+
+async def test_request_contract_is_pinned(sink: SupabaseSink, double: PostgrestDouble) -> None:
+    double.requests.clear()
+    await sink.write(rows(2))
+    posts = [r for r in double.requests if r.method == "POST"]
+    assert [r.path for r in posts] == ["/rest/v1/equity_data", "/rest/v1/indicators"]
+    equity, indicators = posts
+    assert equity.query["on_conflict"] == ["ticker,timestamp"]
+    assert {c.strip('"') for c in equity.query["columns"][0].split(",")} == {
+        "ticker",
+        "timestamp",
+        "price",
+        "volume",
+    }
+    assert {c.strip('"') for c in indicators.query["columns"][0].split(",")} == {
+        "ticker",
+        "timestamp",
+        "sma9",
+        "vwap",
+    }
+    for request in posts:
+        assert request.headers["prefer"] == "return=minimal,resolution=merge-duplicates"
+        assert request.headers["apikey"] == make_key("service_role")
+        assert request.headers["authorization"] == f"Bearer {make_key('service_role')}"
+        assert request.headers["content-profile"] == "public"
+    assert equity.body == [
+        {"ticker": "QQQ", "timestamp": "2026-11-24T14:30:00+00:00", "price": 500.0, "volume": 100},
+        {"ticker": "QQQ", "timestamp": "2026-11-24T14:30:01+00:00", "price": 500.01, "volume": 101},
+    ]
+    assert indicators.body[0] == {
+        "ticker": "QQQ",
+        "timestamp": "2026-11-24T14:30:00+00:00",
+        "sma9": None,
+        "vwap": 500.0,
+    }
+
+
+async def test_a_simulated_session_lands_exactly(sink: SupabaseSink, supabase_dsn: str) -> None:
+    market = SimulatedMarket(["QQQ"], seed=9, trades_per_second=1.0)
+    market.events_until(3_600.0)
+    emitted: list[RowPair] = []
+    pipeline = Pipeline(("QQQ",), emitted.append, resolution_s=1)
+    for trade in market.trades:
+        stamp = datetime.fromtimestamp(trade.timestamp_ms / 1000, UTC)
+        pipeline.on_tick(Tick(trade.symbol, stamp, trade.price, trade.size))
+    emitted.extend(pipeline.drain())
+    for start in range(0, len(emitted), 100):
+        chunk = emitted[start : start + 100]
+        await sink.write(Batch(tuple(e for e, _ in chunk), tuple(i for _, i in chunk)))
+    await sink.write(Batch(tuple(e for e, _ in emitted[:50]), tuple(i for _, i in emitted[:50])))  # a replay
+    totals = table_totals(supabase_dsn)
+    assert totals["equity_data"] == (len(emitted), len(emitted))
+    assert totals["indicators"] == (len(emitted), len(emitted))
+    assert totals["volume"][0] == market.total_volume("QQQ") > 0
+
+
+async def test_anon_key_is_refused_with_a_clear_fatal_error(
+    double: PostgrestDouble, supabase_dsn: str, tmp_path: Path
+) -> None:
+    anon = SupabaseSink(double.url, make_key("anon"), dead_letter_path=tmp_path / "dead.jsonl")
+    await anon.open()  # anon may read: the tables are visible
+    with pytest.raises(SinkRejected, match="SUPABASE_SERVICE_ROLE_KEY") as refused:
+        await anon.write(rows(3))
+    await anon.aclose()
+    assert "42501" in str(refused.value)
+    assert make_key("anon") not in str(refused.value) + repr(anon)
+    assert table_totals(supabase_dsn)["equity_data"] == (0, 0)
+
+
+async def test_key_signed_with_another_secret_is_refused(double: PostgrestDouble, tmp_path: Path) -> None:
+    forged = SupabaseSink(double.url, make_key("service_role", "x" * 40), dead_letter_path=tmp_path / "d")
+    with pytest.raises(SinkRejected, match=r"PGRST301.*SUPABASE_SERVICE_ROLE_KEY"):
+        await forged.open()
+    await forged.aclose()
+
+
+async def test_missing_tables_say_to_apply_the_migrations(
+    supabase_cluster: PgCluster, tmp_path: Path
+) -> None:
+    with fresh_database(supabase_cluster) as empty, PostgrestDouble(empty) as bare:
+        sink = SupabaseSink(bare.url, make_key("service_role"), dead_letter_path=tmp_path / "d")
+        with pytest.raises(SinkRejected, match=r"PGRST205.*apply supabase/migrations"):
+            await sink.open()
+        await sink.aclose()
+
+
+async def test_one_bad_row_is_dead_lettered_and_the_rest_written(
+    sink: SupabaseSink, supabase_dsn: str, tmp_path: Path
+) -> None:
+    batch = rows(9)
+    bad = EquityRow("QQQ", T0 + timedelta(seconds=4), 123_456_789.0, 5)  # overflows DECIMAL(10, 2)
+    equity = list(batch.equity)
+    equity[4] = bad
+    await sink.write(Batch(tuple(equity), batch.indicators))
+
+    totals = table_totals(supabase_dsn)
+    assert totals["equity_data"] == (8, 8)
+    assert totals["indicators"] == (9, 9)
+    letters = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert len(letters) == 1 and sink.dead_letters == 1
+    assert letters[0]["table"] == "equity_data"
+    assert letters[0]["code"] == "22003"
+    assert letters[0]["row"]["price"] == 123_456_789.0
+    assert letters[0]["row"]["timestamp"] == bad.timestamp.isoformat()
+
+
+async def test_non_finite_values_are_dead_lettered_without_a_request(
+    sink: SupabaseSink, double: PostgrestDouble, supabase_dsn: str, tmp_path: Path
+) -> None:
+    nan_row = IndicatorRow("QQQ", T0, float("nan"), 500.0)
+    batch = rows(3)
+    await sink.write(Batch(batch.equity, (nan_row, *batch.indicators[1:])))
+    assert table_totals(supabase_dsn)["indicators"] == (2, 2)
+    letter = json.loads((tmp_path / "dead.jsonl").read_text())
+    assert letter["code"] == "non-finite"
+
+
+@pytest.mark.parametrize("fault", ["503", "timeout", "close"])
+async def test_unavailable_is_retried_until_written_without_loss_or_duplicates(
+    sink: SupabaseSink, double: PostgrestDouble, supabase_dsn: str, fault: str
+) -> None:
+    with pytest.raises(SinkUnavailable):
+        double.fail_next(1, fault)  # type: ignore[arg-type]
+        await sink.write(rows(5))
+
+    double.fail_next(3, fault)  # type: ignore[arg-type]
+    batcher = Batcher(sink, size=5, interval=3600, max_retry_wait=0.05)
+    task = asyncio.create_task(batcher.run())
+    for equity, indicator in zip(rows(20).equity, rows(20).indicators, strict=True):
+        batcher.add((equity, indicator))
+    await wait_until(lambda: batcher.stats.rows_written == 40)  # 20 equity + 20 indicator rows
+    await batcher.close(grace=30)
+    await task
+    assert batcher.stats.write_errors >= 3
+    totals = table_totals(supabase_dsn)
+    assert totals["equity_data"] == (20, 20)
+    assert totals["indicators"] == (20, 20)
+    assert totals["volume"][0] == sum(100 + i for i in range(20))
+
+
+async def test_a_retry_does_not_resend_tables_already_written(
+    sink: SupabaseSink, double: PostgrestDouble
+) -> None:
+    batch = rows(4)
+    double.fail_next(1, "503", table="indicators")
+    with pytest.raises(SinkUnavailable, match="indicators"):
+        await sink.write(batch)
+    double.requests.clear()
+    await sink.write(batch)
+    assert [r.path for r in double.requests] == ["/rest/v1/indicators"]
