@@ -3,6 +3,12 @@
 Checks, in order: configuration; the Schwab token file (present, readable, refresh-token age
 against its 7-day life); the database (reachable; the three tables with their columns and UNIQUE
 keys; the credentials can write, proven by an upsert that is rolled back). Nothing is left behind.
+
+Supabase's REST API has no transactions to roll back, so there the write probe is an upsert of one
+deliberately invalid row per table (NULL `volume`, NULL `timestamp`, `option_type` 'ZZZZ'), sent
+with the table's `on_conflict` key. The database must refuse it with a NOT NULL or CHECK violation
+(23502/23514), which proves that the key may write, the columns exist and the UNIQUE key matches
+(else 42501, 42703/PGRST204 or 42P10), and nothing is written.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streaming_service.config import Settings
-from streaming_service.errors import AuthError
+from streaming_service.errors import AuthError, StreamerError
 from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS
 from streaming_service.sources.schwab_client import read_token_file
 
@@ -70,6 +76,11 @@ async def check_database(settings: Settings) -> list[CheckResult]:
         return await asyncio.to_thread(_check_sqlite, Path(url.removeprefix("sqlite:///")))
     if url.startswith(("postgresql://", "postgres://")):
         return await _check_postgres(url)
+    if url == "supabase":
+        assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
+        return await _check_supabase(
+            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
+        )
     return [CheckResult("database", False, f"no check for {url!r}", "set DATABASE_URL")]
 
 
@@ -121,9 +132,7 @@ def _check_sqlite(path: Path) -> list[CheckResult]:
                 results.append(CheckResult("write", True, "upsert into equity_data works (rolled back)"))
             return results
     except sqlite3.Error as exc:
-        return [
-            CheckResult("database", False, f"sqlite {path}: {exc}", "check the file and its permissions")
-        ]
+        return [CheckResult("database", False, f"sqlite {path}: {exc}", "check the file and its permissions")]
 
 
 @contextmanager
@@ -187,3 +196,78 @@ async def _check_postgres(url: str) -> list[CheckResult]:
                     )
                 )
         return results
+
+
+#: One row per table that the schema must refuse (NOT NULL or CHECK) after every privilege check.
+_REST_PROBES: dict[str, dict[str, object]] = {
+    "equity_data": {
+        "ticker": "ZZCHECK",
+        "timestamp": "2000-01-03T14:30:00+00:00",
+        "price": 1,
+        "volume": None,
+    },
+    "indicators": {"ticker": "ZZCHECK", "timestamp": None, "sma9": None, "vwap": None},
+    "option_prices": {
+        "ticker": "ZZCHECK",
+        "timestamp": "2000-01-03T14:30:00+00:00",
+        "option_type": "ZZZZ",
+        "strike_price": 1,
+        "expiration_date": "2000-01-21",
+    },
+}
+
+
+async def _check_supabase(url: str, key: str) -> list[CheckResult]:
+    import httpx
+    from postgrest import APIError
+
+    from streaming_service.sinks.supabase import SupabaseSink
+
+    sink = SupabaseSink(url, key, dead_letter_path=Path("/dev/null"))
+    fix_key = "set SUPABASE_SERVICE_ROLE_KEY to the project's service_role (secret) key"
+    fix_schema = "apply supabase/migrations to the project (README, 'Supabase')"
+    try:
+        client = await sink.connect()
+    except StreamerError as exc:
+        return [CheckResult("Supabase", False, str(exc), "check SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY")]
+    results: list[CheckResult] = []
+    try:
+        for table, probe in _REST_PROBES.items():
+            columns = ",".join(TABLE_COLUMNS[table])
+            try:
+                await client.table(table).select(columns).limit(1).execute()
+                await (
+                    client.table(table)
+                    .upsert(
+                        probe,
+                        on_conflict=",".join(UNIQUE_KEYS[table]),
+                        returning="minimal",  # type: ignore[arg-type]
+                    )
+                    .execute()
+                )
+            except httpx.HTTPError as exc:
+                reason = f"{type(exc).__name__} {exc}".strip()
+                return [
+                    CheckResult("Supabase", False, f"{sink.name} unreachable: {reason}", "check SUPABASE_URL")
+                ]
+            except APIError as exc:
+                code = str(exc.code)
+                if code in ("23502", "23514"):
+                    results.append(
+                        CheckResult(f"table {table}", True, "readable, columns and key present, writable")
+                    )
+                    continue
+                fix = fix_key if code in ("42501", "PGRST301", "PGRST302", "401", "403") else fix_schema
+                results.append(CheckResult(f"table {table}", False, f"[{code}] {exc.message}", fix))
+                continue
+            results.append(
+                CheckResult(
+                    f"table {table}",
+                    False,
+                    "the probe row was accepted: the table lacks the migrations' NOT NULL/CHECK constraints",
+                    f"delete rows with ticker 'ZZCHECK' and {fix_schema}",
+                )
+            )
+    finally:
+        await sink.aclose()
+    return [CheckResult("Supabase", True, f"{sink.name} reachable"), *results]

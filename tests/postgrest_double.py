@@ -160,6 +160,8 @@ class PostgrestDouble:
     def upsert(
         self, role: str, table: str, query: dict[str, list[str]], prefer: set[str], body: Any
     ) -> tuple[int, Any]:
+        if isinstance(body, dict):  # a single object is one row
+            body = [body]
         if not isinstance(body, list) or not all(isinstance(row, dict) for row in body):
             raise _ApiError(400, "PGRST102", "Empty or invalid json")
         on_conflict = [c for c in (query.get("on_conflict") or [""])[0].split(",") if c]

@@ -16,6 +16,8 @@ from polling import wait_until
 from postgrest_double import PostgrestDouble, Recorded, make_key
 
 from streaming_service.batcher import Batcher
+from streaming_service.check import CheckResult, check_database
+from streaming_service.config import load_settings
 from streaming_service.errors import SinkRejected, SinkUnavailable
 from streaming_service.models import Batch, EquityRow, IndicatorRow, Tick
 from streaming_service.pipeline import Pipeline, RowPair
@@ -221,3 +223,50 @@ async def test_a_retry_does_not_resend_tables_already_written(
     double.requests.clear()
     await sink.write(batch)
     assert [r.path for r in double.requests] == ["/rest/v1/indicators"]
+
+
+# --- `check` against the REST API ------------------------------------------------------------------
+
+
+async def rest_check(url: str, key: str) -> list[CheckResult]:
+    settings = load_settings(supabase_url=url, supabase_service_role_key=key, database_url=None)
+    return await check_database(settings)
+
+
+async def test_check_passes_with_the_service_key_and_writes_nothing(
+    double: PostgrestDouble, supabase_dsn: str
+) -> None:
+    results = await rest_check(double.url, make_key("service_role"))
+    assert [r.ok for r in results] == [True] * 4, [r.line() for r in results]
+    with psycopg.connect(supabase_dsn) as conn:
+        for table in ("equity_data", "indicators", "option_prices"):
+            assert conn.execute(f"SELECT count(*) FROM {table}".encode()).fetchone() == (0,)
+
+
+async def test_check_names_the_key_when_it_cannot_write(double: PostgrestDouble) -> None:
+    results = await rest_check(double.url, make_key("anon"))
+    tables = [r for r in results if r.name.startswith("table")]
+    assert len(tables) == 3 and not any(r.ok for r in tables)
+    assert all("42501" in r.detail and "SUPABASE_SERVICE_ROLE_KEY" in r.fix for r in tables)
+
+
+async def test_check_reports_a_missing_unique_key(double: PostgrestDouble, supabase_dsn: str) -> None:
+    with psycopg.connect(supabase_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE indicators DROP CONSTRAINT indicators_ticker_timestamp_key")
+    results = {r.name: r for r in await rest_check(double.url, make_key("service_role"))}
+    assert results["table indicators"].ok is False
+    assert "42P10" in results["table indicators"].detail
+    assert "migrations" in results["table indicators"].fix
+    assert results["table equity_data"].ok and results["table option_prices"].ok
+
+
+async def test_check_reports_missing_tables_and_an_unreachable_project(
+    supabase_cluster: PgCluster,
+) -> None:
+    with fresh_database(supabase_cluster) as empty, PostgrestDouble(empty) as bare:
+        results = await rest_check(bare.url, make_key("service_role"))
+        url = bare.url
+    assert [r.ok for r in results] == [True, False, False, False]
+    assert all("PGRST205" in r.detail for r in results[1:])
+    gone = await rest_check(url, make_key("service_role"))  # the double has stopped
+    assert len(gone) == 1 and not gone[0].ok and "unreachable" in gone[0].detail

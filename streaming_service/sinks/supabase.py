@@ -74,6 +74,7 @@ class SupabaseSink:
         self._timeout = timeout
         self._dead_letter_path = dead_letter_path
         self._client: AsyncClient | None = None
+        self._session: httpx.AsyncClient | None = None
         self._retrying: tuple[Batch, set[str]] | None = None  # a batch being retried, tables done
 
     def __repr__(self) -> str:
@@ -81,14 +82,13 @@ class SupabaseSink:
 
     async def open(self) -> None:
         """Create the client and check that the tables and columns exist. Raises `SinkError`s."""
-        self._client = await self._connect()
+        client = await self.connect()
         for table, columns in TABLE_COLUMNS.items():
-            await self._request(table, self._client.table(table).select(",".join(columns)).limit(1))
+            await self._request(table, client.table(table).select(",".join(columns)).limit(1))
 
     async def write(self, batch: Batch) -> None:
         """Upsert the batch, one request per table; see the module docstring for errors."""
-        client = self._client or await self._connect()
-        self._client = client
+        await self.connect()
         done = self._retrying[1] if self._retrying and self._retrying[0] is batch else set()
         self._retrying = (batch, done)
         tables: dict[str, list[Row]] = {
@@ -102,23 +102,30 @@ class SupabaseSink:
         self._retrying = None
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and client._postgrest is not None:
-            await client.postgrest.aclose()
+        session, self._session, self._client = self._session, None, None
+        if session is not None:
+            await session.aclose()
 
-    # --- internals ---------------------------------------------------------------------------------
+    async def connect(self) -> AsyncClient:
+        """The supabase-py client, created on first call (no request is sent).
 
-    async def _connect(self) -> AsyncClient:
+        Raises `SinkRejected` if supabase-py refuses the URL or key."""
+        if self._client is not None:
+            return self._client
         from supabase import AsyncClientOptions, acreate_client
 
         # Our own retry policy (the batcher's) governs; the HTTP client only bounds each request.
         session = httpx.AsyncClient(timeout=self._timeout, follow_redirects=True)
         options = AsyncClientOptions(httpx_client=session, postgrest_client_retry=False)
         try:
-            return await acreate_client(self._url, self._key, options=options)
+            self._client = await acreate_client(self._url, self._key, options=options)
         except Exception as exc:  # SupabaseException: invalid URL or key
             await session.aclose()
             raise SinkRejected(f"{self.name}: cannot create the Supabase client: {exc}") from None
+        self._session = session
+        return self._client
+
+    # --- internals ---------------------------------------------------------------------------------
 
     async def _upsert(self, table: str, rows: list[Row]) -> None:
         """Write `rows`; isolate and dead-letter the rows the database refuses."""
@@ -133,8 +140,7 @@ class SupabaseSink:
     async def _bisect(self, table: str, rows: list[Row]) -> None:
         if not rows:
             return
-        assert self._client is not None
-        request = self._client.table(table).upsert(
+        request = (await self.connect()).table(table).upsert(
             rows,
             on_conflict=",".join(UNIQUE_KEYS[table]),
             returning="minimal",  # type: ignore[arg-type]
