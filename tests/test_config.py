@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,27 @@ def test_run_without_token_file_says_how_to_create_one(tmp_path: Path) -> None:
     assert result.returncode == 3
     assert "missing.json does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_env_example_documents_every_setting_and_loads_as_is(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    text = example.read_text()
+    documented = set(re.findall(r"^#? ?([A-Z_]+)=", text, flags=re.MULTILINE))
+    assert set(ALL_VARS) <= documented, set(ALL_VARS) - documented
+    (tmp_path / ".env").write_text(text)
+    settings = load_settings()
+    assert settings.batch_size == 10 and settings.sink_url == DEFAULT_DATABASE_URL
+
+
+@pytest.mark.parametrize("url", ["xxx.supabase.co", "ftp://x.supabase.co", "https://"])
+def test_supabase_url_must_be_http(url: str) -> None:
+    with pytest.raises(ConfigError, match="SUPABASE_URL") as error:
+        load_settings(supabase_url=url, supabase_service_role_key="k")
+    assert url in str(error.value) and "https://<project>.supabase.co" in str(error.value)
+
+
+def test_supabase_is_the_sink_when_configured_and_database_url_is_not() -> None:
+    settings = load_settings(supabase_url="https://abc.supabase.co/", supabase_service_role_key="secret-key")
+    assert settings.sink_url == "supabase"
+    assert settings.supabase_url == "https://abc.supabase.co"
+    assert "secret-key" not in repr(settings)
