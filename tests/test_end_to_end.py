@@ -4,47 +4,65 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import psycopg
 import pytest
 from polling import wait_until
+from postgrest_double import PostgrestDouble, make_key
 from reference import reference_rows
 
 from streaming_service.config import load_settings
 from streaming_service.service import Service
 from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
-from streaming_service.sinks import sink_from_url
+from streaming_service.sinks import sink_for
 from streaming_service.sources.schwab_client import build_schwab_client
 
 SESSION_S = 900.0  # fifteen simulated minutes: enough for SMA9 to form
 SPEED = 300.0
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@dataclass(frozen=True)
+class Target:
+    """Where the service writes (settings overrides) and where the test reads the rows back."""
+
+    settings: dict[str, Any]
+    read_url: str
+
+
+@pytest.fixture(params=["sqlite", "postgres", "supabase"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'e2e.db'}"
-    dsn: str = request.getfixturevalue("postgres_dsn")
-    return dsn
+        url = f"sqlite:///{tmp_path / 'e2e.db'}"
+        yield Target({"database_url": url}, url)
+    elif request.param == "postgres":
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        yield Target({"database_url": dsn}, dsn)
+    else:  # the production path: supabase-py → PostgREST double → Postgres with Supabase's roles
+        dsn = request.getfixturevalue("supabase_dsn")
+        with PostgrestDouble(dsn) as double:
+            key = make_key("service_role")
+            yield Target({"supabase_url": double.url, "supabase_service_role_key": key}, dsn)
 
 
 @asynccontextmanager
 async def running_service(
-    sim: SchwabSimulator, database_url: str, tmp_path: Path
+    sim: SchwabSimulator, target: Target, tmp_path: Path
 ) -> AsyncIterator[tuple[Service, asyncio.Event]]:
     """Run the real service against `sim`; on exit, wait until every delivered trade was processed."""
     token = tmp_path / "token.json"
     write_token_file(token)
     settings = load_settings(
-        stream_ticker="QQQ", database_url=database_url, batch_size=50, batch_interval=0.5, row_resolution=0
+        stream_ticker="QQQ", batch_size=50, batch_interval=0.5, row_resolution=0, **target.settings
     )
     client = build_schwab_client(token, "key", "secret", api_base_url=sim.api_base_url)
-    service = Service(settings, client, sink_from_url(database_url))
+    service = Service(settings, client, sink_for(settings))
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     try:
@@ -84,18 +102,16 @@ def traded(sim: SchwabSimulator) -> pd.DataFrame:
     )
 
 
-async def test_whole_session_lands_with_exact_volume_and_indicators(
-    database_url: str, tmp_path: Path
-) -> None:
+async def test_whole_session_lands_with_exact_volume_and_indicators(target: Target, tmp_path: Path) -> None:
     market = SimulatedMarket(["QQQ"], seed=11, trades_per_second=2.0, session_seconds=SESSION_S)
     async with SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim:
-        async with running_service(sim, database_url, tmp_path) as (service, _):
+        async with running_service(sim, target, tmp_path) as (service, _):
             await asyncio.wait_for(sim.session_finished.wait(), timeout=60)
             total = sum(t.size for t in sim.sent_trades)
             await wait_until(lambda: service.pipeline.volume == total)
         assert service.stream.stats.bad_frames == 0
 
-    rows = read_rows(database_url)
+    rows = read_rows(target.read_url)
     trades = traded(sim)
     expected = reference_rows(trades, 0)
     assert len(trades) > 1000
@@ -112,21 +128,21 @@ async def test_whole_session_lands_with_exact_volume_and_indicators(
     replay = SimulatedMarket(["QQQ"], seed=11, trades_per_second=2.0, session_seconds=SESSION_S)
     async with (
         SchwabSimulator(replay, speed=SPEED, heartbeat_seconds=0.2) as sim2,
-        running_service(sim2, database_url, tmp_path) as (service2, _),
+        running_service(sim2, target, tmp_path) as (service2, _),
     ):
         await asyncio.wait_for(sim2.session_finished.wait(), timeout=60)
         total2 = sum(t.size for t in sim2.sent_trades)
         await wait_until(lambda: service2.pipeline.volume == total2)
-    again = read_rows(database_url)
+    again = read_rows(target.read_url)
     assert len(again) == len(rows)
     assert again.volume.sum() == rows.volume.sum()
 
 
-async def test_disconnect_reconnects_and_keeps_every_share(database_url: str, tmp_path: Path) -> None:
+async def test_disconnect_reconnects_and_keeps_every_share(target: Target, tmp_path: Path) -> None:
     market = SimulatedMarket(["QQQ"], seed=5, trades_per_second=2.0, session_seconds=SESSION_S)
     async with (
         SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim,
-        running_service(sim, database_url, tmp_path) as (service, _),
+        running_service(sim, target, tmp_path) as (service, _),
     ):
         await wait_until(lambda: service.pipeline.ticks > 50)
         await sim.disconnect_all()
@@ -134,7 +150,7 @@ async def test_disconnect_reconnects_and_keeps_every_share(database_url: str, tm
         sim.drop_next_frames(5)
         await asyncio.wait_for(sim.session_finished.wait(), timeout=60)
         await wait_until(lambda: service.pipeline.volume == market.total_volume("QQQ"))
-    rows = read_rows(database_url)
+    rows = read_rows(target.read_url)
     assert rows.volume.sum() == market.total_volume("QQQ")
     assert len(sim.sent_trades) < len(market.trades)  # some trades were never delivered...
     assert rows.volume.sum() == sum(t.size for t in market.trades)  # ...yet no share is missing
@@ -142,9 +158,10 @@ async def test_disconnect_reconnects_and_keeps_every_share(database_url: str, tm
 
 async def test_malformed_frames_are_counted_and_skipped(tmp_path: Path) -> None:
     database_url = f"sqlite:///{tmp_path / 'bad.db'}"
+    target = Target({"database_url": database_url}, database_url)
     market = SimulatedMarket(["QQQ"], seed=2, trades_per_second=2.0, session_seconds=300.0)
     async with SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim:
-        async with running_service(sim, database_url, tmp_path) as (service, _):
+        async with running_service(sim, target, tmp_path) as (service, _):
             await wait_until(lambda: service.pipeline.ticks > 10)
             await sim.send_raw("this is not json")
             await sim.send_raw(
@@ -156,4 +173,4 @@ async def test_malformed_frames_are_counted_and_skipped(tmp_path: Path) -> None:
             await asyncio.wait_for(sim.session_finished.wait(), timeout=60)
             await wait_until(lambda: service.pipeline.volume == market.total_volume("QQQ"))
         assert service.stream.stats.connects == 1  # bad frames never force a reconnect
-    assert read_rows(database_url).volume.sum() == market.total_volume("QQQ")
+    assert read_rows(target.read_url).volume.sum() == market.total_volume("QQQ")
