@@ -39,6 +39,13 @@ def main() -> None:
     imports, _ = peak_rss_mib(
         [sys.executable, "-c", "import streaming_service.cli, streaming_service.service, schwab.auth"]
     )
+    with_supabase, _ = peak_rss_mib(
+        [
+            sys.executable, "-c",
+            "import streaming_service.cli, streaming_service.service, schwab.auth, supabase, "
+            "streaming_service.sinks.supabase",
+        ]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "LOG_LEVEL": "WARNING"}
         demo, summary = peak_rss_mib(
@@ -52,6 +59,7 @@ def main() -> None:
         )
     print(f"bare python          {baseline:7.1f} MiB  (baseline)")
     print(f"imports only         {imports:7.1f} MiB  ({imports / baseline:.1f}x baseline)")
+    print(f"  + supabase-py      {with_supabase:7.1f} MiB  ({with_supabase / baseline:.1f}x baseline)")
     print(f"demo {args.duration:.0f}s, 3 tickers {demo:7.1f} MiB  ({demo / baseline:.1f}x baseline)")
     print(f"  {summary}")
 
