@@ -1,11 +1,12 @@
 """Collect rows and write them in batches: at `size` equity rows or every `interval` seconds.
 
 Rows wait in a dict keyed by (ticker, timestamp), so a row emitted twice before a write is written
-once, with its latest values. Writing happens in `run()`'s task; `add()` never waits for the
-database, so a slow or unreachable sink never stalls the stream. A failed write of a batch is
-retried (`SinkUnavailable`, exponential backoff with jitter, capped) until it succeeds; rows that
-arrive meanwhile are kept and written after it, together (a batch takes everything pending, up to
-`MAX_BATCH_ROWS`), so a backlog costs few writes.
+once, with its latest values. Option snapshot rows (`add_options`) wait the same way, keyed by
+their UNIQUE key, and wake the writer: one snapshot, one write. Writing happens in `run()`'s task;
+`add()` never waits for the database, so a slow or unreachable sink never stalls the stream. A
+failed write of a batch is retried (`SinkUnavailable`, exponential backoff with jitter, capped)
+until it succeeds; rows that arrive meanwhile are kept and written after it, together (a batch
+takes everything pending, up to `MAX_BATCH_ROWS`), so a backlog costs few writes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tenacity import (
 )
 
 from streaming_service.errors import SinkUnavailable
-from streaming_service.models import Batch, EquityRow, IndicatorRow
+from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
 from streaming_service.pipeline import RowPair
 from streaming_service.sinks.base import Sink
 
@@ -69,6 +70,7 @@ class Batcher:
         self._max_retry_wait = max_retry_wait
         self._equity: dict[_Key, EquityRow] = {}
         self._indicators: dict[_Key, IndicatorRow] = {}
+        self._options: dict[tuple[object, ...], OptionRow] = {}
         self._wake = asyncio.Event()
         self._closing = False
         self._closed = asyncio.Event()
@@ -77,8 +79,8 @@ class Batcher:
 
     @property
     def pending(self) -> int:
-        """Equity rows waiting to be written."""
-        return len(self._equity)
+        """Equity and option rows waiting to be written."""
+        return len(self._equity) + len(self._options)
 
     def add(self, pair: RowPair) -> None:
         """Queue a row pair; wakes the writer when `size` equity rows are waiting. Never blocks."""
@@ -87,6 +89,13 @@ class Batcher:
         self._equity[key] = equity
         self._indicators[key] = indicator
         if len(self._equity) >= self._size:
+            self._wake.set()
+
+    def add_options(self, rows: list[OptionRow]) -> None:
+        """Queue an option snapshot and wake the writer. Never blocks."""
+        for row in rows:
+            self._options[row.key] = row
+        if rows:
             self._wake.set()
 
     async def run(self) -> None:
@@ -124,16 +133,18 @@ class Batcher:
 
     async def _write_pending(self) -> None:
         """Write what is pending, in batches of at most `MAX_BATCH_ROWS` equity rows."""
-        while self._equity or self._indicators:
+        while self._equity or self._indicators or self._options:
             keys = list(self._equity)[:MAX_BATCH_ROWS] or list(self._indicators)[:MAX_BATCH_ROWS]
+            option_keys = list(self._options)[:MAX_BATCH_ROWS]
             batch = Batch(
                 tuple(self._equity.pop(k) for k in keys if k in self._equity),
                 tuple(self._indicators.pop(k) for k in keys if k in self._indicators),
+                tuple(self._options.pop(k) for k in option_keys),
             )
-            self._in_flight = len(batch.equity)
+            self._in_flight = len(batch.equity) + len(batch.options)
             await self._write_with_retry(batch)
             self._in_flight = 0
-            if len(self._equity) < self._size and not self._closing:
+            if len(self._equity) < self._size and not self._options and not self._closing:
                 return
 
     async def _write_with_retry(self, batch: Batch) -> None:

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     sma_period: int = Field(9, ge=1, le=500, description="bars in the SMA, 1 to 500")
     sma_bar_seconds: int = Field(60, ge=1, le=3600, description="bar length in seconds, 1 to 3600")
 
+    options_enabled: bool = Field(True, description="true or false")
+    options_expirations: int = Field(2, ge=1, le=12, description="expirations per underlying, 1 to 12")
+    options_strikes: int = Field(10, ge=1, le=50, description="strikes each side of the price, 1 to 50")
+    options_interval: int = Field(60, ge=1, le=3600, description="seconds between snapshots, 1 to 3600")
+
     schwab_app_key: SecretStr | None = Field(None, description="your Schwab app key")
     schwab_app_secret: SecretStr | None = Field(None, description="your Schwab app secret")
     schwab_redirect_uri: str = Field(

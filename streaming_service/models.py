@@ -1,14 +1,16 @@
 """Typed records passed between stages. All timestamps are timezone-aware UTC datetimes.
 
 Flow: source → `Tick` → pipeline → (`EquityRow`, `IndicatorRow`) → batcher → `Batch` → sink.
+Options: chain → `OptionContract`s (the window) → stream quotes → snapshot `OptionRow`s → batcher.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from typing import Literal
 
-__all__ = ["Batch", "EquityRow", "IndicatorRow", "Tick"]
+__all__ = ["Batch", "EquityRow", "IndicatorRow", "OptionContract", "OptionRow", "Tick"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +44,50 @@ class IndicatorRow:
 
 
 @dataclass(frozen=True, slots=True)
+class OptionContract:
+    """One listed option, as the chain describes it; `symbol` is the OCC-style streaming key."""
+
+    symbol: str
+    underlying: str
+    option_type: Literal["CALL", "PUT"]
+    strike: float
+    expiration: date
+
+
+@dataclass(frozen=True, slots=True)
+class OptionRow:
+    """A row of `option_prices`: a contract's latest quote at `timestamp`; `None` = not quoted."""
+
+    ticker: str
+    timestamp: datetime
+    option_type: Literal["CALL", "PUT"]
+    strike_price: float
+    expiration_date: date
+    last_price: float | None
+    bid: float | None
+    ask: float | None
+    volume: int | None
+    open_interest: int | None
+    implied_volatility: float | None
+    delta: float | None
+    gamma: float | None
+    theta: float | None
+    vega: float | None
+    option_symbol: str
+
+    @property
+    def key(self) -> tuple[str, datetime, str, float, date]:
+        """The table's UNIQUE key."""
+        return (self.ticker, self.timestamp, self.option_type, self.strike_price, self.expiration_date)
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     """Rows written together: a sink writes a batch atomically and idempotently (upsert on unique keys)."""
 
     equity: tuple[EquityRow, ...] = ()
     indicators: tuple[IndicatorRow, ...] = ()
+    options: tuple[OptionRow, ...] = ()
 
     def __len__(self) -> int:
-        return len(self.equity) + len(self.indicators)
+        return len(self.equity) + len(self.indicators) + len(self.options)

@@ -6,7 +6,7 @@ import contextlib
 import socket
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import pytest
 from pg_cluster import PgCluster
 
 from streaming_service.errors import ConfigError, SinkRejected, SinkUnavailable
-from streaming_service.models import Batch, EquityRow, IndicatorRow
+from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
 from streaming_service.sinks import PostgresSink, Sink, SQLiteSink, sink_from_url
 from streaming_service.sinks.postgres import migrations_dir
 
@@ -410,3 +410,51 @@ def test_sink_from_url_refuses(url: str, shown: str) -> None:
     message = str(caught.value)
     assert shown in message and "sqlite:///" in message and "postgresql://" in message
     assert "hunter2" not in message
+
+
+# --- option_prices ----------------------------------------------------------------------------------
+
+
+def option_row(
+    strike: float = 500.0, *, bid: float | None = 1.25, at_ms: int = 0, kind: str = "CALL"
+) -> OptionRow:
+    return OptionRow(
+        "QQQ", at(at_ms), kind, strike, date(2026, 11, 27),  # type: ignore[arg-type]
+        last_price=1.3, bid=bid, ask=1.35, volume=120, open_interest=4500, implied_volatility=0.2345,
+        delta=0.5123, gamma=0.0456, theta=-0.1234, vega=0.2011,
+        option_symbol=f"QQQ   261127{kind[0]}{int(strike * 1000):08d}",
+    )  # fmt: skip
+
+
+def option_rows(db: Db) -> list[Row]:
+    raw = db.query(
+        "SELECT option_type, strike_price, expiration_date, bid, ask, volume, open_interest, "
+        "implied_volatility, delta, theta, option_symbol FROM option_prices ORDER BY 1, 2"
+    )
+    return [
+        (r[0], _as_decimal(r[1]), str(r[2]), _as_decimal(r[3]), _as_decimal(r[4]), r[5], r[6],
+         _as_decimal(r[7]), _as_decimal(r[8]), _as_decimal(r[9]), r[10])
+        for r in raw
+    ]  # fmt: skip
+
+
+async def test_option_rows_upsert_on_their_five_column_key(db: Db, sink: Sink) -> None:
+    rows = (option_row(500.0), option_row(501.0), option_row(500.0, kind="PUT"))
+    await sink.write(Batch(options=rows))
+    await sink.write(Batch(options=rows))  # replay
+    await sink.write(Batch(options=(option_row(501.0, bid=None),)))  # a later snapshot value wins
+    stored = option_rows(db)
+    assert len(stored) == 3
+    call_500, call_501, put_500 = stored
+    assert call_500 == (
+        "CALL", Decimal("500"), "2026-11-27", Decimal("1.25"), Decimal("1.35"), 120, 4500,
+        Decimal("0.2345"), Decimal("0.5123"), Decimal("-0.1234"), "QQQ   261127C00500000",
+    )  # fmt: skip
+    assert call_501[3] is None
+    assert put_500[0] == "PUT"
+
+
+async def test_option_row_with_nan_is_rejected(sink: Sink) -> None:
+    bad = OptionRow(**{**{f: getattr(option_row(), f) for f in OptionRow.__slots__}, "delta": float("nan")})
+    with pytest.raises(SinkRejected, match="nan"):
+        await sink.write(Batch(options=(bad,)))

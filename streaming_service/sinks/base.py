@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import math
+from collections.abc import Iterable
+from typing import Any, Protocol
 
-from streaming_service.models import Batch
+from streaming_service.models import Batch, OptionRow
 
-__all__ = ["TABLE_COLUMNS", "UNIQUE_KEYS", "Sink"]
+__all__ = ["TABLE_COLUMNS", "UNIQUE_KEYS", "Sink", "last_option_per_key", "option_values"]
 
 #: The UNIQUE key of each table: what every upsert conflicts on.
 UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
@@ -46,3 +48,22 @@ class Sink(Protocol):
     async def write(self, batch: Batch) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+def option_values(row: OptionRow, *, check_finite: bool = True) -> tuple[Any, ...]:
+    """The row's values in `TABLE_COLUMNS["option_prices"]` order (`timestamp` a datetime,
+    `expiration_date` a date). Raises `ValueError` for a NaN or infinite number if `check_finite`."""
+    values = (
+        row.ticker, row.timestamp, row.option_type, row.strike_price, row.expiration_date,
+        row.last_price, row.bid, row.ask, row.volume, row.open_interest, row.implied_volatility,
+        row.delta, row.gamma, row.theta, row.vega, row.option_symbol,
+    )  # fmt: skip
+    for value in values if check_finite else ():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"option {row.option_symbol}: cannot store {value!r}")
+    return values
+
+
+def last_option_per_key(rows: Iterable[OptionRow]) -> list[OptionRow]:
+    """One row per UNIQUE key, the last one winning (one statement cannot update a row twice)."""
+    return list({row.key: row for row in rows}.values())

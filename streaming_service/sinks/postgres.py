@@ -23,7 +23,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from streaming_service.errors import ConfigError, SinkRejected, SinkUnavailable
-from streaming_service.models import Batch, EquityRow, IndicatorRow
+from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
+from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS, last_option_per_key, option_values
 
 __all__ = ["PostgresSink", "migrations_dir"]
 
@@ -39,6 +40,18 @@ _UPSERT_INDICATORS = """
 INSERT INTO indicators (ticker, timestamp, sma9, vwap)
 SELECT * FROM unnest(%s::varchar[], %s::timestamptz[], %s::numeric[], %s::numeric[])
 ON CONFLICT (ticker, timestamp) DO UPDATE SET sma9 = EXCLUDED.sma9, vwap = EXCLUDED.vwap
+"""
+
+_OPTION_TYPES = (
+    "varchar", "timestamptz", "varchar", "numeric", "date", "numeric", "numeric", "numeric", "bigint",
+    "bigint", "numeric", "numeric", "numeric", "numeric", "numeric", "varchar",
+)  # fmt: skip
+_OPTION_COLUMNS = TABLE_COLUMNS["option_prices"]
+_UPSERT_OPTIONS = f"""
+INSERT INTO option_prices ({", ".join(_OPTION_COLUMNS)})
+SELECT * FROM unnest({", ".join(f"%s::{t}[]" for t in _OPTION_TYPES)})
+ON CONFLICT ({", ".join(UNIQUE_KEYS["option_prices"])}) DO UPDATE SET
+{", ".join(f"{c} = EXCLUDED.{c}" for c in _OPTION_COLUMNS[5:])}
 """
 
 _MISSING_TABLES = "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass('public.' || t) IS NULL"
@@ -142,6 +155,8 @@ class PostgresSink:
             statements.append((_UPSERT_EQUITY, _equity_columns(equity)))
         if indicators := last_per_key(batch.indicators):
             statements.append((_UPSERT_INDICATORS, _indicator_columns(indicators)))
+        if options := last_option_per_key(batch.options):
+            statements.append((_UPSERT_OPTIONS, _option_columns(options)))
         conn = await self._connection()
         try:
             # Pipeline mode: every message is sent, then one Sync; an error skips the rest (COMMIT
@@ -251,6 +266,16 @@ def _indicator_columns(rows: list[IndicatorRow]) -> list[list[Any]]:
         [_finite(row.sma9) for row in rows],
         [_finite(row.vwap) for row in rows],
     ]
+
+
+def _option_columns(rows: list[OptionRow]) -> list[list[Any]]:
+    try:
+        records = [option_values(row) for row in rows]
+    except ValueError as exc:
+        raise SinkRejected(str(exc)) from None
+    for record in records:
+        _aware(record[1])
+    return [list(column) for column in zip(*records, strict=True)]
 
 
 def _oneline(exc: BaseException) -> str:

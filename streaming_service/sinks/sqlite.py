@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from streaming_service.errors import SinkRejected, SinkUnavailable
-from streaming_service.models import Batch
+from streaming_service.models import Batch, OptionRow
+from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS, last_option_per_key, option_values
 
 __all__ = ["SQLiteSink"]
 
@@ -85,6 +86,13 @@ INSERT INTO indicators (ticker, timestamp, sma9, vwap) VALUES (?, ?, ?, ?)
 ON CONFLICT (ticker, timestamp) DO UPDATE SET sma9 = excluded.sma9, vwap = excluded.vwap
 """
 
+_UPSERT_OPTIONS = f"""
+INSERT INTO option_prices ({", ".join(TABLE_COLUMNS["option_prices"])})
+VALUES ({", ".join("?" * len(TABLE_COLUMNS["option_prices"]))})
+ON CONFLICT ({", ".join(UNIQUE_KEYS["option_prices"])}) DO UPDATE SET
+{", ".join(f"{c} = excluded.{c}" for c in TABLE_COLUMNS["option_prices"][5:])}
+"""
+
 _PRICE_SCALE = 2  # DECIMAL(10, 2) in the Postgres schema
 
 
@@ -105,6 +113,11 @@ def _scaled(value: float | None) -> float | None:
     if not math.isfinite(value):
         raise SinkRejected(f"cannot store {value!r}: NaN and infinity are not valid prices")
     return round(value, _PRICE_SCALE)
+
+
+def _option_record(row: OptionRow) -> tuple[Any, ...]:
+    values = option_values(row)
+    return (values[0], iso_utc(values[1]), *values[2:4], values[4].isoformat(), *values[5:])
 
 
 class SQLiteSink:
@@ -150,7 +163,11 @@ class SQLiteSink:
             (row.ticker, iso_utc(row.timestamp), _scaled(row.sma9), _scaled(row.vwap))
             for row in batch.indicators
         ]
-        await self._run(self._write_sync, equity, indicators)
+        try:
+            options = [_option_record(row) for row in last_option_per_key(batch.options)]
+        except ValueError as exc:
+            raise SinkRejected(f"{self.name}: {exc}") from None
+        await self._run(self._write_sync, equity, indicators, options)
 
     async def aclose(self) -> None:
         """Close the database file; idempotent."""
@@ -191,7 +208,9 @@ class SQLiteSink:
             raise
         self._conn = conn
 
-    def _write_sync(self, equity: list[tuple[Any, ...]], indicators: list[tuple[Any, ...]]) -> None:
+    def _write_sync(
+        self, equity: list[tuple[Any, ...]], indicators: list[tuple[Any, ...]], options: list[tuple[Any, ...]]
+    ) -> None:
         conn = self._conn
         if conn is None:  # closed while the write was queued
             raise sqlite3.ProgrammingError("the sink was closed")
@@ -199,6 +218,7 @@ class SQLiteSink:
         try:
             conn.executemany(_UPSERT_EQUITY, equity)
             conn.executemany(_UPSERT_INDICATORS, indicators)
+            conn.executemany(_UPSERT_OPTIONS, options)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

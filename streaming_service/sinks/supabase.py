@@ -30,8 +30,8 @@ import httpx
 import structlog
 
 from streaming_service.errors import SinkRejected, SinkUnavailable
-from streaming_service.models import Batch
-from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS
+from streaming_service.models import Batch, OptionRow
+from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS, option_values
 
 if TYPE_CHECKING:
     from postgrest import APIError
@@ -94,6 +94,7 @@ class SupabaseSink:
         tables: dict[str, list[Row]] = {
             "equity_data": [_equity(r.ticker, r.timestamp, r.price, r.volume) for r in batch.equity],
             "indicators": [_indicator(r.ticker, r.timestamp, r.sma9, r.vwap) for r in batch.indicators],
+            "option_prices": [_option(row) for row in batch.options],
         }
         for table, rows in tables.items():
             if rows and table not in done:
@@ -221,6 +222,14 @@ def _indicator(ticker: str, timestamp: datetime, sma9: float | None, vwap: float
         "sma9": None if sma9 is None else round(sma9, 2),
         "vwap": None if vwap is None else round(vwap, 2),
     }
+
+
+def _option(row: OptionRow) -> Row:
+    values = option_values(row, check_finite=False)  # non-finite values are dead-lettered by _upsert
+    record = dict(zip(TABLE_COLUMNS["option_prices"], values, strict=True))
+    record["timestamp"] = row.timestamp.isoformat()
+    record["expiration_date"] = row.expiration_date.isoformat()
+    return record
 
 
 def _last_per_key(table: str, rows: Sequence[Row]) -> list[Row]:
