@@ -138,4 +138,3 @@ def _trade_size(rng: random.Random) -> int:
     if draw < 0.97:
         return 100 * rng.randint(1, 5)
     return 100 * rng.randint(10, 100)
-

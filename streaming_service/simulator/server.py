@@ -1,13 +1,16 @@
 """A local Schwab: the REST endpoints schwab-py needs and the streamer WebSocket protocol.
 
 REST (stdlib HTTP server in a thread): `GET /trader/v1/userPreference` (streamer URL and ids),
-`POST /v1/oauth/token` (refresh). Streamer (websockets, on the event loop): ADMIN LOGIN/LOGOUT and
-LEVELONE_EQUITIES SUBS/ADD/UNSUBS answered once each with Schwab's response envelope; heartbeats;
-one data frame per market event, a full snapshot per symbol first and then only changed fields.
+`POST /v1/oauth/token` (refresh), `GET /marketdata/v1/chains` and `/marketdata/v1/expirationchain`
+(see `options.py`). Streamer (websockets, on the event loop): ADMIN LOGIN/LOGOUT and
+LEVELONE_EQUITIES / LEVELONE_OPTIONS SUBS/ADD/UNSUBS answered once each with Schwab's response
+envelope; heartbeats; one data frame per market event (options: one frame per re-pricing, at most
+once per simulated second), a full snapshot per symbol first and then only changed fields.
 
 The market clock starts at the first subscription: simulated offset = elapsed wall time * `speed`.
 Fault injection: `disconnect_all()`, `drop_next_frames(n)`, `send_raw(text)`, `reject_login`,
-`refresh_token_valid`. Ground truth: `market.trades` (all), `sent_trades` (delivered).
+`refresh_token_valid`. Ground truth: `market.trades` (all), `sent_trades` (delivered),
+`option_truth` (every field of each option quote as last delivered).
 """
 
 from __future__ import annotations
@@ -18,18 +21,23 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from streaming_service.simulator.market import Event, SimulatedMarket
+from streaming_service.simulator.market import NEW_YORK, Event, SimulatedMarket
+from streaming_service.simulator.options import OptionBook
 
 __all__ = ["SchwabSimulator", "write_token_file"]
 
 EQUITY_SERVICE = "LEVELONE_EQUITIES"
+OPTION_SERVICE = "LEVELONE_OPTIONS"
+_OPTION_REPRICE_MS = 1000  # option quotes follow the underlying at most once per simulated second
 
 
 def write_token_file(path: Path, *, expires_in_s: int = 86_400) -> None:
@@ -66,8 +74,11 @@ def _wire_fields(event: Event) -> dict[str, Any]:
 class _Client:
     socket: ServerConnection
     outbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
-    fields: dict[str, set[str]] = field(default_factory=dict)  # symbol → wire keys subscribed
-    sent: dict[str, dict[str, Any]] = field(default_factory=dict)  # symbol → last values sent
+    #: service → symbol → wire keys subscribed
+    fields: dict[str, dict[str, set[str]]] = field(
+        default_factory=lambda: {EQUITY_SERVICE: {}, OPTION_SERVICE: {}}
+    )
+    sent: dict[str, dict[str, Any]] = field(default_factory=dict)  # symbol → values sent so far
 
 
 class SchwabSimulator:
@@ -81,6 +92,7 @@ class SchwabSimulator:
         port: int = 0,
         speed: float = 1.0,
         heartbeat_seconds: float = 1.0,
+        seed: int = 0,
     ) -> None:
         self.market = market
         self.speed = speed
@@ -94,6 +106,12 @@ class SchwabSimulator:
         self.session_finished = asyncio.Event()
         self._clients: set[_Client] = set()
         self._current: dict[str, Event] = {s: market.snapshot(s) for s in market.symbols}
+        session_date = datetime.fromtimestamp(market.open_ms / 1000, NEW_YORK).date()
+        self.books = {
+            s: OptionBook(s, session_date, self._current[s].price, seed=seed) for s in market.symbols
+        }
+        self.option_truth: dict[str, dict[str, Any]] = {}  # option symbol → every field as last sent
+        self._repriced_ms: dict[str, int] = {}
         self._drop = 0
         self.paused = False
         self._clock_started: float | None = None
@@ -200,8 +218,8 @@ class SchwabSimulator:
                 code, message = 3, "Login denied"
         elif service == "ADMIN" and command == "LOGOUT":
             message = "logged out"
-        elif service == EQUITY_SERVICE and command in ("SUBS", "ADD", "UNSUBS"):
-            self._subscribe(client, str(command), params)
+        elif service in (EQUITY_SERVICE, OPTION_SERVICE) and command in ("SUBS", "ADD", "UNSUBS"):
+            self._subscribe(client, str(service), str(command), params)
         else:
             code, message = 11, f"unsupported: {service} {command}"
         response = {
@@ -213,25 +231,31 @@ class SchwabSimulator:
         }
         client.outbox.put_nowait(json.dumps({"response": [response]}))
         if command in ("SUBS", "ADD") and code == 0:
-            for symbol in self._keys(params):
-                if symbol in self._current:
-                    self._send_event(client, self._current[symbol])
+            keys = self._keys(params)
+            if service == EQUITY_SERVICE:
+                for symbol in keys:
+                    if symbol in self._current:
+                        self._send_event(client, self._current[symbol])
+            else:
+                self._send_options(client, self._option_quotes(set(keys), trade=False))
         if command == "LOGOUT":
             client.outbox.put_nowait("")  # marker: close after what is queued
 
-    def _subscribe(self, client: _Client, command: str, params: dict[str, Any]) -> None:
+    def _subscribe(self, client: _Client, service: str, command: str, params: dict[str, Any]) -> None:
         keys = self._keys(params)
+        subscribed = client.fields[service]
         if command == "UNSUBS":
             for symbol in keys:
-                client.fields.pop(symbol, None)
+                subscribed.pop(symbol, None)
+                client.sent.pop(symbol, None)
             return
         if command == "SUBS":
-            client.fields.clear()
+            subscribed.clear()
         wanted = {f for f in str(params.get("fields", "")).split(",") if f}
         for symbol in keys:
-            client.fields[symbol] = wanted
+            subscribed[symbol] = wanted
             client.sent.pop(symbol, None)  # the next frame is a full snapshot
-        if self._clock_started is None and keys:
+        if self._clock_started is None and keys and service == EQUITY_SERVICE:
             self._clock_started = asyncio.get_running_loop().time()
 
     @staticmethod
@@ -240,19 +264,55 @@ class SchwabSimulator:
 
     def _send_event(self, client: _Client, event: Event) -> bool:
         """Queue `event` for `client` as changed fields only; return whether anything was queued."""
-        wanted = client.fields.get(event.symbol)
-        if wanted is None:
-            return False
-        values = {k: v for k, v in _wire_fields(event).items() if k in wanted}
-        previous = client.sent.get(event.symbol)
-        changed = values if previous is None else {k: v for k, v in values.items() if previous.get(k) != v}
-        client.sent[event.symbol] = {**(previous or {}), **values}  # fields persist until changed
-        if previous is not None and not changed:
-            return False
-        item = {"key": event.symbol, "delayed": False, **changed}
-        frame = {"service": EQUITY_SERVICE, "timestamp": _now_ms(), "command": "SUBS", "content": [item]}
-        client.outbox.put_nowait(json.dumps({"data": [frame]}))
-        return True
+        return bool(self._send(client, EQUITY_SERVICE, {event.symbol: _wire_fields(event)}))
+
+    def _send_options(self, client: _Client, quotes: dict[str, dict[str, Any]]) -> None:
+        for symbol in self._send(client, OPTION_SERVICE, quotes):
+            self.option_truth[symbol] = quotes[symbol]
+
+    def _send(self, client: _Client, service: str, values: dict[str, dict[str, Any]]) -> list[str]:
+        """Queue one frame with the changed subscribed fields of each symbol; return the symbols sent."""
+        items, sent = [], []
+        for symbol, fields in values.items():
+            wanted = client.fields[service].get(symbol)
+            if wanted is None:
+                continue
+            selected = {k: v for k, v in fields.items() if k in wanted}
+            previous = client.sent.get(symbol)
+            changed = (
+                selected if previous is None else {k: v for k, v in selected.items() if previous.get(k) != v}
+            )
+            client.sent[symbol] = {**(previous or {}), **selected}  # fields persist until changed
+            if previous is None or changed:
+                items.append({"key": symbol, "delayed": False, **changed})
+                sent.append(symbol)
+        if items:
+            frame = {"service": service, "timestamp": _now_ms(), "command": "SUBS", "content": items}
+            client.outbox.put_nowait(json.dumps({"data": [frame]}))
+        return sent
+
+    def _option_quotes(self, symbols: set[str], *, trade: bool) -> dict[str, dict[str, Any]]:
+        """Fresh wire fields for each listed contract in `symbols` (unlisted ones are skipped)."""
+        quotes = {}
+        for symbol in sorted(symbols):
+            book = self.books.get(symbol[:6].rstrip())
+            contract = book.contract(symbol) if book else None
+            if book is not None and contract is not None:
+                spot = self._current[book.underlying]
+                quotes[symbol] = book.quote(contract, spot.price, spot.timestamp_ms, trade=trade)
+        return quotes
+
+    def _reprice_options(self, moved: set[str]) -> None:
+        """Send new option quotes for underlyings in `moved`, at most once per simulated second."""
+        for underlying in moved:
+            now = self._current[underlying].timestamp_ms
+            if now - self._repriced_ms.get(underlying, 0) < _OPTION_REPRICE_MS:
+                continue
+            self._repriced_ms[underlying] = now
+            wanted = {s for c in self._clients for s in c.fields[OPTION_SERVICE] if s.startswith(underlying)}
+            quotes = self._option_quotes(wanted, trade=True)
+            for client in list(self._clients):
+                self._send_options(client, quotes)
 
     async def _run_market(self) -> None:
         loop = asyncio.get_running_loop()
@@ -260,14 +320,17 @@ class SchwabSimulator:
             await asyncio.sleep(0.01)
             if self._clock_started is None or self.paused:
                 continue
+            moved = set()
             for event in self.market.events_until((loop.time() - self._clock_started) * self.speed):
                 self._current[event.symbol] = event
+                moved.add(event.symbol)
                 if self._drop:
                     self._drop -= 1
                     continue
                 delivered = [self._send_event(c, event) for c in list(self._clients)]
                 if event.kind == "trade" and any(delivered):
                     self.sent_trades.append(event)
+            self._reprice_options(moved)
             if self.market.finished and not any(c.outbox.qsize() for c in self._clients):
                 self.session_finished.set()
 
@@ -282,8 +345,20 @@ def _rest_handler(sim: SchwabSimulator) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             sim.rest_requests.append(("GET", self.path))
-            if self.path.split("?")[0] == "/trader/v1/userPreference":
+            url = urlsplit(self.path)
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            book = sim.books.get(query.get("symbol", ""))
+            if url.path == "/trader/v1/userPreference":
                 self._reply(200, _preferences(sim.streamer_url))
+            elif url.path in ("/marketdata/v1/chains", "/marketdata/v1/expirationchain") and book is None:
+                self._reply(
+                    400, {"errors": [{"status": 400, "title": f"no options for {query.get('symbol')!r}"}]}
+                )
+            elif url.path == "/marketdata/v1/chains" and book is not None:
+                spot = sim._current[book.underlying]
+                self._reply(200, book.chain(spot.price, spot.timestamp_ms, query))
+            elif url.path == "/marketdata/v1/expirationchain" and book is not None:
+                self._reply(200, book.expiration_chain())
             else:
                 self._reply(404, {"errors": [{"status": 404, "title": f"not simulated: {self.path}"}]})
 
@@ -295,9 +370,17 @@ def _rest_handler(sim: SchwabSimulator) -> type[BaseHTTPRequestHandler]:
             elif not sim.refresh_token_valid:
                 self._reply(400, {"error": "invalid_client", "error_description": "refresh token invalid"})
             else:
-                self._reply(200, {"access_token": f"sim-access-{_now_ms()}", "refresh_token": "sim-refresh",
-                                  "token_type": "Bearer", "expires_in": 1800, "scope": "api",
-                                  "id_token": "sim-id"})
+                self._reply(
+                    200,
+                    {
+                        "access_token": f"sim-access-{_now_ms()}",
+                        "refresh_token": "sim-refresh",
+                        "token_type": "Bearer",
+                        "expires_in": 1800,
+                        "scope": "api",
+                        "id_token": "sim-id",
+                    },
+                )
 
         def _reply(self, status: int, body: Any) -> None:
             data = json.dumps(body).encode()
