@@ -44,7 +44,8 @@ _Key = tuple[str, datetime]
 class WriteStats:
     """Counters for the status line and /metrics."""
 
-    rows_written: int = 0
+    rows_written: int = 0  # all tables
+    option_rows_written: int = 0
     batches: int = 0
     write_errors: int = 0
     last_write_at: float | None = None
@@ -172,6 +173,7 @@ class Batcher:
             with attempt:
                 await self._sink.write(batch)
         self.stats.rows_written += len(batch)
+        self.stats.option_rows_written += len(batch.options)
         self.stats.batches += 1
         self.stats.last_write_at = time.time()
         log.debug("batch written", sink=self._sink.name, rows=len(batch))

@@ -20,8 +20,10 @@ import structlog
 from streaming_service.batcher import Batcher
 from streaming_service.config import Settings
 from streaming_service.market_hours import MarketHours
+from streaming_service.models import Tick
 from streaming_service.pipeline import Pipeline
 from streaming_service.sinks.base import Sink
+from streaming_service.sources.options import OptionsTracker
 from streaming_service.sources.schwab import SchwabStream
 
 __all__ = ["Service", "Status"]
@@ -36,6 +38,7 @@ class Status:
     ticks: int
     ticks_per_s: float
     rows_written: int
+    option_rows: int
     batches: int
     pending_rows: int
     last_price: float | None
@@ -53,6 +56,7 @@ class Status:
 
         return (
             f"ticks={self.ticks} ({self.ticks_per_s:.1f}/s) rows_written={self.rows_written} "
+            f"option_rows={self.option_rows} "
             f"batches={self.batches} pending={self.pending_rows} last={fmt(self.last_price)} "
             f"sma={fmt(self.sma)} vwap={fmt(self.vwap)} "
             f"errors={self.bad_frames + self.write_errors} connects={self.connects}"
@@ -89,8 +93,28 @@ class Service:
             sma_period=settings.sma_period,
             sma_bar_seconds=settings.sma_bar_seconds,
         )
-        self.stream = SchwabStream(client, settings.stream_ticker, self.pipeline.on_tick)
+        self.options: OptionsTracker | None = None
+        if settings.options_enabled:
+            self.options = OptionsTracker(
+                client,
+                settings.stream_ticker,
+                self.batcher.add_options,
+                expirations=settings.options_expirations,
+                strikes=settings.options_strikes,
+                interval_s=settings.options_interval,
+            )
+        self.stream = SchwabStream(
+            client,
+            settings.stream_ticker,
+            self._on_tick,
+            on_option=self.options.on_item if self.options else None,
+        )
         self._rate_mark = (time.monotonic(), 0)
+
+    def _on_tick(self, tick: Tick) -> None:
+        self.pipeline.on_tick(tick)
+        if self.options is not None:
+            self.options.on_tick(tick)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stream until `stop` is set, then flush and return. Raises `SinkError`, `AuthError`."""
@@ -105,8 +129,7 @@ class Service:
             await self._client.close_async_session()
 
     async def _stream_until(self, stop: asyncio.Event) -> None:
-        source = self.stream.run() if self._market_hours is None else self._stream_in_sessions()
-        streaming = asyncio.create_task(source, name="schwab-stream")
+        streaming = asyncio.create_task(self._sources(), name="schwab-stream")
         stopping = asyncio.create_task(stop.wait(), name="stop-signal")
         try:
             await asyncio.wait({streaming, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -118,6 +141,14 @@ class Service:
             await self.batcher.close(self._grace_s)
         if not streaming.cancelled() and streaming.exception() is not None:
             raise streaming.exception()  # type: ignore[misc]
+
+    async def _sources(self) -> None:
+        """The stream (gated by market hours if configured) and, with options, the window keeper."""
+        async with asyncio.TaskGroup() as group:
+            source = self.stream.run() if self._market_hours is None else self._stream_in_sessions()
+            group.create_task(source, name="stream")
+            if self.options is not None:
+                group.create_task(self.options.run(self.stream.set_option_symbols), name="options")
 
     async def _stream_in_sessions(self) -> None:
         """Stream during regular sessions only; between them, stay disconnected."""
@@ -156,6 +187,7 @@ class Service:
             ticks=ticks,
             ticks_per_s=(ticks - ticks_then) / (now - then) if now > then else 0.0,
             rows_written=self.batcher.stats.rows_written,
+            option_rows=self.batcher.stats.option_rows_written,
             batches=self.batcher.stats.batches,
             pending_rows=self.batcher.pending,
             last_price=last.price if last else None,

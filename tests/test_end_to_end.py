@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,15 +13,12 @@ from typing import Any
 import pandas as pd
 import psycopg
 import pytest
+from harness import running_service
 from polling import wait_until
 from postgrest_double import PostgrestDouble, make_key
 from reference import reference_rows
 
-from streaming_service.config import load_settings
-from streaming_service.service import Service
-from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
-from streaming_service.sinks import sink_for
-from streaming_service.sources.schwab_client import build_schwab_client
+from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 
 SESSION_S = 900.0  # fifteen simulated minutes: enough for SMA9 to form
 SPEED = 300.0
@@ -49,27 +45,6 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
         with PostgrestDouble(dsn) as double:
             key = make_key("service_role")
             yield Target({"supabase_url": double.url, "supabase_service_role_key": key}, dsn)
-
-
-@asynccontextmanager
-async def running_service(
-    sim: SchwabSimulator, target: Target, tmp_path: Path
-) -> AsyncIterator[tuple[Service, asyncio.Event]]:
-    """Run the real service against `sim`; on exit, wait until every delivered trade was processed."""
-    token = tmp_path / "token.json"
-    write_token_file(token)
-    settings = load_settings(
-        stream_ticker="QQQ", batch_size=50, batch_interval=0.5, row_resolution=0, **target.settings
-    )
-    client = build_schwab_client(token, "key", "secret", api_base_url=sim.api_base_url)
-    service = Service(settings, client, sink_for(settings))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    try:
-        yield service, stop
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 def read_rows(database_url: str) -> pd.DataFrame:
@@ -105,7 +80,7 @@ def traded(sim: SchwabSimulator) -> pd.DataFrame:
 async def test_whole_session_lands_with_exact_volume_and_indicators(target: Target, tmp_path: Path) -> None:
     market = SimulatedMarket(["QQQ"], seed=11, trades_per_second=2.0, session_seconds=SESSION_S)
     async with SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim:
-        async with running_service(sim, target, tmp_path) as (service, _):
+        async with running_service(sim, tmp_path, **target.settings) as service:
             await asyncio.wait_for(sim.session_finished.wait(), timeout=60)
             total = sum(t.size for t in sim.sent_trades)
             await wait_until(lambda: service.pipeline.volume == total)
@@ -128,7 +103,7 @@ async def test_whole_session_lands_with_exact_volume_and_indicators(target: Targ
     replay = SimulatedMarket(["QQQ"], seed=11, trades_per_second=2.0, session_seconds=SESSION_S)
     async with (
         SchwabSimulator(replay, speed=SPEED, heartbeat_seconds=0.2) as sim2,
-        running_service(sim2, target, tmp_path) as (service2, _),
+        running_service(sim2, tmp_path, **target.settings) as service2,
     ):
         await asyncio.wait_for(sim2.session_finished.wait(), timeout=60)
         total2 = sum(t.size for t in sim2.sent_trades)
@@ -142,7 +117,7 @@ async def test_disconnect_reconnects_and_keeps_every_share(target: Target, tmp_p
     market = SimulatedMarket(["QQQ"], seed=5, trades_per_second=2.0, session_seconds=SESSION_S)
     async with (
         SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim,
-        running_service(sim, target, tmp_path) as (service, _),
+        running_service(sim, tmp_path, **target.settings) as service,
     ):
         await wait_until(lambda: service.pipeline.ticks > 50)
         await sim.disconnect_all()
@@ -161,7 +136,7 @@ async def test_malformed_frames_are_counted_and_skipped(tmp_path: Path) -> None:
     target = Target({"database_url": database_url}, database_url)
     market = SimulatedMarket(["QQQ"], seed=2, trades_per_second=2.0, session_seconds=300.0)
     async with SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim:
-        async with running_service(sim, target, tmp_path) as (service, _):
+        async with running_service(sim, tmp_path, **target.settings) as service:
             await wait_until(lambda: service.pipeline.ticks > 10)
             await sim.send_raw("this is not json")
             await sim.send_raw(

@@ -95,6 +95,12 @@ class SimulatedMarket:
         s = next(s for s in self._symbols if s.name == symbol)
         return self._event(s, "quote", 0, s.last_ms or self.open_ms)
 
+    def move(self, symbol: str, price: float) -> None:
+        """Jump `symbol`'s price to `price` (the walk continues from there); for tests and demos."""
+        s = next(s for s in self._symbols if s.name == symbol)
+        s.price_cents = max(1, round(price * 100))
+        s.bid_cents, s.ask_cents = s.price_cents - 1, s.price_cents + 1
+
     def events_until(self, offset_s: float) -> list[Event]:
         """Every not-yet-returned event at or before `offset_s` (capped at the session end)."""
         limit = min(offset_s, self.session_seconds)

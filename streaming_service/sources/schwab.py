@@ -26,6 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from streaming_service.errors import AuthError
 from streaming_service.models import Tick
 from streaming_service.sources import quiet_library_warnings
+from streaming_service.sources.options import OPTION_FIELDS
 
 with quiet_library_warnings():
     from authlib.common.errors import AuthlibBaseError
@@ -145,11 +146,13 @@ _RETRYABLE = (*_DISCONNECTS, UnexpectedResponseCode)
 
 
 class SchwabStream:
-    """Streams LEVELONE_EQUITIES for `symbols` and calls `on_tick` for each trade.
+    """Streams LEVELONE_EQUITIES for `symbols` and calls `on_tick` for each trade; with `on_option`,
+    also LEVELONE_OPTIONS for the contracts last given to `set_option_symbols`, one item at a time.
 
     `client` is a schwab-py AsyncClient (see `schwab_client.build_schwab_client`). `run()` returns
     only when cancelled or on a fatal `AuthError`; each connection uses a fresh `StreamClient`.
     `stale_after_s`: reconnect when no frame at all (heartbeats included) arrived for that long.
+    `on_option` may raise `ValueError` for an item it cannot use: the item is counted as a bad frame.
     """
 
     def __init__(
@@ -158,6 +161,7 @@ class SchwabStream:
         symbols: tuple[str, ...],
         on_tick: Callable[[Tick], None],
         *,
+        on_option: Callable[[Mapping[str, Any]], None] | None = None,
         stale_after_s: float = 60.0,
         max_backoff_s: float = 60.0,
         healthy_after_s: float = 30.0,
@@ -169,6 +173,11 @@ class SchwabStream:
         self._max_backoff_s = max_backoff_s
         self._healthy_after_s = healthy_after_s
         self._merger = QuoteMerger()
+        self._on_option = on_option
+        self._option_symbols: set[str] = set()
+        self._live: StreamClient | None = None  # the subscribed connection, while there is one
+        self._options_live: set[str] = set()  # what that connection has subscribed
+        self._options_lock = asyncio.Lock()
         self.stats = StreamStats()
         self.subscribed = asyncio.Event()
 
@@ -190,10 +199,13 @@ class SchwabStream:
     async def _session(self) -> None:
         stream = StreamClient(self._client)
         stream.add_level_one_equity_handler(self._handle)
+        stream.add_level_one_option_handler(self._handle_options)
         loop = asyncio.get_running_loop()
         try:
             await self._login(stream)
             await stream.level_one_equity_subs(list(self._symbols), fields=list(EQUITY_FIELDS))
+            self._live, self._options_live = stream, set()
+            await self._sync_options()
             self.subscribed.set()
             started = loop.time()
             log.info("subscribed", service="LEVELONE_EQUITIES", symbols=",".join(self._symbols))
@@ -212,8 +224,50 @@ class SchwabStream:
                 raise
         finally:
             self.subscribed.clear()
+            self._live = None
             if stream._socket is not None:  # schwab-py has no close(); LOGOUT needs a live socket
                 await stream._socket.close()
+
+    async def set_option_symbols(self, symbols: set[str]) -> None:
+        """Stream exactly these option contracts from now on: ADD and UNSUBS on the live connection
+        (a reconnect subscribes the whole set). Network errors are left to the reconnect logic."""
+        self._option_symbols = set(symbols)
+        try:
+            await self._sync_options()
+        except (*_DISCONNECTS, UnexpectedResponse, UnexpectedResponseCode) as exc:
+            log.warning("option subscription change failed; it is redone on reconnect", error=str(exc))
+
+    async def _sync_options(self) -> None:
+        async with self._options_lock:
+            await self._sync_options_locked()
+
+    async def _sync_options_locked(self) -> None:
+        stream = self._live
+        if stream is None or self._on_option is None:
+            return
+        wanted, live = set(self._option_symbols), self._options_live
+        if removed := sorted(live - wanted):
+            await stream.level_one_option_unsubs(removed)
+        if added := sorted(wanted - live):
+            subscribe = stream.level_one_option_add if live else stream.level_one_option_subs
+            await subscribe(added, fields=list(OPTION_FIELDS))
+        self._options_live = wanted
+        if removed or added:
+            log.info(
+                "option subscriptions changed", added=len(added), removed=len(removed), total=len(wanted)
+            )
+
+    def _handle_options(self, message: Mapping[str, Any]) -> None:
+        """schwab-py handler: one relabelled LEVELONE_OPTIONS data frame."""
+        content = message.get("content")
+        if not isinstance(content, list) or self._on_option is None:
+            self._bad_frame(f"option frame without a content list: {dict(message)!r:.200}")
+            return
+        for item in content:
+            try:
+                self._on_option(item)
+            except (ValueError, TypeError, AttributeError) as exc:
+                self._bad_frame(str(exc))
 
     async def _login(self, stream: StreamClient) -> None:
         try:

@@ -1,0 +1,368 @@
+"""Options: choose the contract window from the chain, merge LEVELONE_OPTIONS quotes, snapshot rows.
+
+Window: for each underlying, the next `expirations` expirations (0DTE included when listed) and
+`strikes` strikes each side of the underlying's price (strikes below it, then at or above it),
+calls and puts. It is chosen again ("rolled") when the price moves more than one strike step from
+the window's centre or an expiration in it has passed; the stream then ADDs the new contracts and
+UNSUBS the ones that left, on the same connection.
+
+Quotes: the stream sends a full item per contract first, then only changed fields. The chain is
+the authority on a contract's strike, type and expiration; the stream's copies (strike in field 20,
+which schwab-py labels STRIKE_TYPE; type in 21; expiration in 12/23/26) must agree. The first
+item of a contract must carry its strike and type. An item with a wrong or missing identity, a
+non-numeric or non-finite number, or a negative size is skipped whole (`BadFrame`).
+
+Snapshots: every `interval_s` seconds of market time (the underlying's trade times), one
+`OptionRow` per contract with a quote, stamped with the interval's start; contracts never quoted
+are skipped. Prices and greeks are rounded to 4 decimals, the strike to 2; implied volatility is
+stored as a fraction (the stream's 25.3 % becomes 0.2530).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from streaming_service.models import OptionContract, OptionRow, Tick
+from streaming_service.sources import quiet_library_warnings
+
+with quiet_library_warnings():
+    from schwab.streaming import StreamClient
+
+__all__ = ["OPTION_FIELDS", "BadOptionItem", "OptionQuotes", "OptionsTracker", "select_window"]
+
+log = structlog.get_logger(__name__)
+NEW_YORK = ZoneInfo("America/New_York")
+
+_F = StreamClient.LevelOneOptionFields
+#: The minimal LEVELONE_OPTIONS field set.
+OPTION_FIELDS = [
+    _F.SYMBOL, _F.BID_PRICE, _F.ASK_PRICE, _F.LAST_PRICE, _F.TOTAL_VOLUME, _F.OPEN_INTEREST,
+    _F.VOLATILITY, _F.EXPIRATION_YEAR, _F.STRIKE_TYPE, _F.CONTRACT_TYPE, _F.EXPIRATION_MONTH,
+    _F.EXPIRATION_DAY, _F.DELTA, _F.GAMMA, _F.THETA, _F.VEGA,
+]  # fmt: skip
+_PRICES = ("BID_PRICE", "ASK_PRICE", "LAST_PRICE")
+_GREEKS = ("DELTA", "GAMMA", "THETA", "VEGA")
+_SIZES = ("TOTAL_VOLUME", "OPEN_INTEREST")
+
+
+class BadOptionItem(ValueError):
+    """An option item that cannot be used; it is skipped whole."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The contracts chosen for one underlying, and what they were chosen around."""
+
+    contracts: dict[str, OptionContract]
+    centre: float
+    step: float
+
+    def stale(self, price: float, today: date) -> bool:
+        """True when the window should be chosen again (see the module docstring)."""
+        expired = any(c.expiration < today for c in self.contracts.values())
+        return expired or abs(price - self.centre) > self.step
+
+
+def select_window(chain: Mapping[str, Any], price: float, *, expirations: int, strikes: int) -> Window:
+    """Choose the window from a `/marketdata/v1/chains` body; `price` is the underlying's price.
+
+    Raises `ValueError` if the chain has no usable contract."""
+    by_expiration: dict[date, dict[float, list[OptionContract]]] = {}
+    underlying = str(chain.get("symbol", ""))
+    for side, kind in (("callExpDateMap", "CALL"), ("putExpDateMap", "PUT")):
+        for exp_key, by_strike in (chain.get(side) or {}).items():
+            expiration = date.fromisoformat(str(exp_key).split(":")[0])
+            for strike_key, entries in by_strike.items():
+                for entry in entries:
+                    symbol, strike = entry.get("symbol"), float(entry.get("strikePrice", strike_key))
+                    if isinstance(symbol, str) and math.isfinite(strike) and strike > 0:
+                        contract = OptionContract(symbol, underlying, kind, strike, expiration)  # type: ignore[arg-type]
+                        by_expiration.setdefault(expiration, {}).setdefault(strike, []).append(contract)
+    chosen: dict[str, OptionContract] = {}
+    for expiration in sorted(by_expiration)[:expirations]:
+        listed = sorted(by_expiration[expiration])
+        below = [k for k in listed if k < price][-strikes:]
+        above = [k for k in listed if k >= price][:strikes]
+        for strike in below + above:
+            chosen.update((c.symbol, c) for c in by_expiration[expiration][strike])
+    if not chosen:
+        raise ValueError(f"the option chain of {underlying or '?'} lists no contract")
+    all_strikes = sorted({c.strike for c in chosen.values()})
+    gaps = [b - a for a, b in itertools.pairwise(all_strikes) if b > a]
+    return Window(chosen, price, min(gaps) if gaps else max(price * 0.01, 0.01))
+
+
+class OptionQuotes:
+    """Merged stream state per contract of the current windows. See the module docstring."""
+
+    def __init__(self) -> None:
+        self.contracts: dict[str, OptionContract] = {}
+        self._state: dict[str, dict[str, Any]] = {}
+
+    def set_contracts(self, contracts: Mapping[str, OptionContract]) -> None:
+        """Track exactly `contracts`; quotes of contracts that left are forgotten."""
+        self.contracts = dict(contracts)
+        self._state = {s: v for s, v in self._state.items() if s in self.contracts}
+
+    def apply(self, item: Mapping[str, Any]) -> None:
+        """Merge one relabelled item; items of untracked contracts are ignored. Raises `BadOptionItem`."""
+        symbol = item.get("key")
+        contract = self.contracts.get(symbol) if isinstance(symbol, str) else None
+        if contract is None:
+            return
+        state = self._state.get(contract.symbol)
+        if state is None and ("STRIKE_TYPE" not in item or "CONTRACT_TYPE" not in item):
+            raise BadOptionItem(
+                f"{contract.symbol}: first item lacks the strike (20) or type (21): {dict(item)}"
+            )
+        _check_identity(contract, item)
+        update = {
+            name: _number(contract, name, item[name])
+            for name in (*_PRICES, *_GREEKS, "VOLATILITY")
+            if name in item
+        }
+        for name in _SIZES:
+            if name in item:
+                value = _number(contract, name, item[name])
+                if value < 0 or value != int(value):
+                    raise BadOptionItem(f"{contract.symbol}: {name} is {item[name]!r}, not a count")
+                update[name] = int(value)
+        for name in _PRICES:
+            if update.get(name, 0) < 0:
+                raise BadOptionItem(f"{contract.symbol}: {name} is negative ({update[name]})")
+        self._state.setdefault(contract.symbol, {}).update(update)
+
+    def snapshot(self, timestamp: datetime) -> list[OptionRow]:
+        """One row per tracked contract that has a quote."""
+        return [_row(self.contracts[s], timestamp, state) for s, state in self._state.items()]
+
+
+def _check_identity(contract: OptionContract, item: Mapping[str, Any]) -> None:
+    strike = item.get("STRIKE_TYPE", contract.strike)
+    if (
+        not isinstance(strike, int | float)
+        or isinstance(strike, bool)
+        or abs(strike - contract.strike) > 1e-6
+    ):
+        raise BadOptionItem(
+            f"{contract.symbol}: strike {strike!r} does not match the chain's {contract.strike}"
+        )
+    kind = item.get("CONTRACT_TYPE", contract.option_type[0])
+    if kind != contract.option_type[0]:
+        raise BadOptionItem(f"{contract.symbol}: contract type {kind!r} is not {contract.option_type[0]!r}")
+    expiration = contract.expiration
+    for name, expected in (("EXPIRATION_YEAR", expiration.year), ("EXPIRATION_MONTH", expiration.month),
+                           ("EXPIRATION_DAY", expiration.day)):  # fmt: skip
+        if name in item and item[name] != expected:
+            raise BadOptionItem(f"{contract.symbol}: {name} {item[name]!r} does not match {expiration}")
+
+
+def _number(contract: OptionContract, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadOptionItem(f"{contract.symbol}: {name} is {value!r}, not a finite number")
+    return float(value)
+
+
+def _row(contract: OptionContract, timestamp: datetime, state: Mapping[str, Any]) -> OptionRow:
+    def r4(name: str, scale: float = 1.0) -> float | None:
+        value = state.get(name)
+        return None if value is None else round(value * scale, 4)
+
+    return OptionRow(
+        ticker=contract.underlying,
+        timestamp=timestamp,
+        option_type=contract.option_type,
+        strike_price=round(contract.strike, 2),
+        expiration_date=contract.expiration,
+        last_price=r4("LAST_PRICE"),
+        bid=r4("BID_PRICE"),
+        ask=r4("ASK_PRICE"),
+        volume=state.get("TOTAL_VOLUME"),
+        open_interest=state.get("OPEN_INTEREST"),
+        implied_volatility=r4("VOLATILITY", 0.01),
+        delta=r4("DELTA"),
+        gamma=r4("GAMMA"),
+        theta=r4("THETA"),
+        vega=r4("VEGA"),
+        option_symbol=contract.symbol,
+    )
+
+
+Subscriber = Callable[[set[str]], Awaitable[None]]
+
+
+class OptionsTracker:
+    """Keeps each underlying's window current, feeds quotes in, and emits snapshots.
+
+    Call `on_tick` with every equity trade (cheap, synchronous) and `on_item` with every option
+    item; run `run(subscribe)` as a task: it queries the chain (`client`: schwab-py AsyncClient)
+    when a window must be chosen and calls `subscribe(symbols)` with the full set of contracts.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        underlyings: tuple[str, ...],
+        emit: Callable[[list[OptionRow]], None],
+        *,
+        expirations: int,
+        strikes: int,
+        interval_s: int,
+        max_backoff_s: float = 60.0,
+    ) -> None:
+        self._client = client
+        self._underlyings = underlyings
+        self._emit = emit
+        self._expirations, self._strikes = expirations, strikes
+        self._interval_ms = interval_s * 1000
+        self._max_backoff_s = max_backoff_s
+        self.quotes = OptionQuotes()
+        self.windows: dict[str, Window] = {}
+        self._prices: dict[str, float] = {}
+        self._today: date | None = None
+        self._bucket: int | None = None
+        self._roll = asyncio.Event()
+        self._roll.set()  # choose the first windows at once
+        self._disabled: set[str] = set()
+        self.snapshots = 0
+        self.rows = 0
+
+    def on_tick(self, tick: Tick) -> None:
+        """Advance the market clock; at each new interval emit a snapshot and check the windows."""
+        self._prices[tick.symbol] = tick.price
+        ms = int(tick.timestamp.timestamp() * 1000)
+        bucket = ms - ms % self._interval_ms
+        if self._bucket is not None and bucket <= self._bucket:
+            return
+        self._bucket = bucket
+        self._today = tick.timestamp.astimezone(NEW_YORK).date()
+        rows = self.quotes.snapshot(datetime.fromtimestamp(bucket / 1000, UTC))
+        if rows:
+            self.snapshots += 1
+            self.rows += len(rows)
+            self._emit(rows)
+        if any(self._stale(u) for u in self._underlyings):
+            self._roll.set()
+
+    def on_item(self, item: Mapping[str, Any]) -> None:
+        """Merge one option item (raises `BadOptionItem`)."""
+        self.quotes.apply(item)
+
+    async def run(self, subscribe: Subscriber) -> None:
+        """Choose windows whenever needed, forever; chain errors are logged and retried."""
+        while True:
+            await self._roll.wait()
+            self._roll.clear()
+            for underlying in self._underlyings:
+                if underlying not in self._disabled and self._stale(underlying):
+                    await self._choose(underlying)
+            contracts = {s: c for w in self.windows.values() for s, c in w.contracts.items()}
+            self.quotes.set_contracts(contracts)
+            await subscribe(set(contracts))
+
+    def _stale(self, underlying: str) -> bool:
+        window = self.windows.get(underlying)
+        if window is None:
+            return underlying not in self._disabled
+        price = self._prices.get(underlying, window.centre)
+        return window.stale(price, self._today or datetime.now(NEW_YORK).date())
+
+    async def _choose(self, underlying: str) -> None:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((httpx.HTTPError, _ChainUnavailable)),
+            wait=wait_exponential_jitter(max=self._max_backoff_s),
+            before_sleep=lambda state: log.warning(
+                "option chain request failed, retrying",
+                underlying=underlying,
+                error=str(state.outcome.exception() if state.outcome else ""),
+            ),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    window = await self._query(underlying)
+        except _NoOptions as exc:
+            self._disabled.add(underlying)
+            self.windows.pop(underlying, None)
+            log.error("no options recorded for this ticker", underlying=underlying, reason=str(exc))
+            return
+        previous = self.windows.get(underlying)
+        self.windows[underlying] = window
+        log.info(
+            "option window chosen",
+            underlying=underlying,
+            contracts=len(window.contracts),
+            centre=window.centre,
+            expirations=",".join(sorted({str(c.expiration) for c in window.contracts.values()})),
+            rolled=previous is not None,
+        )
+
+    async def _query(self, underlying: str) -> Window:
+        today = self._today or datetime.now(NEW_YORK).date()
+        listed = _json(await self._client.get_option_expiration_chain(underlying), underlying)
+        upcoming = sorted(
+            {
+                d
+                for e in listed.get("expirationList") or []
+                if (d := _date(e.get("expirationDate"))) and d >= today
+            }
+        )[: self._expirations]
+        if not upcoming:
+            raise _NoOptions(f"no expiration on or after {today}")
+        chain = _json(
+            await self._client.get_option_chain(
+                underlying,
+                contract_type="ALL",
+                strike_count=2 * self._strikes + 2,
+                from_date=upcoming[0],
+                to_date=upcoming[-1],
+            ),
+            underlying,
+        )
+        price = self._prices.get(underlying) or float(chain.get("underlyingPrice") or 0)
+        if price <= 0:
+            raise _ChainUnavailable(f"{underlying}: no price to centre the window on")
+        try:
+            return select_window(chain, price, expirations=self._expirations, strikes=self._strikes)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise _NoOptions(str(exc)) from None
+
+
+class _ChainUnavailable(Exception):
+    """The chain could not be read this time; try again later."""
+
+
+class _NoOptions(Exception):
+    """The underlying has no usable options; stop asking."""
+
+
+def _json(response: httpx.Response, underlying: str) -> dict[str, Any]:
+    if response.status_code >= 500:
+        raise _ChainUnavailable(f"{underlying}: HTTP {response.status_code}")
+    if response.status_code != 200:
+        raise _NoOptions(f"HTTP {response.status_code}: {response.text[:200]}")
+    try:
+        body = response.json()
+    except ValueError:
+        raise _ChainUnavailable(f"{underlying}: the chain is not JSON") from None
+    if not isinstance(body, dict):
+        raise _ChainUnavailable(f"{underlying}: unexpected chain body")
+    return body
+
+
+def _date(value: Any) -> date | None:
+    try:
+        return date.fromisoformat(str(value)[:10])
+    except ValueError:
+        return None
