@@ -1,0 +1,253 @@
+"""Options: window selection from the chain, quote validation, and the whole path against the
+simulator (real schwab-py client, real Postgres): window, snapshots equal to the simulator's
+ground truth, rolling with ADD/UNSUBS, bad option frames skipped."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from harness import running_service
+from polling import wait_until
+
+from streaming_service.models import OptionContract, OptionRow
+from streaming_service.simulator import SchwabSimulator, SimulatedMarket
+from streaming_service.simulator.options import OptionBook
+from streaming_service.simulator.server import OPTION_SERVICE
+from streaming_service.sources.options import BadOptionItem, OptionQuotes, select_window
+
+SESSION = date(2026, 11, 24)  # a Tuesday
+OPEN_MS = int(datetime(2026, 11, 24, 14, 30, tzinfo=UTC).timestamp() * 1000)
+
+
+def book_chain(price: float = 500.3, **query: str) -> dict[str, Any]:
+    book = OptionBook("QQQ", SESSION, 500.0)
+    return book.chain(price, OPEN_MS, {"contractType": "ALL", "strikeCount": "40", **query})
+
+
+# --- window selection ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("price", "below", "above"),
+    [(500.3, [498, 499, 500], [501, 502, 503]), (500.0, [497, 498, 499], [500, 501, 502])],
+)
+def test_window_is_n_strikes_each_side_for_the_next_expirations(
+    price: float, below: list[float], above: list[float]
+) -> None:
+    window = select_window(book_chain(price), price, expirations=2, strikes=3)
+    contracts = list(window.contracts.values())
+    assert len(contracts) == 2 * 2 * 6
+    assert sorted({c.expiration for c in contracts}) == [SESSION, SESSION + timedelta(days=1)]  # 0DTE first
+    for expiration in (SESSION, SESSION + timedelta(days=1)):
+        for kind in ("CALL", "PUT"):
+            strikes = sorted(
+                c.strike for c in contracts if c.expiration == expiration and c.option_type == kind
+            )
+            assert strikes == below + above
+    call = window.contracts["QQQ   261124C00500000"]
+    assert (call.underlying, call.option_type, call.strike) == ("QQQ", "CALL", 500.0)
+    assert window.centre == price and window.step == 1.0
+
+
+def test_window_goes_stale_on_a_move_beyond_a_strike_or_an_expiry() -> None:
+    window = select_window(book_chain(), 500.3, expirations=2, strikes=3)
+    assert not window.stale(501.2, SESSION)
+    assert window.stale(501.4, SESSION)
+    assert window.stale(499.2, SESSION)
+    assert window.stale(500.3, SESSION + timedelta(days=1))  # today's contracts expired
+
+
+def test_a_chain_without_contracts_is_refused() -> None:
+    with pytest.raises(ValueError, match="lists no contract"):
+        select_window(
+            {"symbol": "XYZ", "callExpDateMap": {}, "putExpDateMap": {}}, 10.0, expirations=2, strikes=3
+        )
+
+
+# --- quote merging and validation ------------------------------------------------------------------
+
+CONTRACT = OptionContract("QQQ   261124C00500000", "QQQ", "CALL", 500.0, SESSION)
+FIRST = {"key": CONTRACT.symbol, "STRIKE_TYPE": 500.0, "CONTRACT_TYPE": "C", "EXPIRATION_YEAR": 2026,
+         "EXPIRATION_MONTH": 11, "EXPIRATION_DAY": 24, "BID_PRICE": 1.1, "ASK_PRICE": 1.2, "TOTAL_VOLUME": 5,
+         "OPEN_INTEREST": 900, "VOLATILITY": 18.25, "DELTA": 0.51234, "GAMMA": 0.16, "THETA": -1.83,
+         "VEGA": 0.054}  # fmt: skip
+
+
+def quotes() -> OptionQuotes:
+    book = OptionQuotes()
+    book.set_contracts({CONTRACT.symbol: CONTRACT})
+    return book
+
+
+def test_partial_updates_merge_and_rows_are_rounded() -> None:
+    book = quotes()
+    book.apply(FIRST)
+    book.apply({"key": CONTRACT.symbol, "BID_PRICE": 1.15, "LAST_PRICE": 1.17})
+    book.apply({"key": "SPY   261124C00600000", "BID_PRICE": 3.0})  # not tracked: ignored
+    (row,) = book.snapshot(datetime(2026, 11, 24, 14, 31, tzinfo=UTC))
+    assert row == OptionRow(
+        "QQQ", datetime(2026, 11, 24, 14, 31, tzinfo=UTC), "CALL", 500.0, SESSION,
+        last_price=1.17, bid=1.15, ask=1.2, volume=5, open_interest=900, implied_volatility=0.1825,
+        delta=0.5123, gamma=0.16, theta=-1.83, vega=0.054, option_symbol=CONTRACT.symbol,
+    )  # fmt: skip
+
+
+def test_contracts_without_a_quote_are_not_written() -> None:
+    book = quotes()
+    assert book.snapshot(datetime(2026, 11, 24, 14, 31, tzinfo=UTC)) == []
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ({k: v for k, v in FIRST.items() if k != "STRIKE_TYPE"}, "lacks the strike"),
+        ({**FIRST, "STRIKE_TYPE": 505.0}, "does not match"),
+        ({**FIRST, "CONTRACT_TYPE": "X"}, "contract type 'X'"),
+        ({**FIRST, "DELTA": math.nan}, "DELTA is nan"),
+        ({**FIRST, "GAMMA": math.inf}, "GAMMA is inf"),
+        ({**FIRST, "BID_PRICE": "1.10"}, "BID_PRICE is '1.10'"),
+        ({**FIRST, "TOTAL_VOLUME": -3}, "not a count"),
+        ({**FIRST, "ASK_PRICE": -0.5}, "negative"),
+        ({**FIRST, "EXPIRATION_DAY": 25}, "EXPIRATION_DAY"),
+    ],
+)
+def test_bad_items_are_refused_whole(item: dict[str, Any], reason: str) -> None:
+    book = quotes()
+    with pytest.raises(BadOptionItem, match=reason):
+        book.apply(item)
+    assert book.snapshot(datetime(2026, 11, 24, 14, 31, tzinfo=UTC)) == []
+
+
+def test_a_bad_update_leaves_the_last_good_quote() -> None:
+    book = quotes()
+    book.apply(FIRST)
+    with pytest.raises(BadOptionItem):
+        book.apply({"key": CONTRACT.symbol, "BID_PRICE": 9.9, "DELTA": math.nan})
+    (row,) = book.snapshot(datetime(2026, 11, 24, 14, 31, tzinfo=UTC))
+    assert row.bid == 1.1 and row.delta == 0.5123
+
+
+# --- the whole path against the simulator ------------------------------------------------------------
+
+OPTION_SETTINGS = {"options_strikes": 3, "options_expirations": 2, "options_interval": 60}
+
+
+def subscribed_options(sim: SchwabSimulator) -> set[str]:
+    return {s for client in sim._clients for s in client.fields[OPTION_SERVICE]}
+
+
+def caught_up(quotes: OptionQuotes, truth: dict[str, dict[str, Any]], symbols: Iterable[str]) -> bool:
+    """Has every quote the simulator sent for `symbols` been merged?"""
+    names = {"2": "BID_PRICE", "3": "ASK_PRICE", "8": "TOTAL_VOLUME", "28": "DELTA", "31": "VEGA"}
+    state = quotes._state
+    return all(state.get(s, {}).get(name) == truth[s][key] for s in symbols for key, name in names.items())
+
+
+def stored_options(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT timestamp, option_symbol, option_type, strike_price, expiration_date, bid, ask, "
+            "last_price, volume, open_interest, implied_volatility, delta, gamma, theta, vega "
+            "FROM option_prices"
+        ).fetchall()
+
+
+def expected_from_truth(fields: dict[str, Any]) -> tuple[Any, ...]:
+    """What a row must hold for the simulator's last delivered fields of a contract."""
+    return (
+        fields["2"], fields["3"], fields.get("4"), fields["8"], fields["9"], round(fields["10"] / 100, 4),
+        fields["28"], fields["29"], fields["30"], fields["31"],
+    )  # fmt: skip
+
+
+async def test_window_snapshots_and_ground_truth(postgres_dsn: str, tmp_path: Path) -> None:
+    market = SimulatedMarket(["QQQ"], seed=3, trades_per_second=2.0, session_seconds=3_600.0)
+    async with (
+        SchwabSimulator(market, speed=120.0, heartbeat_seconds=0.2) as sim,
+        running_service(sim, tmp_path, database_url=postgres_dsn, **OPTION_SETTINGS) as service,
+    ):
+        tracker = service.options
+        assert tracker is not None
+        await wait_until(lambda: tracker.snapshots >= 3)
+        window = tracker.windows["QQQ"]
+        assert len(window.contracts) == 24
+        assert subscribed_options(sim) == set(window.contracts)  # nothing outside the window
+
+        # Freeze the market, let every sent quote arrive, then snapshot: rows = simulator's truth.
+        sim.pause()
+        truth = sim.option_truth
+        await wait_until(lambda: caught_up(tracker.quotes, truth, window.contracts))
+        stamp = datetime(2030, 1, 2, 15, 0, tzinfo=UTC)
+        rows = tracker.quotes.snapshot(stamp)
+        service.batcher.add_options(rows)
+        await wait_until(lambda: any(r[0] == stamp for r in stored_options(postgres_dsn)))
+        expected = {s: expected_from_truth(truth[s]) for s in window.contracts}
+        assert service.stream.stats.bad_frames == 0
+
+    stored = stored_options(postgres_dsn)
+    snapshot = {r[1]: r for r in stored if r[0] == stamp}
+    assert set(snapshot) == set(expected)  # one row per contract with a quote
+    for symbol, row in snapshot.items():
+        contract = window.contracts[symbol]
+        assert row[2:5] == (contract.option_type, pytest.approx(contract.strike), contract.expiration)
+        values = tuple(None if v is None else float(v) for v in row[5:])
+        assert values == pytest.approx(expected[symbol], abs=1e-9), symbol
+    per_snapshot: dict[datetime, int] = {}
+    for row in stored:
+        per_snapshot[row[0]] = per_snapshot.get(row[0], 0) + 1
+    assert len(per_snapshot) >= 3 and set(per_snapshot.values()) == {24}
+    assert all(ts.second == 0 for ts in per_snapshot)  # stamped at the interval's start
+
+
+async def test_window_rolls_when_the_underlying_moves(postgres_dsn: str, tmp_path: Path) -> None:
+    market = SimulatedMarket(["QQQ"], seed=4, trades_per_second=2.0, session_seconds=3_600.0)
+    async with (
+        SchwabSimulator(market, speed=120.0, heartbeat_seconds=0.2) as sim,
+        running_service(sim, tmp_path, database_url=postgres_dsn, **OPTION_SETTINGS) as service,
+    ):
+        tracker = service.options
+        assert tracker is not None
+        await wait_until(lambda: tracker.snapshots >= 2 and "QQQ" in tracker.windows)
+        before = set(tracker.windows["QQQ"].contracts)
+        requests = len(sim.stream_requests)
+        market.move("QQQ", 510.0)
+        await wait_until(lambda: tracker.windows["QQQ"].centre > 508 and subscribed_options(sim) != before)
+        await wait_until(lambda: subscribed_options(sim) == set(tracker.windows["QQQ"].contracts))
+        after = tracker.windows["QQQ"]
+        commands = {c for s, c, _ in sim.stream_requests[requests:] if s == OPTION_SERVICE}
+        assert {"ADD", "UNSUBS"} <= commands
+        assert service.stream.stats.connects == 1  # the equity stream never dropped
+        ticks = service.pipeline.ticks
+        await wait_until(lambda: service.pipeline.ticks > ticks + 10)
+    strikes = sorted({c.strike for c in after.contracts.values()})
+    assert strikes[2] < after.centre <= strikes[3]  # three strikes each side of the new price
+    assert not before & set(after.contracts)
+
+
+async def test_bad_option_frames_are_counted_and_skipped(postgres_dsn: str, tmp_path: Path) -> None:
+    market = SimulatedMarket(["QQQ"], seed=5, trades_per_second=2.0, session_seconds=3_600.0)
+    async with (
+        SchwabSimulator(market, speed=60.0, heartbeat_seconds=0.2) as sim,
+        running_service(sim, tmp_path, database_url=postgres_dsn, **OPTION_SETTINGS) as service,
+    ):
+        tracker = service.options
+        assert tracker is not None
+        await wait_until(lambda: tracker.snapshots >= 1)
+        symbol = sorted(tracker.windows["QQQ"].contracts)[0]
+        sim.pause()
+        await wait_until(lambda: caught_up(tracker.quotes, sim.option_truth, [symbol]))
+        good = dict(tracker.quotes._state[symbol])
+        items = [{"key": symbol, "20": 1.0}, {"key": symbol, "21": "X"}, {"key": symbol, "28": "NaN-ish"}]
+        frame = {"service": OPTION_SERVICE, "timestamp": 1, "command": "SUBS", "content": items}
+        await sim.send_raw(json.dumps({"data": [frame]}))
+        await sim.send_raw(json.dumps({"data": [frame]}).replace('"NaN-ish"', "NaN"))
+        await wait_until(lambda: service.stream.stats.bad_frames >= 6)
+        assert tracker.quotes._state[symbol] == good
+        assert service.stream.stats.connects == 1
