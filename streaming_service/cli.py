@@ -204,7 +204,8 @@ async def _demo(args: argparse.Namespace) -> None:
     status = service.status()
     print(
         f"demo: done. simulator sent {len(sim.sent_trades)} trades ({traded} shares); "
-        f"{status.ticks} ticks received; {status.rows_written} rows written to {service.sink.name}",
+        f"{status.ticks} ticks received; {status.rows_written} rows written to {service.sink.name} "
+        f"({status.option_rows} of them option snapshots)",
         flush=True,
     )
 
