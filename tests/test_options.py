@@ -4,9 +4,11 @@ ground truth, rolling with ADD/UNSUBS, bad option frames skipped."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,16 @@ import psycopg
 import pytest
 from harness import running_service
 from polling import wait_until
+from structlog.testing import capture_logs
 
-from streaming_service.models import OptionContract, OptionRow
-from streaming_service.simulator import SchwabSimulator, SimulatedMarket
+from streaming_service.models import OptionContract, OptionRow, Tick
+from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
 from streaming_service.simulator.options import OptionBook
 from streaming_service.simulator.server import OPTION_SERVICE
-from streaming_service.sources.options import BadOptionItem, OptionQuotes, select_window
+from streaming_service.sources.options import BadOptionItem, OptionQuotes, OptionsTracker, select_window
+from streaming_service.sources.schwab_client import build_schwab_client
+
+Tracked = tuple[OptionsTracker, list[set[str]]]
 
 SESSION = date(2026, 11, 24)  # a Tuesday
 OPEN_MS = int(datetime(2026, 11, 24, 14, 30, tzinfo=UTC).timestamp() * 1000)
@@ -251,3 +257,64 @@ async def test_bad_option_frames_are_counted_and_skipped(postgres_dsn: str, tmp_
         await wait_until(lambda: service.stream.stats.bad_frames >= 6)
         assert tracker.quotes._state[symbol] == good
         assert service.stream.stats.connects == 1
+
+
+# --- chain errors -----------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def running_tracker(sim: SchwabSimulator, tmp_path: Path, *underlyings: str) -> AsyncIterator[Tracked]:
+    """An `OptionsTracker` on the real schwab-py client against `sim`, retrying chain errors at once."""
+    token = tmp_path / "token.json"
+    write_token_file(token)
+    client = build_schwab_client(token, "key", "secret", api_base_url=sim.api_base_url)
+    subscribed: list[set[str]] = []
+
+    async def subscribe(symbols: set[str]) -> None:
+        subscribed.append(symbols)
+
+    tracker = OptionsTracker(
+        client, underlyings, lambda rows: None, expirations=1, strikes=2, interval_s=60, max_backoff_s=0.01
+    )
+    task = asyncio.create_task(tracker.run(subscribe))
+    try:
+        yield tracker, subscribed
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        await client.close_async_session()
+
+
+def chain_requests(sim: SchwabSimulator, symbol: str) -> int:
+    return sum(1 for _, path in sim.rest_requests if "/marketdata/" in path and f"symbol={symbol}" in path)
+
+
+async def test_rate_limited_chain_requests_are_retried(tmp_path: Path) -> None:
+    async with SchwabSimulator(SimulatedMarket(["QQQ"], seed=6)) as sim:
+        sim.fail_next_market_data(3, status=429)
+        with capture_logs() as logs:
+            async with running_tracker(sim, tmp_path, "QQQ") as (tracker, subscribed):
+                await wait_until(lambda: bool(subscribed))
+    assert set(subscribed[-1]) == set(tracker.windows["QQQ"].contracts) and len(subscribed[-1]) == 8
+    assert chain_requests(sim, "QQQ") == 3 + 2  # three refused, then expiration chain + chain
+    retries = [e for e in logs if e["event"] == "option chain request failed, retrying"]
+    assert len(retries) == 3 and "HTTP 429" in retries[0]["error"]
+
+
+async def test_a_ticker_without_options_is_asked_again_the_next_day(tmp_path: Path) -> None:
+    async with SchwabSimulator(SimulatedMarket(["QQQ"], seed=7)) as sim:
+        with capture_logs() as logs:
+            async with running_tracker(sim, tmp_path, "QQQ", "NOOPT") as (tracker, subscribed):
+                await wait_until(lambda: bool(subscribed))
+                assert set(tracker.windows) == {"QQQ"}  # the other ticker's options still stream
+                assert chain_requests(sim, "NOOPT") == 1
+                day = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+                tracker.on_tick(Tick("QQQ", day, 500.0, 100))
+                tracker.on_tick(Tick("QQQ", day + timedelta(minutes=5), 500.0, 100))
+                assert chain_requests(sim, "NOOPT") == 1  # not again the same day
+                tracker.on_tick(Tick("QQQ", day + timedelta(days=1), 500.0, 100))
+                await wait_until(lambda: chain_requests(sim, "NOOPT") == 2)
+    refusals = [e for e in logs if e["event"] == "no options recorded for this ticker"]
+    assert refusals and refusals[0]["underlying"] == "NOOPT" and "HTTP 400" in refusals[0]["reason"]
+    assert "OPTIONS_ENABLED=false" in refusals[0]["fix"]

@@ -9,8 +9,8 @@ once per simulated second), a full snapshot per symbol first and then only chang
 
 The market clock starts at the first subscription: simulated offset = elapsed wall time * `speed`.
 Fault injection: `disconnect_all()`, `drop_next_frames(n)`, `send_raw(text)`, `reject_login`,
-`refresh_token_valid`. Ground truth: `market.trades` (all), `sent_trades` (delivered),
-`option_truth` (every field of each option quote as last delivered).
+`refresh_token_valid`, `fail_next_market_data(n, status)`. Ground truth: `market.trades` (all),
+`sent_trades` (delivered), `option_truth` (every field of each option quote as last delivered).
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ class SchwabSimulator:
         self.option_truth: dict[str, dict[str, Any]] = {}  # option symbol → every field as last sent
         self._repriced_ms: dict[str, int] = {}
         self._drop = 0
+        self._rest_faults: list[int] = []
         self.paused = False
         self._clock_started: float | None = None
         self._ws: Server | None = None
@@ -169,6 +170,10 @@ class SchwabSimulator:
     def drop_next_frames(self, count: int) -> None:
         """Do not send the next `count` market data frames (their trades still happen)."""
         self._drop += count
+
+    def fail_next_market_data(self, count: int, status: int = 429) -> None:
+        """Answer the next `count` market-data GETs (chains, expiration chain) with HTTP `status`."""
+        self._rest_faults += [status] * count
 
     async def send_raw(self, text: str) -> None:
         """Send `text` as a frame to every connection, after what is already queued."""
@@ -350,6 +355,9 @@ def _rest_handler(sim: SchwabSimulator) -> type[BaseHTTPRequestHandler]:
             book = sim.books.get(query.get("symbol", ""))
             if url.path == "/trader/v1/userPreference":
                 self._reply(200, _preferences(sim.streamer_url))
+            elif url.path.startswith("/marketdata/") and sim._rest_faults:
+                status = sim._rest_faults.pop(0)
+                self._reply(status, {"errors": [{"status": status, "title": "simulated fault"}]})
             elif url.path in ("/marketdata/v1/chains", "/marketdata/v1/expirationchain") and book is None:
                 self._reply(
                     400, {"errors": [{"status": 400, "title": f"no options for {query.get('symbol')!r}"}]}

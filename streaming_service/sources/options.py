@@ -246,7 +246,10 @@ class OptionsTracker:
         if self._bucket is not None and bucket <= self._bucket:
             return
         self._bucket = bucket
-        self._today = tick.timestamp.astimezone(NEW_YORK).date()
+        today = tick.timestamp.astimezone(NEW_YORK).date()
+        if today != self._today:
+            self._disabled.clear()  # a new trading day: ask again for tickers that had no options
+        self._today = today
         rows = self.quotes.snapshot(datetime.fromtimestamp(bucket / 1000, UTC))
         if rows:
             self.snapshots += 1
@@ -295,7 +298,12 @@ class OptionsTracker:
         except _NoOptions as exc:
             self._disabled.add(underlying)
             self.windows.pop(underlying, None)
-            log.error("no options recorded for this ticker", underlying=underlying, reason=str(exc))
+            log.error(
+                "no options recorded for this ticker",
+                underlying=underlying,
+                reason=str(exc),
+                fix="asked again next trading day; OPTIONS_ENABLED=false turns options off",
+            )
             return
         previous = self.windows.get(underlying)
         self.windows[underlying] = window
@@ -339,16 +347,19 @@ class OptionsTracker:
             raise _NoOptions(str(exc)) from None
 
 
+_TRANSIENT_STATUS = frozenset({408, 429})  # timeout, rate limit: ask again later
+
+
 class _ChainUnavailable(Exception):
     """The chain could not be read this time; try again later."""
 
 
 class _NoOptions(Exception):
-    """The underlying has no usable options; stop asking."""
+    """The underlying has no usable options; stop asking until the next trading day."""
 
 
 def _json(response: httpx.Response, underlying: str) -> dict[str, Any]:
-    if response.status_code >= 500:
+    if response.status_code >= 500 or response.status_code in _TRANSIENT_STATUS:
         raise _ChainUnavailable(f"{underlying}: HTTP {response.status_code}")
     if response.status_code != 200:
         raise _NoOptions(f"HTTP {response.status_code}: {response.text[:200]}")
