@@ -1,6 +1,6 @@
 """Peak memory (max RSS) of the demo process, against a bare Python interpreter measured in the same run.
 
-Usage: python bench/memory.py [--duration 30] [--rate 50]
+Usage: python bench/memory.py [--duration 30] [--rate 5] [--speed 10]  (options on, 80 contracts per ticker)
 Runs `python -m streaming_service demo` (simulator + real schwab-py client + pipeline + SQLite sink in
 one process, so this over-states the production `run` process, which has no simulator) and prints
 peak RSS in MiB and the ratio to the baseline. The Lightsail nano has 512 MB; the container is
@@ -32,7 +32,8 @@ def peak_rss_mib(argv: list[str], env: dict[str, str] | None = None) -> tuple[fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=30.0)
-    parser.add_argument("--rate", type=float, default=50.0, help="simulated trades per second per symbol")
+    parser.add_argument("--rate", type=float, default=5.0, help="simulated trades per second per symbol")
+    parser.add_argument("--speed", type=float, default=10.0, help="simulated seconds per second")
     args = parser.parse_args()
 
     baseline, _ = peak_rss_mib([sys.executable, "-c", "pass"])
@@ -51,7 +52,7 @@ def main() -> None:
         demo, summary = peak_rss_mib(
             [
                 sys.executable, "-m", "streaming_service", "demo",
-                "--duration", str(args.duration), "--rate", str(args.rate), "--speed", "1",
+                "--duration", str(args.duration), "--rate", str(args.rate), "--speed", str(args.speed),
                 "--ticker", "QQQ,SPY,AAPL", "--status-every", "3600",
                 "--database-url", f"sqlite:///{Path(tmp) / 'bench.db'}",
             ],

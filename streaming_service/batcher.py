@@ -42,7 +42,7 @@ _Key = tuple[str, datetime]
 
 @dataclass(slots=True)
 class WriteStats:
-    """Counters for the status line and /metrics."""
+    """Counters for the status line."""
 
     rows_written: int = 0  # all tables
     option_rows_written: int = 0

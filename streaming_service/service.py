@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """A snapshot of the counters, for the status line and /metrics."""
+    """A snapshot of the counters, for the status line."""
 
     ticks: int
     ticks_per_s: float

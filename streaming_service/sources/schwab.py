@@ -122,7 +122,7 @@ def _number(item: Mapping[str, Any], name: str, *, positive: bool = False) -> fl
 
 @dataclass(slots=True)
 class StreamStats:
-    """Counters for the status line and /metrics."""
+    """Counters for the status line."""
 
     frames: int = 0
     bad_frames: int = 0
