@@ -20,6 +20,7 @@ from polling import wait_until
 from structlog.testing import capture_logs
 
 from streaming_service.models import OptionContract, OptionRow, Tick
+from streaming_service.service import Service
 from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
 from streaming_service.simulator.options import OptionBook
 from streaming_service.simulator.server import OPTION_SERVICE
@@ -142,7 +143,21 @@ def test_a_bad_update_leaves_the_last_good_quote() -> None:
 
 # --- the whole path against the simulator ------------------------------------------------------------
 
-OPTION_SETTINGS = {"options_strikes": 3, "options_expirations": 2, "options_interval": 60}
+
+@asynccontextmanager
+async def service_with_options(
+    dsn: str, tmp_path: Path, *, seed: int, speed: float
+) -> AsyncIterator[tuple[SchwabSimulator, Service, OptionsTracker]]:
+    """The service writing to Postgres from a one-hour simulated QQQ session, with a 24-contract
+    window (3 strikes each side, 2 expirations) and one-minute snapshots."""
+    market = SimulatedMarket(["QQQ"], seed=seed, trades_per_second=2.0, session_seconds=3_600.0)
+    settings = {"options_strikes": 3, "options_expirations": 2, "options_interval": 60}
+    async with (
+        SchwabSimulator(market, speed=speed, heartbeat_seconds=0.2) as sim,
+        running_service(sim, tmp_path, database_url=dsn, **settings) as service,
+    ):
+        assert service.options is not None
+        yield sim, service, service.options
 
 
 def subscribed_options(sim: SchwabSimulator) -> set[str]:
@@ -174,13 +189,7 @@ def expected_from_truth(fields: dict[str, Any]) -> tuple[Any, ...]:
 
 
 async def test_window_snapshots_and_ground_truth(postgres_dsn: str, tmp_path: Path) -> None:
-    market = SimulatedMarket(["QQQ"], seed=3, trades_per_second=2.0, session_seconds=3_600.0)
-    async with (
-        SchwabSimulator(market, speed=120.0, heartbeat_seconds=0.2) as sim,
-        running_service(sim, tmp_path, database_url=postgres_dsn, **OPTION_SETTINGS) as service,
-    ):
-        tracker = service.options
-        assert tracker is not None
+    async with service_with_options(postgres_dsn, tmp_path, seed=3, speed=120.0) as (sim, service, tracker):
         await wait_until(lambda: tracker.snapshots >= 3)
         window = tracker.windows["QQQ"]
         assert len(window.contracts) == 24
@@ -213,17 +222,11 @@ async def test_window_snapshots_and_ground_truth(postgres_dsn: str, tmp_path: Pa
 
 
 async def test_window_rolls_when_the_underlying_moves(postgres_dsn: str, tmp_path: Path) -> None:
-    market = SimulatedMarket(["QQQ"], seed=4, trades_per_second=2.0, session_seconds=3_600.0)
-    async with (
-        SchwabSimulator(market, speed=120.0, heartbeat_seconds=0.2) as sim,
-        running_service(sim, tmp_path, database_url=postgres_dsn, **OPTION_SETTINGS) as service,
-    ):
-        tracker = service.options
-        assert tracker is not None
+    async with service_with_options(postgres_dsn, tmp_path, seed=4, speed=120.0) as (sim, service, tracker):
         await wait_until(lambda: tracker.snapshots >= 2 and "QQQ" in tracker.windows)
         before = set(tracker.windows["QQQ"].contracts)
         requests = len(sim.stream_requests)
-        market.move("QQQ", 510.0)
+        sim.market.move("QQQ", 510.0)
         await wait_until(lambda: tracker.windows["QQQ"].centre > 508 and subscribed_options(sim) != before)
         await wait_until(lambda: subscribed_options(sim) == set(tracker.windows["QQQ"].contracts))
         after = tracker.windows["QQQ"]
@@ -238,13 +241,7 @@ async def test_window_rolls_when_the_underlying_moves(postgres_dsn: str, tmp_pat
 
 
 async def test_bad_option_frames_are_counted_and_skipped(postgres_dsn: str, tmp_path: Path) -> None:
-    market = SimulatedMarket(["QQQ"], seed=5, trades_per_second=2.0, session_seconds=3_600.0)
-    async with (
-        SchwabSimulator(market, speed=60.0, heartbeat_seconds=0.2) as sim,
-        running_service(sim, tmp_path, database_url=postgres_dsn, **OPTION_SETTINGS) as service,
-    ):
-        tracker = service.options
-        assert tracker is not None
+    async with service_with_options(postgres_dsn, tmp_path, seed=5, speed=60.0) as (sim, service, tracker):
         await wait_until(lambda: tracker.snapshots >= 1)
         symbol = sorted(tracker.windows["QQQ"].contracts)[0]
         sim.pause()
