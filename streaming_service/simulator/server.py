@@ -1,6 +1,6 @@
 """A local Schwab: the REST endpoints schwab-py needs and the streamer WebSocket protocol.
 
-REST (stdlib HTTP server in a thread): `GET /trader/v1/userPreference` (streamer URL and ids),
+REST (`rest.py`, a stdlib HTTP server in a thread): `GET /trader/v1/userPreference` (streamer URL and ids),
 `POST /v1/oauth/token` (refresh), `GET /marketdata/v1/chains` and `/marketdata/v1/expirationchain`
 (see `options.py`). Streamer (websockets, on the event loop): ADMIN LOGIN/LOGOUT and
 LEVELONE_EQUITIES / LEVELONE_OPTIONS SUBS/ADD/UNSUBS answered once each with Schwab's response
@@ -22,37 +22,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from streaming_service.simulator.market import NEW_YORK, Event, SimulatedMarket
 from streaming_service.simulator.options import OptionBook
+from streaming_service.simulator.rest import rest_handler
 
-__all__ = ["SchwabSimulator", "write_token_file"]
+__all__ = ["SchwabSimulator"]
 
 EQUITY_SERVICE = "LEVELONE_EQUITIES"
 OPTION_SERVICE = "LEVELONE_OPTIONS"
 _OPTION_REPRICE_MS = 1000  # option quotes follow the underlying at most once per simulated second
-
-
-def write_token_file(path: Path, *, expires_in_s: int = 86_400) -> None:
-    """Write a schwab-py token file the simulator accepts (access token valid `expires_in_s`)."""
-    now = int(time.time())
-    token = {
-        "access_token": "sim-access",
-        "refresh_token": "sim-refresh",
-        "token_type": "Bearer",
-        "expires_in": 1800,
-        "expires_at": now + expires_in_s,
-        "scope": "api",
-        "id_token": "sim-id",
-    }
-    path.write_text(json.dumps({"creation_timestamp": now, "token": token}))
 
 
 def _wire_fields(event: Event) -> dict[str, Any]:
@@ -133,7 +117,7 @@ class SchwabSimulator:
     async def start(self) -> None:
         """Listen on REST and streamer ports and start the market loop."""
         self._ws = await serve(self._serve_client, self._host, 0)
-        self._http = ThreadingHTTPServer((self._host, self._port), _rest_handler(self))
+        self._http = ThreadingHTTPServer((self._host, self._port), rest_handler(self))
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, name="sim-rest", daemon=True).start()
         self._tasks.append(asyncio.create_task(self._run_market(), name="sim-market"))
@@ -174,6 +158,14 @@ class SchwabSimulator:
     def fail_next_market_data(self, count: int, status: int = 429) -> None:
         """Answer the next `count` market-data GETs (chains, expiration chain) with HTTP `status`."""
         self._rest_faults += [status] * count
+
+    def take_market_data_fault(self) -> int | None:
+        """The HTTP status the next market-data GET must fail with, if one was asked for."""
+        return self._rest_faults.pop(0) if self._rest_faults else None
+
+    def spot(self, symbol: str) -> Event:
+        """The simulated market's current state of `symbol`."""
+        return self._current[symbol]
 
     async def send_raw(self, text: str) -> None:
         """Send `text` as a frame to every connection, after what is already queued."""
@@ -342,79 +334,3 @@ class SchwabSimulator:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _rest_handler(sim: SchwabSimulator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            sim.rest_requests.append(("GET", self.path))
-            url = urlsplit(self.path)
-            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            book = sim.books.get(query.get("symbol", ""))
-            if url.path == "/trader/v1/userPreference":
-                self._reply(200, _preferences(sim.streamer_url))
-            elif url.path.startswith("/marketdata/") and sim._rest_faults:
-                status = sim._rest_faults.pop(0)
-                self._reply(status, {"errors": [{"status": status, "title": "simulated fault"}]})
-            elif url.path in ("/marketdata/v1/chains", "/marketdata/v1/expirationchain") and book is None:
-                self._reply(
-                    400, {"errors": [{"status": 400, "title": f"no options for {query.get('symbol')!r}"}]}
-                )
-            elif url.path == "/marketdata/v1/chains" and book is not None:
-                spot = sim._current[book.underlying]
-                self._reply(200, book.chain(spot.price, spot.timestamp_ms, query))
-            elif url.path == "/marketdata/v1/expirationchain" and book is not None:
-                self._reply(200, book.expiration_chain())
-            else:
-                self._reply(404, {"errors": [{"status": 404, "title": f"not simulated: {self.path}"}]})
-
-        def do_POST(self) -> None:
-            sim.rest_requests.append(("POST", self.path))
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.path != "/v1/oauth/token":
-                self._reply(404, {"errors": [{"status": 404, "title": f"not simulated: {self.path}"}]})
-            elif not sim.refresh_token_valid:
-                self._reply(400, {"error": "invalid_client", "error_description": "refresh token invalid"})
-            else:
-                self._reply(
-                    200,
-                    {
-                        "access_token": f"sim-access-{_now_ms()}",
-                        "refresh_token": "sim-refresh",
-                        "token_type": "Bearer",
-                        "expires_in": 1800,
-                        "scope": "api",
-                        "id_token": "sim-id",
-                    },
-                )
-
-        def _reply(self, status: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet
-            return None
-
-    return Handler
-
-
-def _preferences(streamer_url: str) -> dict[str, Any]:
-    return {
-        "accounts": [{"accountNumber": "SIM0001", "primaryAccount": True, "type": "BROKERAGE"}],
-        "streamerInfo": [
-            {
-                "streamerSocketUrl": streamer_url,
-                "schwabClientCustomerId": "sim-customer",
-                "schwabClientCorrelId": "sim-correl",
-                "schwabClientChannel": "N9",
-                "schwabClientFunctionId": "APIAPP",
-            }
-        ],
-        "offers": [{"level2Permissions": False, "mktDataPermission": "NP"}],
-    }
