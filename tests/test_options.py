@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,14 @@ def test_contracts_without_a_quote_are_not_written() -> None:
     assert book.snapshot(datetime(2026, 11, 24, 14, 31, tzinfo=UTC)) == []
 
 
+def test_expired_contracts_are_not_written() -> None:
+    book = quotes()
+    book.apply(FIRST)  # expires 2026-11-24
+    assert len(book.snapshot(datetime(2026, 11, 24, 21, 0, tzinfo=UTC))) == 1  # 16:00 New York
+    assert book.snapshot(datetime(2026, 11, 25, 4, 59, tzinfo=UTC)) != []  # 23:59 New York, same day
+    assert book.snapshot(datetime(2026, 11, 25, 14, 30, tzinfo=UTC)) == []  # next morning
+
+
 @pytest.mark.parametrize(
     ("item", "reason"),
     [
@@ -199,7 +207,8 @@ async def test_window_snapshots_and_ground_truth(postgres_dsn: str, tmp_path: Pa
         sim.pause()
         truth = sim.option_truth
         await wait_until(lambda: caught_up(tracker.quotes, truth, window.contracts))
-        stamp = datetime(2030, 1, 2, 15, 0, tzinfo=UTC)
+        first_expiry = min(c.expiration for c in window.contracts.values())
+        stamp = datetime.combine(first_expiry, time(15, 0, 7), UTC)  # not on a minute: no clash
         rows = tracker.quotes.snapshot(stamp)
         service.batcher.add_options(rows)
         await wait_until(lambda: any(r[0] == stamp for r in stored_options(postgres_dsn)))
@@ -216,6 +225,8 @@ async def test_window_snapshots_and_ground_truth(postgres_dsn: str, tmp_path: Pa
         assert values == pytest.approx(expected[symbol], abs=1e-9), symbol
     per_snapshot: dict[datetime, int] = {}
     for row in stored:
+        if row[0] == stamp:
+            continue
         per_snapshot[row[0]] = per_snapshot.get(row[0], 0) + 1
     assert len(per_snapshot) >= 3 and set(per_snapshot.values()) == {24}
     assert all(ts.second == 0 for ts in per_snapshot)  # stamped at the interval's start

@@ -13,9 +13,9 @@ item of a contract must carry its strike and type. An item with a wrong or missi
 non-numeric or non-finite number, or a negative size is skipped whole (`BadFrame`).
 
 Snapshots: every `interval_s` seconds of market time (the underlying's trade times), one
-`OptionRow` per contract with a quote, stamped with the interval's start; contracts never quoted
-are skipped. Prices and greeks are rounded to 4 decimals, the strike to 2; implied volatility is
-stored as a fraction (the stream's 25.3 % becomes 0.2530).
+`OptionRow` per contract with a quote, stamped with the interval's start; contracts never quoted or
+already expired are skipped. Prices and greeks are rounded to 4 decimals, the strike to 2; implied
+volatility is stored as a fraction (the stream's 25.3 % becomes 0.2530).
 """
 
 from __future__ import annotations
@@ -144,8 +144,14 @@ class OptionQuotes:
         self._state.setdefault(contract.symbol, {}).update(update)
 
     def snapshot(self, timestamp: datetime) -> list[OptionRow]:
-        """One row per tracked contract that has a quote."""
-        return [_row(self.contracts[s], timestamp, state) for s, state in self._state.items()]
+        """One row per tracked contract that has a quote and has not expired by `timestamp`'s
+        New York date (the first snapshot of a day can come before the window rolls)."""
+        today = timestamp.astimezone(NEW_YORK).date()
+        return [
+            _row(contract, timestamp, state)
+            for symbol, state in self._state.items()
+            if (contract := self.contracts[symbol]).expiration >= today
+        ]
 
 
 def _check_identity(contract: OptionContract, item: Mapping[str, Any]) -> None:
