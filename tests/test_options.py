@@ -111,6 +111,16 @@ def test_contracts_without_a_quote_are_not_written() -> None:
     assert book.snapshot(datetime(2026, 11, 24, 14, 31, tzinfo=UTC)) == []
 
 
+def test_schwabs_not_computed_greeks_are_stored_as_null() -> None:
+    book = quotes()
+    book.apply({**FIRST, "DELTA": -999.0, "VOLATILITY": -999.0})
+    (row,) = book.snapshot(datetime(2026, 11, 24, 14, 31, tzinfo=UTC))
+    assert row.delta is None and row.implied_volatility is None and row.gamma == 0.16
+    book.apply({"key": CONTRACT.symbol, "DELTA": 0.5, "VOLATILITY": 20.0})
+    (row,) = book.snapshot(datetime(2026, 11, 24, 14, 32, tzinfo=UTC))
+    assert row.delta == 0.5 and row.implied_volatility == 0.2
+
+
 def test_expired_contracts_are_not_written() -> None:
     book = quotes()
     book.apply(FIRST)  # expires 2026-11-24

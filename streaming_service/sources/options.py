@@ -10,7 +10,8 @@ Quotes: the stream sends a full item per contract first, then only changed field
 the authority on a contract's strike, type and expiration; the stream's copies (strike in field 20,
 which schwab-py labels STRIKE_TYPE; type in 21; expiration in 12/23/26) must agree. The first
 item of a contract must carry its strike and type. An item with a wrong or missing identity, a
-non-numeric or non-finite number, or a negative size is skipped whole (`BadFrame`).
+non-numeric or non-finite number, or a negative size is skipped whole (`BadFrame`). Schwab's -999
+for a greek or the volatility means "not computed" and becomes NULL.
 
 Snapshots: every `interval_s` seconds of market time (the underlying's trade times), one
 `OptionRow` per contract with a quote, stamped with the interval's start; contracts never quoted or
@@ -54,6 +55,7 @@ OPTION_FIELDS = [
 _PRICES = ("BID_PRICE", "ASK_PRICE", "LAST_PRICE")
 _GREEKS = ("DELTA", "GAMMA", "THETA", "VEGA")
 _SIZES = ("TOTAL_VOLUME", "OPEN_INTEREST")
+_NOT_AVAILABLE = -999.0  # Schwab's value for a greek or volatility it could not compute: stored as NULL
 
 
 class BadOptionItem(ValueError):
@@ -127,20 +129,19 @@ class OptionQuotes:
                 f"{contract.symbol}: first item lacks the strike (20) or type (21): {dict(item)}"
             )
         _check_identity(contract, item)
-        update = {
-            name: _number(contract, name, item[name])
-            for name in (*_PRICES, *_GREEKS, "VOLATILITY")
-            if name in item
-        }
+        update: dict[str, float | None] = {}
+        for name in (*_PRICES, *_GREEKS, "VOLATILITY"):
+            if name in item:
+                value = _number(contract, name, item[name])
+                if name in _PRICES and value < 0:
+                    raise BadOptionItem(f"{contract.symbol}: {name} is negative ({value})")
+                update[name] = None if value == _NOT_AVAILABLE and name not in _PRICES else value
         for name in _SIZES:
             if name in item:
                 value = _number(contract, name, item[name])
                 if value < 0 or value != int(value):
                     raise BadOptionItem(f"{contract.symbol}: {name} is {item[name]!r}, not a count")
                 update[name] = int(value)
-        for name in _PRICES:
-            if update.get(name, 0) < 0:
-                raise BadOptionItem(f"{contract.symbol}: {name} is negative ({update[name]})")
         self._state.setdefault(contract.symbol, {}).update(update)
 
     def snapshot(self, timestamp: datetime) -> list[OptionRow]:
