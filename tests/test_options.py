@@ -140,6 +140,7 @@ def test_expired_contracts_are_not_written() -> None:
         ({**FIRST, "BID_PRICE": "1.10"}, "BID_PRICE is '1.10'"),
         ({**FIRST, "TOTAL_VOLUME": -3}, "not a count"),
         ({**FIRST, "ASK_PRICE": -0.5}, "negative"),
+        ({**FIRST, "THETA": -2e6}, "beyond the column's range"),
         ({**FIRST, "EXPIRATION_DAY": 25}, "EXPIRATION_DAY"),
     ],
 )

@@ -10,8 +10,8 @@ Quotes: the stream sends a full item per contract first, then only changed field
 the authority on a contract's strike, type and expiration; the stream's copies (strike in field 20,
 which schwab-py labels STRIKE_TYPE; type in 21; expiration in 12/23/26) must agree. The first
 item of a contract must carry its strike and type. An item with a wrong or missing identity, a
-non-numeric or non-finite number, or a negative size is skipped whole (`BadFrame`). Schwab's -999
-for a greek or the volatility means "not computed" and becomes NULL.
+non-numeric, non-finite or out-of-range number, or a negative size is skipped whole (`BadFrame`).
+Schwab's -999 for a greek or the volatility means "not computed" and becomes NULL.
 
 Snapshots: every `interval_s` seconds of market time (the underlying's trade times), one
 `OptionRow` per contract with a quote, stamped with the interval's start; contracts never quoted or
@@ -55,6 +55,7 @@ OPTION_FIELDS = [
 _PRICES = ("BID_PRICE", "ASK_PRICE", "LAST_PRICE")
 _GREEKS = ("DELTA", "GAMMA", "THETA", "VEGA")
 _SIZES = ("TOTAL_VOLUME", "OPEN_INTEREST")
+_DECIMAL_10_4_LIMIT = 1e6  # option_prices' DECIMAL(10, 4) columns hold less than this
 _NOT_AVAILABLE = -999.0  # Schwab's value for a greek or volatility it could not compute: stored as NULL
 
 
@@ -135,6 +136,8 @@ class OptionQuotes:
                 value = _number(contract, name, item[name])
                 if name in _PRICES and value < 0:
                     raise BadOptionItem(f"{contract.symbol}: {name} is negative ({value})")
+                if abs(value) >= _DECIMAL_10_4_LIMIT:
+                    raise BadOptionItem(f"{contract.symbol}: {name} is {value}, beyond the column's range")
                 update[name] = None if value == _NOT_AVAILABLE and name not in _PRICES else value
         for name in _SIZES:
             if name in item:
