@@ -330,8 +330,9 @@ async def test_a_ticker_without_options_is_asked_again_the_next_day(tmp_path: Pa
                 assert chain_requests(sim, "NOOPT") == 1
                 day = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
                 tracker.on_tick(Tick("QQQ", day, 500.0, 100))
-                tracker.on_tick(Tick("QQQ", day + timedelta(minutes=5), 500.0, 100))
-                assert chain_requests(sim, "NOOPT") == 1  # not again the same day
+                tracker.on_tick(Tick("QQQ", day + timedelta(minutes=5), 530.0, 100))  # QQQ rolls
+                await wait_until(lambda: tracker.windows["QQQ"].centre == 530.0)
+                assert chain_requests(sim, "NOOPT") == 1  # the roll passed it over: not again today
                 tracker.on_tick(Tick("QQQ", day + timedelta(days=1), 500.0, 100))
                 await wait_until(lambda: chain_requests(sim, "NOOPT") == 2)
     refusals = [e for e in logs if e["event"] == "no options recorded for this ticker"]

@@ -257,7 +257,7 @@ class OptionsTracker:
             return
         self._bucket = bucket
         today = tick.timestamp.astimezone(NEW_YORK).date()
-        if today != self._today:
+        if self._today is not None and today != self._today:
             self._disabled.clear()  # a new trading day: ask again for tickers that had no options
         self._today = today
         rows = self.quotes.snapshot(datetime.fromtimestamp(bucket / 1000, UTC))
