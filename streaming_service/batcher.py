@@ -86,9 +86,8 @@ class Batcher:
     def add(self, pair: RowPair) -> None:
         """Queue a row pair; wakes the writer when `size` equity rows are waiting. Never blocks."""
         equity, indicator = pair
-        key = (equity.ticker, equity.timestamp)
-        self._equity[key] = equity
-        self._indicators[key] = indicator
+        self._equity[equity.key] = equity
+        self._indicators[equity.key] = indicator
         if len(self._equity) >= self._size:
             self._wake.set()
 

@@ -32,6 +32,11 @@ class EquityRow:
     price: float
     volume: int
 
+    @property
+    def key(self) -> tuple[str, datetime]:
+        """The table's UNIQUE key."""
+        return (self.ticker, self.timestamp)
+
 
 @dataclass(frozen=True, slots=True)
 class IndicatorRow:
@@ -41,6 +46,11 @@ class IndicatorRow:
     timestamp: datetime
     sma9: float | None
     vwap: float | None
+
+    @property
+    def key(self) -> tuple[str, datetime]:
+        """The table's UNIQUE key."""
+        return (self.ticker, self.timestamp)
 
 
 @dataclass(frozen=True, slots=True)

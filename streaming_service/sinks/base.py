@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Hashable, Iterable
+from typing import Any, Protocol, TypeVar
 
 from streaming_service.models import Batch, OptionRow
 
-__all__ = ["TABLE_COLUMNS", "UNIQUE_KEYS", "Sink", "last_option_per_key", "option_values"]
+__all__ = ["TABLE_COLUMNS", "UNIQUE_KEYS", "Sink", "last_per_key", "option_values"]
 
 #: The UNIQUE key of each table: what every upsert conflicts on.
 UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
@@ -64,6 +64,15 @@ def option_values(row: OptionRow, *, check_finite: bool = True) -> tuple[Any, ..
     return values
 
 
-def last_option_per_key(rows: Iterable[OptionRow]) -> list[OptionRow]:
-    """One row per UNIQUE key, the last one winning (one statement cannot update a row twice)."""
+class _Keyed(Protocol):
+    @property
+    def key(self) -> Hashable: ...
+
+
+_R = TypeVar("_R", bound=_Keyed)
+
+
+def last_per_key(rows: Iterable[_R]) -> list[_R]:
+    """One row per UNIQUE key, the last one winning, order kept (one statement cannot update a row
+    twice)."""
     return list({row.key: row for row in rows}.values())

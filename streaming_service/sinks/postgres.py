@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from streaming_service.errors import ConfigError, SinkRejected, SinkUnavailable
 from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
-from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS, last_option_per_key, option_values
+from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS, last_per_key, option_values
 
 __all__ = ["PostgresSink", "migrations_dir"]
 
@@ -64,7 +63,6 @@ _PERMANENT_CONNECT_ERRORS = (
     "does not exist",
 )
 
-_Row = TypeVar("_Row", EquityRow, IndicatorRow)
 _Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
 
@@ -77,11 +75,6 @@ def migrations_dir() -> Path:
     if bundled.is_dir():
         return bundled
     return package_dir.parent / "supabase" / "migrations"
-
-
-def last_per_key(rows: Iterable[_Row]) -> list[_Row]:
-    """Drop rows whose (ticker, timestamp) appears again later; the last one wins, order kept."""
-    return list({(row.ticker, row.timestamp): row for row in rows}.values())
 
 
 class PostgresSink:
@@ -155,7 +148,7 @@ class PostgresSink:
             statements.append((_UPSERT_EQUITY, _equity_columns(equity)))
         if indicators := last_per_key(batch.indicators):
             statements.append((_UPSERT_INDICATORS, _indicator_columns(indicators)))
-        if options := last_option_per_key(batch.options):
+        if options := last_per_key(batch.options):
             statements.append((_UPSERT_OPTIONS, _option_columns(options)))
         conn = await self._connection()
         try:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from streaming_service.errors import SinkRejected, SinkUnavailable
 from streaming_service.models import Batch, OptionRow
-from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS, last_option_per_key, option_values
+from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS, last_per_key, option_values
 
 __all__ = ["SQLiteSink"]
 
@@ -164,7 +164,7 @@ class SQLiteSink:
             for row in batch.indicators
         ]
         try:
-            options = [_option_record(row) for row in last_option_per_key(batch.options)]
+            options = [_option_record(row) for row in last_per_key(batch.options)]
         except ValueError as exc:
             raise SinkRejected(f"{self.name}: {exc}") from None
         await self._run(self._write_sync, equity, indicators, options)

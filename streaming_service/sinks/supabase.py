@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,8 +29,8 @@ import httpx
 import structlog
 
 from streaming_service.errors import SinkRejected, SinkUnavailable
-from streaming_service.models import Batch, OptionRow
-from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS, option_values
+from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
+from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS, last_per_key, option_values
 
 if TYPE_CHECKING:
     from postgrest import APIError
@@ -92,13 +91,13 @@ class SupabaseSink:
         done = self._retrying[1] if self._retrying and self._retrying[0] is batch else set()
         self._retrying = (batch, done)
         tables: dict[str, list[Row]] = {
-            "equity_data": [_equity(r.ticker, r.timestamp, r.price, r.volume) for r in batch.equity],
-            "indicators": [_indicator(r.ticker, r.timestamp, r.sma9, r.vwap) for r in batch.indicators],
-            "option_prices": [_option(row) for row in batch.options],
+            "equity_data": [_equity(row) for row in last_per_key(batch.equity)],
+            "indicators": [_indicator(row) for row in last_per_key(batch.indicators)],
+            "option_prices": [_option(row) for row in last_per_key(batch.options)],
         }
         for table, rows in tables.items():
             if rows and table not in done:
-                await self._upsert(table, _last_per_key(table, rows))
+                await self._upsert(table, rows)
                 done.add(table)
         self._retrying = None
 
@@ -211,16 +210,21 @@ _TRANSIENT_CLASSES = frozenset({"08", "09", "25", "2D", "38", "39", "3B", "40", 
                                 "F0", "HV", "P0", "XX"})  # fmt: skip
 
 
-def _equity(ticker: str, timestamp: datetime, price: float, volume: int) -> Row:
-    return {"ticker": ticker, "timestamp": timestamp.isoformat(), "price": round(price, 2), "volume": volume}
-
-
-def _indicator(ticker: str, timestamp: datetime, sma9: float | None, vwap: float | None) -> Row:
+def _equity(row: EquityRow) -> Row:
     return {
-        "ticker": ticker,
-        "timestamp": timestamp.isoformat(),
-        "sma9": None if sma9 is None else round(sma9, 2),
-        "vwap": None if vwap is None else round(vwap, 2),
+        "ticker": row.ticker,
+        "timestamp": row.timestamp.isoformat(),
+        "price": round(row.price, 2),
+        "volume": row.volume,
+    }
+
+
+def _indicator(row: IndicatorRow) -> Row:
+    return {
+        "ticker": row.ticker,
+        "timestamp": row.timestamp.isoformat(),
+        "sma9": None if row.sma9 is None else round(row.sma9, 2),
+        "vwap": None if row.vwap is None else round(row.vwap, 2),
     }
 
 
@@ -231,8 +235,3 @@ def _option(row: OptionRow) -> Row:
     record["expiration_date"] = row.expiration_date.isoformat()
     return record
 
-
-def _last_per_key(table: str, rows: Sequence[Row]) -> list[Row]:
-    """Keep the last row per unique key: one statement cannot update a row twice (21000)."""
-    keyed = {tuple(row[c] for c in UNIQUE_KEYS[table]): row for row in rows}
-    return list(keyed.values())
