@@ -221,7 +221,7 @@ async def _check_supabase(url: str, key: str) -> list[CheckResult]:
     import httpx
     from postgrest import APIError
 
-    from streaming_service.sinks.supabase import SupabaseSink
+    from streaming_service.sinks.supabase import AUTH_CODES, SupabaseSink
 
     sink = SupabaseSink(url, key, dead_letter_path=Path("/dev/null"))
     fix_key = "set SUPABASE_SERVICE_ROLE_KEY to the project's service_role (secret) key"
@@ -257,7 +257,7 @@ async def _check_supabase(url: str, key: str) -> list[CheckResult]:
                         CheckResult(f"table {table}", True, "readable, columns and key present, writable")
                     )
                     continue
-                fix = fix_key if code in ("42501", "PGRST301", "PGRST302", "401", "403") else fix_schema
+                fix = fix_key if code in AUTH_CODES else fix_schema
                 results.append(CheckResult(f"table {table}", False, f"[{code}] {exc.message}", fix))
                 continue
             results.append(

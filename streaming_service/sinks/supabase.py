@@ -48,7 +48,8 @@ _SCHEMA_HELP = (
     "the project's tables do not match what the service writes: apply supabase/migrations "
     "(README, 'Supabase')"
 )
-_AUTH_CODES = frozenset({"42501", "PGRST301", "PGRST302", "401", "403"})
+#: Codes meaning the key may not do this: permission denied, bad JWT, HTTP 401/403.
+AUTH_CODES = frozenset({"42501", "PGRST301", "PGRST302", "401", "403"})
 
 Row = dict[str, Any]
 _Kind = Literal["bad_rows", "rejected", "unavailable"]
@@ -167,7 +168,7 @@ class SupabaseSink:
                 raise _BadRows(code, message) from None
             if kind == "unavailable":
                 raise SinkUnavailable(f"{self.name}: {table}: {code} {message}") from None
-            fix = _KEY_HELP if code in _AUTH_CODES or code.startswith("28") else _SCHEMA_HELP
+            fix = _KEY_HELP if code in AUTH_CODES or code.startswith("28") else _SCHEMA_HELP
             raise SinkRejected(f"{self.name}: {table}: {code} {message}; {fix}") from None
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
