@@ -238,20 +238,18 @@ class SchwabStream:
             log.warning("option subscription change failed; it is redone on reconnect", error=str(exc))
 
     async def _sync_options(self) -> None:
+        """Bring the live connection's option subscriptions to `_option_symbols` (one change at a time)."""
         async with self._options_lock:
-            await self._sync_options_locked()
-
-    async def _sync_options_locked(self) -> None:
-        stream = self._live
-        if stream is None or self._on_option is None:
-            return
-        wanted, live = set(self._option_symbols), self._options_live
-        if removed := sorted(live - wanted):
-            await stream.level_one_option_unsubs(removed)
-        if added := sorted(wanted - live):
-            subscribe = stream.level_one_option_add if live else stream.level_one_option_subs
-            await subscribe(added, fields=list(OPTION_FIELDS))
-        self._options_live = wanted
+            stream = self._live
+            if stream is None or self._on_option is None:
+                return
+            wanted, live = set(self._option_symbols), self._options_live
+            if removed := sorted(live - wanted):
+                await stream.level_one_option_unsubs(removed)
+            if added := sorted(wanted - live):
+                subscribe = stream.level_one_option_add if live else stream.level_one_option_subs
+                await subscribe(added, fields=list(OPTION_FIELDS))
+            self._options_live = wanted
         if removed or added:
             log.info(
                 "option subscriptions changed", added=len(added), removed=len(removed), total=len(wanted)
