@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -72,7 +72,6 @@ class SimContract:
     rng: random.Random
     total_volume: int = 0
     last: float | None = None
-    sent: dict[str, Any] = field(default_factory=dict)
 
 
 class OptionBook:
@@ -245,7 +244,5 @@ def _expirations(start: date) -> list[date]:
             start.year + (start.month - 1 + month_offset) // 12,
             (start.month - 1 + month_offset) % 12 + 1,
         )
-        monthly.append(
-            next(date(year, month, d) for d in range(15, 22) if date(year, month, d).weekday() == 4)
-        )
+        monthly.append(next(d for d in (date(year, month, day) for day in range(15, 22)) if _third_friday(d)))
     return sorted(set(weekly) | set(monthly))
