@@ -292,7 +292,7 @@ class SchwabSimulator:
         """Fresh wire fields for each listed contract in `symbols` (unlisted ones are skipped)."""
         quotes = {}
         for symbol in sorted(symbols):
-            book = self.books.get(symbol[:6].rstrip())
+            book = self.books.get(_root(symbol))
             contract = book.contract(symbol) if book else None
             if book is not None and contract is not None:
                 spot = self._current[book.underlying]
@@ -306,7 +306,7 @@ class SchwabSimulator:
             if now - self._repriced_ms.get(underlying, 0) < _OPTION_REPRICE_MS:
                 continue
             self._repriced_ms[underlying] = now
-            wanted = {s for c in self._clients for s in c.fields[OPTION_SERVICE] if s.startswith(underlying)}
+            wanted = {s for c in self._clients for s in c.fields[OPTION_SERVICE] if _root(s) == underlying}
             quotes = self._option_quotes(wanted, trade=True)
             for client in list(self._clients):
                 self._send_options(client, quotes)
@@ -330,6 +330,11 @@ class SchwabSimulator:
             self._reprice_options(moved)
             if self.market.finished and not any(c.outbox.qsize() for c in self._clients):
                 self.session_finished.set()
+
+
+def _root(option_symbol: str) -> str:
+    """The underlying of an OCC-style streaming key ("QQQ   261124C00500000" → "QQQ")."""
+    return option_symbol[:6].rstrip()
 
 
 def _now_ms() -> int:
