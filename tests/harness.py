@@ -15,12 +15,18 @@ from streaming_service.sinks import sink_for
 from streaming_service.sources.schwab_client import build_schwab_client
 
 
+def simulator_client(sim: SchwabSimulator, tmp_path: Path, *, expires_in_s: int = 86_400) -> Any:
+    """A real schwab-py AsyncClient pointed at `sim`, with a token file in `tmp_path` the simulator
+    accepts (access token valid `expires_in_s`). The caller closes its HTTP session."""
+    token = tmp_path / "token.json"
+    write_token_file(token, expires_in_s=expires_in_s)
+    return build_schwab_client(token, "key", "secret", api_base_url=sim.api_base_url)
+
+
 @asynccontextmanager
 async def running_service(sim: SchwabSimulator, tmp_path: Path, **settings: Any) -> AsyncIterator[Service]:
     """The service streaming from `sim` with `settings` (over test defaults: QQQ, batches of 50 or
     every 0.5 s, a row per trade); on exit it is stopped and has flushed everything."""
-    token = tmp_path / "token.json"
-    write_token_file(token)
     defaults: dict[str, Any] = {
         "stream_ticker": "QQQ",
         "batch_size": 50,
@@ -28,7 +34,7 @@ async def running_service(sim: SchwabSimulator, tmp_path: Path, **settings: Any)
         "row_resolution": 0,
     }
     config = load_settings(**{**defaults, **settings})
-    client = build_schwab_client(token, "key", "secret", api_base_url=sim.api_base_url)
+    client = simulator_client(sim, tmp_path)
     service = Service(config, client, sink_for(config))
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))

@@ -15,17 +15,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from harness import running_service
+from harness import running_service, simulator_client
 from polling import wait_until
 from structlog.testing import capture_logs
 
 from streaming_service.models import OptionContract, OptionRow, Tick
 from streaming_service.service import Service
-from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
+from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 from streaming_service.simulator.options import OptionBook
 from streaming_service.simulator.server import OPTION_SERVICE
 from streaming_service.sources.options import BadOptionItem, OptionQuotes, OptionsTracker, select_window
-from streaming_service.sources.schwab_client import build_schwab_client
 
 Tracked = tuple[OptionsTracker, list[set[str]]]
 
@@ -284,9 +283,7 @@ async def test_bad_option_frames_are_counted_and_skipped(postgres_dsn: str, tmp_
 @asynccontextmanager
 async def running_tracker(sim: SchwabSimulator, tmp_path: Path, *underlyings: str) -> AsyncIterator[Tracked]:
     """An `OptionsTracker` on the real schwab-py client against `sim`, retrying chain errors at once."""
-    token = tmp_path / "token.json"
-    write_token_file(token)
-    client = build_schwab_client(token, "key", "secret", api_base_url=sim.api_base_url)
+    client = simulator_client(sim, tmp_path)
     subscribed: list[set[str]] = []
 
     async def subscribe(symbols: set[str]) -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import simulator_client
 
 from streaming_service.errors import AuthError
 from streaming_service.models import Tick
-from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
+from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 from streaming_service.sources import quiet_library_warnings
 from streaming_service.sources.schwab import EQUITY_FIELDS, SchwabStream
-from streaming_service.sources.schwab_client import build_schwab_client
 
 with quiet_library_warnings():
     from schwab.streaming import StreamClient
@@ -26,9 +26,7 @@ with quiet_library_warnings():
 async def schwab_client(
     sim: SchwabSimulator, tmp_path: Path, *, expires_in_s: int = 86_400
 ) -> AsyncIterator[Any]:
-    token = tmp_path / "token.json"
-    write_token_file(token, expires_in_s=expires_in_s)
-    client = build_schwab_client(token, "key", "secret", api_base_url=sim.api_base_url)
+    client = simulator_client(sim, tmp_path, expires_in_s=expires_in_s)
     try:
         yield client
     finally:
