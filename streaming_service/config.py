@@ -6,6 +6,8 @@ per bad variable: its name, the value given (never for secrets) and what is allo
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +22,14 @@ __all__ = ["DEFAULT_DATABASE_URL", "Settings", "load_settings"]
 DEFAULT_DATABASE_URL = "sqlite:///data/streamer.db"
 SINK_SCHEMES = ("sqlite://", "postgresql://", "postgres://")
 _SECRETS = {"schwab_app_key", "schwab_app_secret", "supabase_service_role_key"}
+_HIDDEN_IN_REPR = {*_SECRETS, "database_url"}  # errors show DATABASE_URL with its password redacted
+#: Prefixes of our variables: an unknown variable starting with one of them is probably a typo.
+_OUR_PREFIXES = (
+    "STREAM_", "BATCH_", "ROW_", "SMA_", "OPTIONS_", "SCHWAB_", "SUPABASE_", "DEAD_LETTER", "DATABASE_",
+    "SKIP_", "LOG_", "SPOOL_", "SHUTDOWN_", "SINK_", "STALE_", "HEALTH_", "MAX_VOLUME",
+)  # fmt: skip
+#: Variables with one of those prefixes that belong to others (Supabase's own CLI, for instance).
+_NOT_OURS = frozenset({"SUPABASE_ACCESS_TOKEN", "SUPABASE_DB_PASSWORD", "SUPABASE_ANON_KEY"})
 _TICKER = re.compile(r"^[A-Z][A-Z0-9./]{0,9}$")
 
 
@@ -29,6 +39,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
+
+    def __repr__(self) -> str:  # pydantic's repr would show DATABASE_URL's password
+        shown = {name: ("<hidden>" if name in _HIDDEN_IN_REPR and value is not None else value)
+                 for name, value in self.__dict__.items()}  # fmt: skip
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    __str__ = __repr__
 
     stream_ticker: Annotated[tuple[str, ...], NoDecode] = Field(
         ("QQQ",), description="one or more tickers separated by commas, e.g. QQQ or QQQ,SPY"
@@ -65,6 +82,26 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="sqlite:///path.db or postgresql://user:pass@host:port/db"
     )
+
+    spool_path: Path = Field(
+        Path("data/spool.db"), description="path of the local SQLite outbox (rows waiting for the database)"
+    )
+    spool_max_mb: int = Field(200, ge=1, le=100_000, description="megabytes, 1 to 100000")
+    shutdown_grace: float = Field(
+        10.0, ge=0, le=120, description="seconds to keep writing after SIGTERM, 0 to 120"
+    )
+    sink_timeout: float = Field(10.0, ge=1, le=300, description="seconds per database request, 1 to 300")
+    sink_down_alert_s: float = Field(
+        300.0, ge=1, le=86_400, description="seconds of failed writes before /healthz says 503, 1 to 86400"
+    )
+    stale_seconds: float = Field(
+        60.0, ge=5, le=3600, description="seconds without a data frame before reconnecting, 5 to 3600"
+    )
+    max_volume_jump: float = Field(
+        10.0, ge=1, le=1_000_000, description="a multiple of the day's volume so far, 1 to 1000000"
+    )
+    health_port: int = Field(8787, ge=0, le=65_535, description="a TCP port, 0 = no health server")
+    health_host: str = Field("127.0.0.1", description="the address /healthz listens on")
 
     skip_market_hours: bool = Field(False, description="true or false")
     log_format: Literal["auto", "json", "console"] = Field(
@@ -125,11 +162,37 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the environment and `.env`, apply `overrides` (CLI flags); raise `ConfigError` if invalid."""
+    """Read the environment and `.env`, apply `overrides` (CLI flags); raise `ConfigError` if invalid
+    or if a variable looks like ours but is unknown (`STREAM_TICKERS`)."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    if unknown := _unknown_variables():
+        raise ConfigError("\n".join(unknown))
+    return settings
+
+
+def _unknown_variables(env_file: Path = Path(".env")) -> list[str]:
+    """One error line per variable of the environment or `.env` that starts like ours but is not."""
+    known = {name.upper() for name in Settings.model_fields}
+    names: dict[str, str] = {name: "the environment" for name in os.environ}
+    try:
+        for line in env_file.read_text(encoding="utf-8").splitlines():
+            name = line.split("=", 1)[0].removeprefix("export ").strip()
+            if "=" in line and not line.lstrip().startswith("#"):
+                names[name] = str(env_file)
+    except OSError:
+        pass
+    lines = []
+    for name, where in sorted(names.items()):
+        upper = name.upper()
+        if upper in known or upper in _NOT_OURS or not upper.startswith(_OUR_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see .env.example for the known variables"
+        lines.append(f"config error: {name} (in {where}) is not a setting of this service; {hint}")
+    return lines
 
 
 def _describe(exc: ValidationError) -> str:

@@ -37,7 +37,13 @@ class SinkError(StreamerError):
 
 
 class SinkUnavailable(SinkError):
-    """The database could not be reached or timed out; the same batch may be retried unchanged."""
+    """The database could not be reached or timed out; the same batch may be retried unchanged.
+
+    `retry_after`: seconds the server asked us to wait (HTTP Retry-After), or None."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class SinkRejected(SinkError):

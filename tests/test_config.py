@@ -165,3 +165,40 @@ def test_supabase_is_the_sink_when_configured_and_database_url_is_not() -> None:
     assert settings.sink_url == "supabase"
     assert settings.supabase_url == "https://abc.supabase.co"
     assert "secret-key" not in repr(settings)
+
+
+@pytest.mark.parametrize("where", ["environment", "dotenv"])
+def test_unknown_variable_like_ours_is_an_error_naming_the_closest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
+) -> None:
+    if where == "environment":
+        monkeypatch.setenv("STREAM_TICKERS", "SPY")
+    else:
+        (tmp_path / ".env").write_text("# STREAM_TICKERX=commented out is fine\nSTREAM_TICKERS=SPY\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "STREAM_TICKERS" in str(caught.value)
+    assert "did you mean STREAM_TICKER?" in str(caught.value)
+    assert "STREAM_TICKERX" not in str(caught.value)
+
+
+def test_variables_of_other_tools_are_not_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_ACCESS_TOKEN", "cli-token")  # the Supabase CLI's own
+    monkeypatch.setenv("PGPASSWORD", "x")
+    assert load_settings().stream_ticker == ("QQQ",)
+
+
+def test_database_url_password_is_not_in_repr() -> None:
+    settings = load_settings(database_url="postgresql://user:hunter2@db:5432/x")
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+    assert settings.database_url == "postgresql://user:hunter2@db:5432/x"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SHUTDOWN_GRACE", "500"), ("STALE_SECONDS", "1"), ("SINK_TIMEOUT", "0"), ("SPOOL_MAX_MB", "0")],
+)
+def test_timeouts_and_limits_are_bounded(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        load_settings()
