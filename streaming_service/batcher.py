@@ -1,55 +1,63 @@
-"""Collect rows and write them in batches: at `size` equity rows or every `interval` seconds.
+"""The writer: rows go into the durable spool at once and out to the sink in batches.
 
-Rows wait in a dict keyed by (ticker, timestamp), so a row emitted twice before a write is written
-once, with its latest values. Option snapshot rows (`add_options`) wait the same way, keyed by
-their UNIQUE key, and wake the writer: one snapshot, one write. Writing happens in `run()`'s task;
-`add()` never waits for the database, so a slow or unreachable sink never stalls the stream. A
-failed write of a batch is retried (`SinkUnavailable`, exponential backoff with jitter, capped)
-until it succeeds; rows that arrive meanwhile are kept and written after it, together (a batch
-takes everything pending, up to `MAX_BATCH_ROWS`), so a backlog costs few writes.
+`add()` / `add_options()` put rows into the spool's buffer (never waiting for anything); a
+committer commits that buffer to disk every `commit_every` seconds (group commit), first pulling
+in the pipeline's open rows (`drain`), so a row received is on disk within about that time. The
+writer takes the oldest rows from the spool when `size` equity rows wait, an option snapshot
+arrived, or `interval` seconds passed, writes them (up to `batch_rows` per write) and deletes them
+from the spool only after the sink committed them. A write that fails with `SinkUnavailable` is
+retried (exponential backoff with jitter, capped; a server's Retry-After is honoured) until it
+succeeds; rows arriving meanwhile wait on disk, so RAM stays flat during an outage of any length,
+and the backlog then goes out in large batches. A sink that cannot be reached at start-up is
+retried the same way: the stream runs into the spool meanwhile.
+
+`close(grace)` ends it: commit, keep writing for at most `grace` seconds, then cancel the write in
+flight. What was not written stays in the spool for the next run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    stop_after_delay,
     stop_never,
     wait_exponential_jitter,
 )
 
 from streaming_service.errors import SinkUnavailable
-from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
+from streaming_service.models import Batch, OptionRow
 from streaming_service.pipeline import RowPair
 from streaming_service.sinks.base import Sink
+from streaming_service.spool import Spool, SpoolError
 
-__all__ = ["Batcher", "WriteStats"]
+__all__ = ["MAX_BATCH_ROWS", "Batcher", "WriteStats"]
 
 log = structlog.get_logger(__name__)
-#: Upper bound of one write, so a backlog after an outage goes out in reasonably sized requests.
+#: Rows per write when a backlog drains: large requests make catching up cheap.
 MAX_BATCH_ROWS = 5000
-_Key = tuple[str, datetime]
+_SPOOL_ALERT_EVERY_S = 60.0
 
 
 @dataclass(slots=True)
 class WriteStats:
-    """Counters for the status line."""
+    """Counters for the status line and /healthz."""
 
     rows_written: int = 0  # all tables
     option_rows_written: int = 0
     batches: int = 0
     write_errors: int = 0
     last_write_at: float | None = None
-    last_error: str | None = field(default=None)
+    last_error: str | None = None
+    failing_since: float | None = None  # wall clock of the first failure of the current outage
 
 
 class Batcher:
@@ -61,101 +69,142 @@ class Batcher:
         *,
         size: int,
         interval: float,
+        spool: Spool | None = None,
         drain: Callable[[], list[RowPair]] = list,
         max_retry_wait: float = 60.0,
+        commit_every: float = 0.25,
+        batch_rows: int = MAX_BATCH_ROWS,
     ) -> None:
+        """`spool`: where rows wait; None = an in-memory spool (tests and benchmarks: it survives
+        outages, not restarts)."""
         self._sink = sink
+        self.spool = spool or Spool(Path(":memory:"), max_bytes=2**62)
         self._size = size
         self._interval = interval
         self._drain = drain
         self._max_retry_wait = max_retry_wait
-        self._equity: dict[_Key, EquityRow] = {}
-        self._indicators: dict[_Key, IndicatorRow] = {}
-        self._options: dict[tuple[object, ...], OptionRow] = {}
+        self._commit_every = commit_every
+        self._batch_rows = batch_rows
         self._wake = asyncio.Event()
         self._closing = False
-        self._closed = asyncio.Event()
-        self._in_flight = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._sink_open = False
+        self._last_spool_alert = 0.0
         self.stats = WriteStats()
 
     @property
     def pending(self) -> int:
-        """Equity and option rows waiting to be written."""
-        return len(self._equity) + len(self._options)
+        """Rows waiting to be written (all tables), on disk or about to be."""
+        return self.spool.depth
 
     def add(self, pair: RowPair) -> None:
         """Queue a row pair; wakes the writer when `size` equity rows are waiting. Never blocks."""
-        equity, indicator = pair
-        self._equity[equity.key] = equity
-        self._indicators[equity.key] = indicator
-        if len(self._equity) >= self._size:
+        self.spool.put(pair)
+        if self.spool.equity_depth >= self._size:
             self._wake.set()
 
     def add_options(self, rows: list[OptionRow]) -> None:
         """Queue an option snapshot and wake the writer. Never blocks."""
-        for row in rows:
-            self._options[row.key] = row
+        self.spool.put(rows)
         if rows:
             self._wake.set()
 
     async def run(self) -> None:
-        """Write batches until `close()`; then write what is left (open rows included) and return.
-
-        Raises `SinkRejected` if the sink refuses a batch (the service stops: see the log line).
-        """
+        """Open the spool and the sink, then write until `close()`. Returns when closed and either
+        the spool is empty or the grace ran out. Raises `SinkRejected` (fatal: the log says why;
+        the rows stay in the spool) or `SpoolError` if the spool cannot be opened."""
+        self._writer = asyncio.current_task()
+        await self.spool.open()
+        committer = asyncio.create_task(self._commit_forever(), name="spool-commit")
         try:
-            while not self._closing:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-                except TimeoutError:
-                    for pair in self._drain():  # interval elapsed: include rows still open
-                        self.add(pair)
+            await self._retrying(self._sink.open, "open")
+            self._sink_open = True
+            while not (self._closing and not self.spool.depth):
+                if not self._closing:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
                 self._wake.clear()
-                await self._write_pending()
-            for pair in self._drain():
-                self.add(pair)
-            await self._write_pending()
+                await self._commit()
+                await self._write_spooled()
         finally:
-            self._closed.set()
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
 
-    async def close(self, grace: float = 20.0) -> None:
-        """Ask `run()` to flush everything and stop; wait up to `grace` seconds for it."""
+    async def close(self, grace: float = 10.0) -> None:
+        """Commit, let `run()` write for at most `grace` seconds, then cancel it. Never raises the
+        writer's errors (`run()`'s awaiter sees them); waits for nothing without a deadline."""
         self._closing = True
         self._wake.set()
-        try:
-            await asyncio.wait_for(self._closed.wait(), timeout=grace)
-        except TimeoutError:
-            log.error(
-                "final flush timed out; rows not written",
-                rows=self.pending + self._in_flight,
+        writer = self._writer
+        if writer is None or writer.done():
+            await self._commit()
+            return
+        done, _ = await asyncio.wait({writer}, timeout=grace)
+        if not done:
+            writer.cancel()
+            await asyncio.wait({writer}, timeout=5.0)
+            log.warning(
+                "shutdown grace over; rows left in the spool for the next run",
+                rows=self.spool.depth,
                 grace_s=grace,
             )
+        await self._commit()
 
-    async def _write_pending(self) -> None:
-        """Write what is pending, in batches of at most `MAX_BATCH_ROWS` equity rows."""
-        while self._equity or self._indicators or self._options:
-            keys = list(self._equity)[:MAX_BATCH_ROWS] or list(self._indicators)[:MAX_BATCH_ROWS]
-            option_keys = list(self._options)[:MAX_BATCH_ROWS]
-            batch = Batch(
-                tuple(self._equity.pop(k) for k in keys if k in self._equity),
-                tuple(self._indicators.pop(k) for k in keys if k in self._indicators),
-                tuple(self._options.pop(k) for k in option_keys),
-            )
-            self._in_flight = len(batch.equity) + len(batch.options)
-            await self._write_with_retry(batch)
-            self._in_flight = 0
-            if len(self._equity) < self._size and not self._options and not self._closing:
+    async def _commit_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._commit_every)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        """Pull the open rows in and commit the spool's buffer. A failing spool is logged, not
+        raised: its rows stay buffered for the next try."""
+        for pair in self._drain():
+            self.spool.put(pair)
+        try:
+            await self.spool.commit()
+        except SpoolError as exc:
+            now = time.monotonic()
+            if now - self._last_spool_alert >= _SPOOL_ALERT_EVERY_S or not self._last_spool_alert:
+                self._last_spool_alert = now
+                log.error("spool commit failed; rows kept in memory", error=str(exc))
+        if self.spool.equity_depth >= self._size:
+            self._wake.set()
+
+    async def _write_spooled(self) -> None:
+        """Write from the spool until it is below `size` equity rows (everything when closing or
+        when the interval woke us)."""
+        while taken := await self.spool.take(self._batch_rows):
+            await self._retrying(lambda: self._sink.write(taken.batch), "write", rows=len(taken))
+            await self.spool.confirm(taken)
+            self._count(taken.batch)
+            if not self._closing and len(taken) < self._batch_rows:
                 return
 
-    async def _write_with_retry(self, batch: Batch) -> None:
+    def _count(self, batch: Batch) -> None:
+        self.stats.rows_written += len(batch)
+        self.stats.option_rows_written += len(batch.options)
+        self.stats.batches += 1
+        self.stats.last_write_at = time.time()
+        if self.stats.failing_since is not None:
+            log.info("sink is back", down_s=round(time.time() - self.stats.failing_since, 1))
+            self.stats.failing_since = None
+        log.debug("batch written", sink=self._sink.name, rows=len(batch))
+
+    async def _retrying(self, call: Callable[[], Awaitable[None]], doing: str, *, rows: int = 0) -> None:
+        """Await `call()` until it does not raise `SinkUnavailable` (forever; cancel to stop)."""
+
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.stats.write_errors += 1
             self.stats.last_error = str(exc)
+            if self.stats.failing_since is None:
+                self.stats.failing_since = time.time()
             log.warning(
-                "write failed, retrying",
+                "write failed, retrying" if doing == "write" else "sink unavailable, retrying",
                 sink=self._sink.name,
-                rows=len(batch),
+                rows=rows or None,
+                spooled=self.spool.depth,
                 attempt=state.attempt_number,
                 retry_in_s=round(state.upcoming_sleep, 1),
                 error=str(exc),
@@ -163,16 +212,25 @@ class Batcher:
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(SinkUnavailable),
-            wait=wait_exponential_jitter(max=self._max_retry_wait),
-            stop=stop_after_delay(self._max_retry_wait * 2) if self._closing else stop_never,
+            wait=_RetryAfterOrBackoff(self._max_retry_wait),
+            stop=stop_never,
             before_sleep=before_sleep,
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                await self._sink.write(batch)
-        self.stats.rows_written += len(batch)
-        self.stats.option_rows_written += len(batch.options)
-        self.stats.batches += 1
-        self.stats.last_write_at = time.time()
-        log.debug("batch written", sink=self._sink.name, rows=len(batch))
+                await call()
+
+
+class _RetryAfterOrBackoff(wait_exponential_jitter):
+    """Exponential backoff with jitter, capped; at least what the server's Retry-After asked."""
+
+    def __init__(self, cap: float) -> None:
+        super().__init__(max=cap)
+        self._cap = cap
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        backoff = super().__call__(retry_state)
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        asked = getattr(exc, "retry_after", None) or 0.0
+        return max(backoff, min(float(asked), max(self._cap, 300.0)))

@@ -1,15 +1,21 @@
-"""The batcher writes at BATCH_SIZE rows or BATCH_INTERVAL seconds, retries outages, flushes on close."""
+"""The writer: rows go to the spool at once and to the sink at BATCH_SIZE rows or BATCH_INTERVAL
+seconds; outages are retried (Retry-After honoured), shutdown is bounded, the spool survives."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from memory_sink import MemorySink
+from polling import wait_until
 
 from streaming_service.batcher import MAX_BATCH_ROWS, Batcher
-from streaming_service.models import EquityRow, IndicatorRow
+from streaming_service.errors import SinkUnavailable
+from streaming_service.models import Batch, EquityRow, IndicatorRow
 from streaming_service.pipeline import RowPair
+from streaming_service.spool import Spool
 
 T0 = datetime(2026, 11, 24, 14, 30, tzinfo=UTC)
 
@@ -19,16 +25,20 @@ def pair(i: int, volume: int = 100) -> RowPair:
     return EquityRow("QQQ", ts, 500.0 + i, volume), IndicatorRow("QQQ", ts, None, 500.0)
 
 
+def equity_written(sink: MemorySink) -> list[datetime]:
+    return sorted(r.timestamp for b in sink.batches for r in b.equity)
+
+
 async def test_size_trigger_writes_when_batch_size_rows_are_pending() -> None:
     sink = MemorySink()
     batcher = Batcher(sink, size=10, interval=3600)
     task = asyncio.create_task(batcher.run())
     for i in range(10):  # add() never yields, so the writer sees exactly these 10
         batcher.add(pair(i))
-    await sink.wait_for_batches(1)
+    await wait_until(lambda: batcher.stats.batches == 1)  # written and confirmed
     for i in range(10, 15):
         batcher.add(pair(i))
-    assert batcher.pending == 5
+    assert batcher.pending == 10  # 5 equity + 5 indicator rows
     await batcher.close()
     await task
     assert [len(b.equity) for b in sink.batches] == [10, 5]
@@ -39,23 +49,12 @@ async def test_backlog_goes_out_in_batches_of_at_most_max_rows() -> None:
     sink = MemorySink()
     batcher = Batcher(sink, size=10, interval=3600)
     task = asyncio.create_task(batcher.run())
-    for i in range(MAX_BATCH_ROWS + 7):
+    for i in range(MAX_BATCH_ROWS + 7):  # two rows each
         batcher.add(pair(i))
     await batcher.close()
     await task
-    assert [len(b.equity) for b in sink.batches] == [MAX_BATCH_ROWS, 7]
-
-
-async def test_size_trigger_fires_without_waiting_for_the_interval() -> None:
-    sink = MemorySink()
-    batcher = Batcher(sink, size=3, interval=3600)
-    task = asyncio.create_task(batcher.run())
-    for i in range(3):
-        batcher.add(pair(i))
-    await sink.wait_for_batches(1, within=2)
-    assert len(sink.batches[0].equity) == 3
-    await batcher.close()
-    await task
+    assert [len(b) for b in sink.batches] == [MAX_BATCH_ROWS, MAX_BATCH_ROWS, 14]
+    assert len(equity_written(sink)) == MAX_BATCH_ROWS + 7
 
 
 async def test_time_trigger_writes_a_partial_batch() -> None:
@@ -70,16 +69,21 @@ async def test_time_trigger_writes_a_partial_batch() -> None:
     await task
 
 
-async def test_time_trigger_includes_open_rows_from_drain() -> None:
+async def test_open_rows_from_drain_reach_the_spool_within_a_commit_window() -> None:
     sink = MemorySink()
     open_rows = [pair(7)]
-    batcher = Batcher(sink, size=1000, interval=0.05, drain=lambda: open_rows)
+
+    def drain() -> list[RowPair]:
+        rows, open_rows[:] = list(open_rows), []
+        return rows
+
+    batcher = Batcher(sink, size=1000, interval=3600, drain=drain, commit_every=0.01)
     task = asyncio.create_task(batcher.run())
-    await sink.wait_for_batches(1, within=5)
-    assert sink.batches[0].equity == (open_rows[0][0],)
-    open_rows = []
+    await wait_until(lambda: batcher.spool.depth == 2 and not batcher.spool._buffer, within=5)
+    assert sink.batches == []  # on disk, not yet written: the interval has not passed
     await batcher.close()
     await task
+    assert sink.batches[0].equity == (pair(7)[0],)
 
 
 async def test_same_key_emitted_twice_is_written_once_with_latest_values() -> None:
@@ -108,16 +112,85 @@ async def test_outage_is_retried_until_written_and_nothing_is_lost() -> None:
     await task
     assert sink.attempts >= 4
     assert batcher.stats.write_errors == 3
-    written = [r.timestamp for b in sink.batches for r in b.equity]
-    assert sorted(written) == [T0 + timedelta(seconds=i) for i in range(8)]
+    assert batcher.stats.failing_since is None
+    assert equity_written(sink) == [T0 + timedelta(seconds=i) for i in range(8)]
 
 
-async def test_close_flushes_pending_rows_and_drained_open_rows() -> None:
-    sink = MemorySink()
-    batcher = Batcher(sink, size=1000, interval=3600, drain=lambda: [pair(99)])
+class _SlowDownSink(MemorySink):
+    """Refuses writes with SinkUnavailable(retry_after=...) a number of times; records when."""
+
+    def __init__(self, refusals: int, retry_after: float) -> None:
+        super().__init__()
+        self.refusals, self.retry_after, self.times = refusals, retry_after, []  # type: ignore[var-annotated]
+
+    async def write(self, batch: Batch) -> None:
+        self.times.append(time.monotonic())
+        if self.refusals:
+            self.refusals -= 1
+            raise SinkUnavailable("429 slow down", retry_after=self.retry_after)
+        await super().write(batch)
+
+
+async def test_retry_after_is_honoured_over_a_shorter_backoff() -> None:
+    sink = _SlowDownSink(refusals=1, retry_after=0.3)
+    batcher = Batcher(sink, size=1, interval=3600, max_retry_wait=0.01)
     task = asyncio.create_task(batcher.run())
     batcher.add(pair(0))
+    await sink.wait_for_batches(1)
+    gap = sink.times[1] - sink.times[0]
+    print(f"retry_after=0.3s backoff_cap=0.01s measured_gap={gap:.3f}s")
+    assert gap >= 0.3
     await batcher.close()
     await task
-    assert [len(b.equity) for b in sink.batches] == [2]
-    assert batcher.stats.rows_written == 4
+
+
+class _DownAtStartSink(MemorySink):
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.open_failures = failures
+
+    async def open(self) -> None:
+        if self.open_failures:
+            self.open_failures -= 1
+            raise SinkUnavailable("connection refused")
+
+
+async def test_sink_down_at_start_is_retried_while_rows_wait_in_the_spool() -> None:
+    sink = _DownAtStartSink(failures=3)
+    batcher = Batcher(sink, size=1, interval=3600, max_retry_wait=0.01)
+    task = asyncio.create_task(batcher.run())
+    batcher.add(pair(0))
+    await sink.wait_for_batches(1)
+    assert batcher.stats.write_errors == 3
+    await batcher.close()
+    await task
+    assert equity_written(sink) == [T0]
+
+
+async def test_close_during_an_outage_returns_within_grace_and_keeps_rows_on_disk(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.fail_next(10**9)
+    spool = Spool(tmp_path / "spool.db", max_bytes=2**30)
+    batcher = Batcher(sink, size=1, interval=3600, spool=spool, max_retry_wait=0.05)
+    task = asyncio.create_task(batcher.run())
+    for i in range(20):
+        batcher.add(pair(i))
+    await wait_until(lambda: sink.attempts >= 2)
+    started = time.monotonic()
+    await batcher.close(grace=0.5)
+    took = time.monotonic() - started
+    await asyncio.wait({task}, timeout=5)
+    assert task.done()
+    await spool.aclose()
+    print(f"close with the sink down: {took:.2f}s for a grace of 0.5s; rows kept on disk: 40")
+
+    # The next run writes them all.
+    sink = MemorySink()
+    spool = Spool(tmp_path / "spool.db", max_bytes=2**30)
+    assert await spool.open() == 40
+    batcher = Batcher(sink, size=1000, interval=3600, spool=spool)
+    task = asyncio.create_task(batcher.run())
+    await batcher.close()
+    await task
+    await spool.aclose()
+    assert equity_written(sink) == [T0 + timedelta(seconds=i) for i in range(20)]

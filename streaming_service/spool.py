@@ -1,0 +1,269 @@
+"""The durable outbox: rows wait on disk, in a local SQLite file, until the database confirms them.
+
+Rows are keyed by their table's UNIQUE key, so a row emitted again (an open row that grew) replaces
+its earlier version. `put()` only appends to a small in-memory buffer; `commit()` (called every
+~250 ms by the writer's committer task: group commit) writes the buffer in one transaction, so
+kill -9 or a power cut loses at most the rows of one commit window. `take()` reads the oldest rows;
+`confirm()` deletes them once the sink has committed them — but only the versions that were taken, so
+a row replaced meanwhile stays. Delivery is at-least-once; the sinks' upserts make replays harmless.
+
+Disk is bounded by `max_bytes`: past it, the oldest rows are dropped and counted (`dropped`), with an
+error logged at most once a minute. All SQLite work runs in a worker thread, one call at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
+
+__all__ = ["Spool", "SpoolError", "Taken"]
+
+log = structlog.get_logger(__name__)
+
+Row = EquityRow | IndicatorRow | OptionRow
+_T = TypeVar("_T")
+_TABLES: dict[type[Any], str] = {
+    EquityRow: "equity_data", IndicatorRow: "indicators", OptionRow: "option_prices"
+}
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    tbl TEXT NOT NULL,
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    queued_at REAL NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (tbl, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_seq ON outbox (seq);
+"""
+_PUT = """
+INSERT INTO outbox (tbl, key, seq, queued_at, payload) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, payload = excluded.payload
+"""
+_DROP_ALERT_EVERY_S = 60.0
+
+
+class SpoolError(Exception):
+    """The spool file cannot be opened or written (disk full, permissions); the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """Rows read from the spool: `batch` to write, `versions` to hand back to `confirm()`."""
+
+    batch: Batch
+    versions: tuple[tuple[str, str, int], ...]
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+
+class Spool:
+    """See the module docstring. `open()` first; `aclose()` commits what is buffered and closes."""
+
+    def __init__(self, path: Path, *, max_bytes: int) -> None:
+        self.path = Path(path)
+        self._max_bytes = max_bytes
+        self._buffer: dict[tuple[str, str], Row] = {}
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._depth = 0
+        self._equity_depth = 0
+        self._oldest: float | None = None
+        self._last_drop_alert = 0.0
+        self.dropped = 0
+
+    @property
+    def depth(self) -> int:
+        """Rows waiting (committed to the spool or still buffered; a replaced row counts once)."""
+        return self._depth + len(self._buffer)
+
+    @property
+    def equity_depth(self) -> int:
+        """`equity_data` rows waiting: what BATCH_SIZE counts."""
+        return self._equity_depth + sum(1 for table, _ in self._buffer if table == "equity_data")
+
+    def oldest_age(self, now: float | None = None) -> float | None:
+        """Seconds the oldest committed row has waited, or None when the spool is empty."""
+        if self._oldest is None:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self._oldest)
+
+    async def open(self) -> int:
+        """Create or reopen the file; return how many rows a previous run left. Raises `SpoolError`."""
+        await self._run(self._open_sync)
+        return self._depth
+
+    def put(self, rows: Iterable[Row]) -> None:
+        """Buffer rows for the next `commit()` (a later version of a key replaces an earlier one)."""
+        for row in rows:
+            self._buffer[(_TABLES[type(row)], _key_text(row.key))] = row
+
+    async def commit(self) -> int:
+        """Write the buffer to disk in one transaction; return the rows committed. Raises `SpoolError`."""
+        if not self._buffer:
+            return 0
+        buffer, self._buffer = self._buffer, {}
+        try:
+            await self._run(self._commit_sync, buffer)
+        except BaseException:
+            self._buffer = {**buffer, **self._buffer}  # nothing was committed: keep it for the next try
+            raise
+        return len(buffer)
+
+    async def take(self, limit: int) -> Taken:
+        """The `limit` oldest committed rows (possibly none). They stay in the spool until confirmed."""
+        return await self._run(self._take_sync, limit)
+
+    async def confirm(self, taken: Taken) -> None:
+        """Delete the taken rows whose version is unchanged (the sink committed exactly those)."""
+        if taken.versions:
+            await self._run(self._confirm_sync, taken.versions)
+
+    async def aclose(self) -> None:
+        """Commit the buffer and close the file; idempotent."""
+        if self._conn is not None:
+            await self.commit()
+            await self._run(self._close_sync)
+
+    # --- worker-thread side -------------------------------------------------------------------
+
+    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
+        try:
+            return await asyncio.to_thread(self._locked, func, *args)
+        except (sqlite3.Error, OSError) as exc:
+            raise SpoolError(
+                f"spool {self.path}: {type(exc).__name__}: {exc}; check that the directory is writable "
+                "and the disk has room (SPOOL_PATH, SPOOL_MAX_MB)"
+            ) from exc
+
+    def _locked(self, func: Callable[..., _T], *args: Any) -> _T:
+        with self._lock:
+            return func(*args)
+
+    def _open_sync(self) -> None:
+        if self._conn is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a commit survives kill -9
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._seq = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0]
+        self._refresh_counts(conn)
+
+    def _commit_sync(self, buffer: dict[tuple[str, str], Row]) -> None:
+        conn = self._connection()
+        now = time.time()
+        records = []
+        for (table, key), row in buffer.items():
+            self._seq += 1
+            records.append((table, key, self._seq, now, _encode(row)))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_PUT, records)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._refresh_counts(conn)
+        self._enforce_limit(conn)
+
+    def _take_sync(self, limit: int) -> Taken:
+        rows = self._connection().execute(
+            "SELECT tbl, key, seq, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        by_table: dict[str, list[Any]] = {"equity_data": [], "indicators": [], "option_prices": []}
+        for table, _, _, payload in rows:
+            by_table[table].append(_decode(table, payload))
+        batch = Batch(
+            tuple(by_table["equity_data"]), tuple(by_table["indicators"]), tuple(by_table["option_prices"])
+        )
+        return Taken(batch, tuple((table, key, seq) for table, key, seq, _ in rows))
+
+    def _confirm_sync(self, versions: Sequence[tuple[str, str, int]]) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("DELETE FROM outbox WHERE tbl = ? AND key = ? AND seq = ?", versions)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._refresh_counts(conn)
+
+    def _enforce_limit(self, conn: sqlite3.Connection) -> None:
+        """Past `max_bytes` of live pages, drop the oldest tenth of the rows (counted, alerted)."""
+        pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0]
+                             for p in ("page_count", "freelist_count", "page_size"))  # fmt: skip
+        if (pages - free) * size <= self._max_bytes:
+            return
+        drop = max(1, self._depth // 10)
+        conn.execute(
+            "DELETE FROM outbox WHERE (tbl, key) IN (SELECT tbl, key FROM outbox ORDER BY seq LIMIT ?)",
+            (drop,),
+        )
+        self.dropped += drop
+        self._refresh_counts(conn)
+        now = time.monotonic()
+        if now - self._last_drop_alert >= _DROP_ALERT_EVERY_S or self._last_drop_alert == 0.0:
+            self._last_drop_alert = now
+            log.error(
+                "spool full: oldest rows dropped",
+                dropped_total=self.dropped,
+                spool_max_mb=round(self._max_bytes / 2**20, 1),
+                fix="the database has been unreachable for long: fix it, or raise SPOOL_MAX_MB",
+            )
+
+    def _refresh_counts(self, conn: sqlite3.Connection) -> None:
+        depth, equity, oldest = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE tbl = 'equity_data'), min(queued_at) FROM outbox"
+        ).fetchone()
+        self._depth, self._equity_depth, self._oldest = depth, equity, oldest
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise sqlite3.ProgrammingError("the spool is not open")
+        return self._conn
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _key_text(key: tuple[Any, ...]) -> str:
+    return "|".join(part.isoformat() if isinstance(part, date) else str(part) for part in key)
+
+
+def _encode(row: Row) -> str:
+    values = [getattr(row, name) for name in row.__slots__]
+    return json.dumps([v.isoformat() if isinstance(v, date) else v for v in values], separators=(",", ":"))
+
+
+def _decode(table: str, payload: str) -> Row:
+    values = json.loads(payload)
+    if table == "equity_data":
+        return EquityRow(values[0], datetime.fromisoformat(values[1]), values[2], values[3])
+    if table == "indicators":
+        return IndicatorRow(values[0], datetime.fromisoformat(values[1]), values[2], values[3])
+    values[1], values[4] = datetime.fromisoformat(values[1]), date.fromisoformat(values[4])
+    return OptionRow(*values)
