@@ -1,0 +1,277 @@
+"""`/healthz` over a tiny HTTP/1.1 server (stdlib asyncio), and its client for `streaming-service status`.
+
+The server answers `GET|HEAD /healthz` with the snapshot's status code and JSON body, anything else
+with a JSON 404 (405 for other methods on /healthz), one request per connection (`Connection:
+close`). Every connection has one deadline for reading the request and writing the answer; a request
+head over `MAX_REQUEST_BYTES` gets 431; connections beyond `max_connections` get 503 at once. Bad
+requests and vanished clients never raise into the caller; a failing snapshot is logged and
+answered with 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+from collections.abc import Callable
+from datetime import datetime
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+
+from streaming_service.token import REFRESH_TOKEN_LIFE_S, TokenInfo, describe, format_duration
+
+__all__ = ["MAX_REQUEST_BYTES", "HealthServer", "Snapshot", "fetch_health", "format_health"]
+
+log = structlog.get_logger(__name__)
+
+#: Returns (HTTP status, JSON-serialisable body); called on the event loop for every /healthz request.
+Snapshot = Callable[[], tuple[int, dict[str, Any]]]
+
+MAX_REQUEST_BYTES = 8192
+MAX_RESPONSE_BYTES = 1 << 20
+_CLOSE_TIMEOUT_S = 1.0
+_STREAM_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("connects", "connects"),
+    ("bad_frames", "bad frames"),
+    ("internal_errors", "internal errors"),
+)
+
+
+class HealthServer:
+    """Serve `snapshot` at /healthz on `host:port` (0 = a free port). Use `async with` or start/aclose."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        snapshot: Snapshot,
+        *,
+        timeout: float = 5.0,
+        max_connections: int = 16,
+    ) -> None:
+        """`timeout`: seconds a connection may take to send its request and receive the answer."""
+        self._host, self._requested_port = host, port
+        self._snapshot = snapshot
+        self._timeout = timeout
+        self._max_connections = max_connections
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._closed = False
+
+    async def start(self) -> None:
+        """Listen. Raises `OSError` if the address is taken, `RuntimeError` if started or closed before."""
+        if self._server is not None or self._closed:
+            raise RuntimeError("HealthServer.start() may be called once")
+        self._server = await asyncio.start_server(
+            self._serve, self._host, self._requested_port, limit=MAX_REQUEST_BYTES
+        )
+        log.info("health server listening", host=self._host, port=self.port)
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one picked when 0 was asked). Raises `RuntimeError` before `start()`."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("HealthServer is not listening")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def aclose(self) -> None:
+        """Stop listening and close open connections; returns within about a second. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in self._connections.values():
+            writer.close()  # the handler's pending read ends at once
+        if self._connections:
+            _, pending = await asyncio.wait(self._connections, timeout=_CLOSE_TIMEOUT_S / 2)
+            for task in pending:
+                self._connections[task].transport.abort()
+            if pending:
+                await asyncio.wait(pending, timeout=_CLOSE_TIMEOUT_S / 2)
+        if server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await server.wait_closed()
+
+    async def __aenter__(self) -> HealthServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: read the request, answer, then wait for the client to hang up, all within
+        `timeout`. Handlers are never cancelled (aclose closes their connection instead)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
+        try:
+            async with asyncio.timeout(self._timeout):
+                if len(self._connections) > self._max_connections:
+                    reply = _reply(503, {"ok": False, "error": "too many connections"})
+                else:
+                    reply = await self._answer(reader)
+                writer.write(reply)
+                await writer.drain()
+                # Closing with unread input would reset the connection and lose the answer:
+                # half-close, then read until the client hangs up.
+                writer.write_eof()
+                while await reader.read(4096):
+                    pass
+        except (TimeoutError, ConnectionError):
+            pass  # a slow or vanished client: nothing to tell it
+        except Exception:
+            log.exception("health request failed")  # a bug here: logged with its traceback; keep serving
+        finally:
+            del self._connections[task]
+            await _close(writer)
+
+    async def _answer(self, reader: asyncio.StreamReader) -> bytes:
+        """Read one request head and return the whole response."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            return _reply(431, {"error": f"request head over {MAX_REQUEST_BYTES} bytes"})
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionResetError("client closed before the end of its request") from exc
+        parts = head.split(b"\r\n", 1)[0].split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            return _reply(400, {"error": "not an HTTP/1.x request"})
+        method, path = parts[0].decode("latin-1"), urlsplit(parts[1].decode("latin-1")).path
+        head_only = method == "HEAD"
+        if path != "/healthz":
+            return _reply(404, {"error": f"not found: {path[:100]}; try /healthz"}, head_only=head_only)
+        if method not in ("GET", "HEAD"):
+            return _reply(405, {"error": "use GET"}, extra="Allow: GET, HEAD\r\n")
+        try:
+            status, body = self._snapshot()
+            return _reply(status, body, head_only=head_only)
+        except Exception:
+            log.exception("health snapshot failed")
+            return _reply(500, {"ok": False, "error": "health snapshot failed; see the service log"})
+
+
+def _reply(status: int, body: dict[str, Any], *, head_only: bool = False, extra: str = "") -> bytes:
+    """A complete HTTP/1.1 response with a JSON body. Raises `TypeError`/`ValueError` if not JSON-able."""
+    data = json.dumps(body, allow_nan=False).encode()
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nConnection: close\r\n{extra}\r\n"
+    )
+    return head.encode("latin-1") + (b"" if head_only else data)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close the connection; a peer that does not take the rest within a second is cut off."""
+    writer.close()
+    try:
+        async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+            await writer.wait_closed()
+    except (TimeoutError, ConnectionError):
+        writer.transport.abort()
+
+
+def fetch_health(host: str, port: int, timeout: float = 3.0) -> tuple[int, dict[str, Any]]:
+    """GET /healthz from a `HealthServer` (blocking). `host` 0.0.0.0/:: means this machine.
+
+    Returns (status, body); 503 is a normal answer. Raises `OSError` when nothing answers
+    (refused, reset, `TimeoutError` after `timeout` s without progress) and `ValueError` when the
+    answer is not HTTP with a JSON object of at most 1 MiB. Never uses a proxy.
+    """
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/healthz", headers={"Accept": "application/json"})
+        response = connection.getresponse()
+        data = response.read(MAX_RESPONSE_BYTES + 1)
+    except http.client.HTTPException as exc:
+        if isinstance(exc, ConnectionError):  # RemoteDisconnected is both
+            raise
+        raise ValueError(f"{host}:{port} did not answer in HTTP ({type(exc).__name__})") from None
+    finally:
+        connection.close()
+    if len(data) > MAX_RESPONSE_BYTES:
+        raise ValueError(f"{host}:{port} answered more than {MAX_RESPONSE_BYTES} bytes")
+    body = json.loads(data)  # JSONDecodeError is a ValueError
+    if not isinstance(body, dict):
+        raise ValueError(f"{host}:{port} answered JSON that is not an object")
+    return response.status, body
+
+
+def format_health(body: dict[str, Any]) -> str:
+    """Several lines for a person: state, per-ticker data age, spool, sink, token, stream counters.
+
+    Tolerates missing keys and values of the wrong type (shown as '?').
+    """
+    ok = body.get("ok")
+    verdict = {True: "OK", False: "NOT OK"}.get(ok, "?") if isinstance(ok, bool) else "?"
+    lines = [f"state: {_text(body.get('state'))} ({verdict}), version {_text(body.get('version'))}"]
+
+    tickers = _section(body, "tickers")
+    for ticker, info in sorted(tickers.items()):
+        age = _number(info.get("last_data_age_s")) if isinstance(info, dict) else None
+        lines.append(f"  {ticker}: " + ("no data yet" if age is None else f"last data {_age(age)} ago"))
+    if not tickers:
+        lines.append("  tickers: ?")
+
+    spool = _section(body, "spool")
+    depth, oldest, dropped = (_number(spool.get(k)) for k in ("depth", "oldest_age_s", "dropped"))
+    waiting = "?" if depth is None else f"{depth:.0f}"
+    oldest_text = "" if oldest is None else f", oldest {_age(oldest)} old"
+    dropped_text = "?" if dropped is None else f"{dropped:.0f}"
+    lines.append(f"spool: {waiting} rows waiting{oldest_text}; {dropped_text} dropped")
+
+    sink = _section(body, "sink")
+    failing = _number(sink.get("failing_for_s"))
+    state = "ok" if failing is None else f"failing for {_age(failing)}"
+    error = sink.get("last_error")
+    lines.append(f"sink: {_text(sink.get('name'))}, {state}" + (f": {error}" if error and failing else ""))
+
+    lines.append(f"token: {_token_line(_section(body, 'token'))}")
+
+    stream = _section(body, "stream")
+    counts = [(_number(stream.get(key)), label) for key, label in _STREAM_COUNTERS]
+    lines.append("stream: " + ", ".join(f"{'?' if n is None else f'{n:.0f}'} {label}" for n, label in counts))
+    return "\n".join(lines)
+
+
+def _token_line(token: dict[str, Any]) -> str:
+    left = _number(token.get("seconds_left"))
+    try:
+        expires = datetime.fromisoformat(str(token["refresh_expires_at"])).timestamp()
+    except (KeyError, ValueError):
+        return "unknown" if left is None else f"{format_duration(left)} left"
+    if left is None:
+        return f"refresh token expires {token['refresh_expires_at']}"
+    info = TokenInfo(Path(), expires - REFRESH_TOKEN_LIFE_S, expires)
+    return describe(info, now=expires - left)
+
+
+def _section(body: dict[str, Any], key: str) -> dict[str, Any]:
+    value = body.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str:
+    return str(value) if isinstance(value, str) and value else "?"
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else format_duration(seconds)
