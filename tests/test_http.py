@@ -4,6 +4,7 @@ the `status` client and its rendering."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -69,10 +70,8 @@ async def ended_after(reader: asyncio.StreamReader, within: float) -> float:
     """Seconds until the server ends this connection (EOF, or a reset if our bytes were unread)."""
     started = time.monotonic()
     async with asyncio.timeout(within):
-        try:
+        with contextlib.suppress(ConnectionResetError):
             assert await reader.read() == b""
-        except ConnectionResetError:
-            pass
     return time.monotonic() - started
 
 
