@@ -14,9 +14,11 @@ the double logs in as `authenticator` and `SET LOCAL ROLE`s, so grants and RLS a
 Errors are `{"code","details","hint","message"}` with PostgREST's SQLSTATE → HTTP status mapping;
 a lost database connection is 503 PGRST000.
 
-Faults on demand: `fail_next(n, "503" | "timeout" | "close", table=None)` makes the next n requests
-(for `table`, if given) answer 503,
-hang until the client gives up, or drop the connection, without touching the database.
+Faults on demand, without touching the database: `fail_next(n, "503" | "timeout" | "close",
+table=None)` makes the next n requests (for `table`, if given) answer 503 PGRST000, hang until the
+client gives up, or drop the connection; `answer_next(n, status, body, headers=..., table=None)`
+makes them answer exactly that (a gateway's 401 `{"message":"Invalid API key"}`, a 429 with
+`Retry-After`, a proxy's 503 HTML page). Faults are taken in the order they were queued.
 Every request is recorded in `requests` (method, path, query, headers, body).
 """
 
@@ -34,10 +36,31 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-__all__ = ["JWT_SECRET", "PostgrestDouble", "Recorded", "make_key"]
+__all__ = ["JWT_SECRET", "Answer", "PostgrestDouble", "Recorded", "make_key"]
 
 JWT_SECRET = "test-secret-with-at-least-32-characters!!"
-Fault = Literal["503", "timeout", "close"]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A canned HTTP answer: `body` is sent as is (bytes or text) or as JSON (dict or list)."""
+
+    status: int
+    body: bytes | str | dict[str, Any] | list[Any] = b""
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def encoded(self) -> tuple[bytes, list[tuple[str, str]]]:
+        headers = list(self.headers)
+        if isinstance(self.body, bytes):
+            return self.body, headers
+        if isinstance(self.body, str):
+            return self.body.encode(), headers
+        if not any(name.lower() == "content-type" for name, _ in headers):
+            headers.append(("Content-Type", "application/json; charset=utf-8"))
+        return json.dumps(self.body).encode(), headers
+
+
+Fault = Literal["503", "timeout", "close"] | Answer
 
 
 def make_key(role: str, secret: str = JWT_SECRET) -> str:
@@ -111,6 +134,19 @@ class PostgrestDouble:
         """Fail the next `count` requests (only those for `table`, if given) with `fault`."""
         with self._lock:
             self._faults.extend([(fault, table)] * count)
+
+    def answer_next(
+        self,
+        count: int,
+        status: int,
+        body: bytes | str | dict[str, Any] | list[Any] = b"",
+        *,
+        headers: dict[str, str] | None = None,
+        table: str | None = None,
+    ) -> None:
+        """Answer the next `count` requests (for `table`, if given) with exactly this status, body
+        and headers (a JSON body for a dict or list, else the bytes or text as they are)."""
+        self.fail_next(count, Answer(status, body, tuple((headers or {}).items())), table=table)
 
     def _take_fault(self, path: str) -> Fault | None:
         with self._lock:
@@ -272,6 +308,15 @@ def _handler(double: PostgrestDouble) -> type[BaseHTTPRequestHandler]:
             if fault == "timeout":
                 double._release.wait(timeout=60)  # hang until the client gives up (or the double stops)
                 self.close_connection = True
+                return
+            if isinstance(fault, Answer):
+                data, extra = fault.encoded()
+                self.send_response(fault.status)
+                for name, value in extra:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
                 return
             try:
                 if fault == "503":

@@ -172,7 +172,7 @@ async def test_one_bad_row_is_dead_lettered_and_the_rest_written(
     assert totals["equity_data"] == (8, 8)
     assert totals["indicators"] == (9, 9)
     letters = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
-    assert len(letters) == 1 and sink.dead_letters == 1
+    assert len(letters) == 1 and sink.dead_letters.count == 1
     assert letters[0]["table"] == "equity_data"
     assert letters[0]["code"] == "22003"
     assert letters[0]["row"]["price"] == 123_456_789.0
@@ -270,3 +270,100 @@ async def test_check_reports_missing_tables_and_an_unreachable_project(
     assert all("PGRST205" in r.detail for r in results[1:])
     gone = await rest_check(url, make_key("service_role"))  # the double has stopped
     assert len(gone) == 1 and not gone[0].ok and "unreachable" in gone[0].detail
+
+
+# --- answers without a PostgREST `code`: classified by HTTP status first ---------------------------
+
+
+async def test_gateway_401_without_code_names_the_key_not_the_migrations(
+    sink: SupabaseSink, double: PostgrestDouble, supabase_dsn: str
+) -> None:
+    double.answer_next(1, 401, {"message": "Invalid API key"})
+    with pytest.raises(SinkRejected) as refused:
+        await sink.write(rows(3))
+    message = str(refused.value)
+    print(f"401 without code -> {type(refused.value).__name__}: {message}")
+    assert "SUPABASE_SERVICE_ROLE_KEY" in message and "Invalid API key" in message
+    assert "migrations" not in message
+    assert table_totals(supabase_dsn)["equity_data"] == (0, 0)
+
+
+async def test_rate_limit_429_is_unavailable_with_its_retry_after(
+    sink: SupabaseSink, double: PostgrestDouble, supabase_dsn: str
+) -> None:
+    double.answer_next(1, 429, {"message": "Too many requests"}, headers={"Retry-After": "2"})
+    with pytest.raises(SinkUnavailable) as waited:
+        await sink.write(rows(3))
+    print(f"429 Retry-After: 2 -> {type(waited.value).__name__} retry_after={waited.value.retry_after}")
+    assert waited.value.retry_after == 2.0
+    assert "429" in str(waited.value)
+    await sink.write(rows(3))  # the replay goes through
+    assert table_totals(supabase_dsn)["equity_data"] == (3, 3)
+
+
+async def test_proxy_503_html_is_unavailable(
+    sink: SupabaseSink, double: PostgrestDouble, supabase_dsn: str
+) -> None:
+    page = "<html><head><title>503 Service Temporarily Unavailable</title></head><body>nginx</body></html>"
+    double.answer_next(1, 503, page, headers={"Content-Type": "text/html"})
+    with pytest.raises(SinkUnavailable) as waited:
+        await sink.write(rows(3))
+    print(f"503 text/html -> {type(waited.value).__name__}: {waited.value}")
+    assert waited.value.retry_after is None and "503" in str(waited.value)
+    await sink.write(rows(3))
+    assert table_totals(supabase_dsn)["equity_data"] == (3, 3)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (401, {"message": "Invalid API key"}, {}),
+        (429, {"message": "Too many requests"}, {"Retry-After": "0"}),
+        (503, "<html><body>503 Service Unavailable</body></html>", {"Content-Type": "text/html"}),
+        (502, b"", {}),
+        (503, {"message": "upstream connect error"}, {}),
+    ],
+)
+async def test_the_batcher_keeps_going_through_answers_without_a_code(
+    sink: SupabaseSink,
+    double: PostgrestDouble,
+    supabase_dsn: str,
+    status: int,
+    body: object,
+    headers: dict[str, str],
+) -> None:
+    """Only a refused key stops the writer (SinkRejected); rate limits and proxies are waited out."""
+    double.answer_next(3, status, body, headers=headers)  # type: ignore[arg-type]
+    batcher = Batcher(sink, size=5, interval=3600, max_retry_wait=0.05)
+    task = asyncio.create_task(batcher.run())
+    for equity, indicator in zip(rows(10).equity, rows(10).indicators, strict=True):
+        batcher.add((equity, indicator))
+    if status == 401:
+        with pytest.raises(SinkRejected, match="SUPABASE_SERVICE_ROLE_KEY"):
+            await task
+        print(f"{status}: writer stopped (fatal) after {len(double.requests)} requests")
+        return
+    await wait_until(lambda: batcher.stats.rows_written == 20)
+    await batcher.close(grace=30)
+    await task
+    print(f"{status}: {batcher.stats.write_errors} failed writes retried, then all 20 rows written")
+    assert batcher.stats.write_errors == 3
+    assert table_totals(supabase_dsn)["equity_data"] == (10, 10)
+
+
+async def test_dead_letters_are_written_once_when_a_batch_is_replayed(
+    sink: SupabaseSink, double: PostgrestDouble, supabase_dsn: str, tmp_path: Path
+) -> None:
+    batch = rows(8)
+    equity = list(batch.equity)
+    equity[2] = EquityRow("QQQ", equity[2].timestamp, 987_654_321.0, 1)  # 22003 in DECIMAL(10, 2)
+    bad = Batch(tuple(equity), batch.indicators)
+    double.fail_next(1, "503", table="indicators")
+    with pytest.raises(SinkUnavailable):
+        await sink.write(bad)  # equity written (bad row dead-lettered), indicators refused
+    await sink.write(bad)  # the batcher's retry: same batch object
+    await sink.write(Batch(tuple(equity), batch.indicators))  # rebuilt equal batch (e.g. from the spool)
+    lines = (tmp_path / "dead.jsonl").read_text().splitlines()
+    print(f"3 writes of a batch with 1 bad row -> {len(lines)} dead-letter line(s)")
+    assert len(lines) == 1 and sink.dead_letters.count == 1
+    assert table_totals(supabase_dsn)["equity_data"] == (7, 7)

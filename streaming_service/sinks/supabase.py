@@ -1,17 +1,23 @@
 """Supabase sink: upserts through Supabase's REST API (PostgREST) with the supabase-py async client.
 
 One `upsert(rows, on_conflict=<unique key>, returning="minimal")` request per table per batch;
-PostgREST runs each request as one statement in one transaction. Errors are mapped here:
+PostgREST runs each request as one statement in one transaction. Every failed answer is classified
+once, by `classify_answer(status, headers, body)`: HTTP status first, then the SQLSTATE or PGRST code
+of the body (which a gateway or proxy answer does not have). supabase-py's `APIError` carries no
+HTTP status, so the sink reads it at the boundary: a response hook on the `httpx.AsyncClient` it
+gives supabase-py keeps the last failed answer (one request at a time per sink).
 
-- network errors, timeouts, HTTP 5xx, PGRST000-003 → `SinkUnavailable`: the batcher retries the
-  batch (exponential backoff with jitter, capped) until it is written. Tables of that batch already
-  written are not sent again.
-- bad data (SQLSTATE class 22 or 23, or 21000): the request is split in halves until the offending
-  rows are isolated; the others are written, each rejected row goes with its error to the dead-letter
-  file (JSON lines) and is logged once. Non-finite numbers, which the client refuses to encode, are
-  dead-lettered without a request.
-- refused credentials or permissions (401/403, 42501, PGRST301/302) → `SinkRejected` naming
-  SUPABASE_SERVICE_ROLE_KEY; a missing table or column → `SinkRejected` saying to apply the migrations.
+- 401/403 → `SinkRejected` naming SUPABASE_SERVICE_ROLE_KEY (also the gateway's
+  `{"message":"Invalid API key"}`, which has no code);
+- 404, or a PGRST2xx code (unknown table or column) → `SinkRejected` saying to apply the migrations;
+- 408, 429, 5xx, network errors, timeouts → `SinkUnavailable`, with `retry_after` from a
+  `Retry-After` header (seconds or an HTTP date): the batcher retries the batch. Tables of that
+  batch already written are not sent again;
+- bad data (SQLSTATE class 22 or 23, or 21000, whatever the status): the request is split in halves
+  until the offending rows are isolated; the others are written, and each refused row goes to the
+  dead-letter file (`sinks.dead_letters`) once. Rows with NaN, infinity or a naive timestamp are
+  dead-lettered without a request;
+- any other refusal (42xxx, PGRST1xx, …) → `SinkRejected`.
 
 The key never appears in names, logs or reprs.
 """
@@ -20,25 +26,34 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
-import structlog
 
 from streaming_service.errors import SinkRejected, SinkUnavailable
 from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
-from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS, last_per_key, option_values
+from streaming_service.sinks.base import (
+    TABLE_COLUMNS,
+    UNIQUE_KEYS,
+    ErrorKind,
+    classify_sqlstate,
+    last_per_key,
+    option_values,
+    unstorable,
+)
+from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values
 
 if TYPE_CHECKING:
-    from postgrest import APIError
     from supabase import AsyncClient
 
-__all__ = ["SupabaseSink"]
-
-log = structlog.get_logger(__name__)
+__all__ = ["AUTH_CODES", "Answer", "SupabaseSink", "classify_answer"]
 
 _KEY_HELP = (
     "check SUPABASE_SERVICE_ROLE_KEY: it must be the project's service_role key "
@@ -48,11 +63,89 @@ _SCHEMA_HELP = (
     "the project's tables do not match what the service writes: apply supabase/migrations "
     "(README, 'Supabase')"
 )
+_URL_HELP = "check SUPABASE_URL (https://<project>.supabase.co) and apply supabase/migrations"
 #: Codes meaning the key may not do this: permission denied, bad JWT, HTTP 401/403.
 AUTH_CODES = frozenset({"42501", "PGRST301", "PGRST302", "401", "403"})
 
 Row = dict[str, Any]
-_Kind = Literal["bad_rows", "rejected", "unavailable"]
+_Model = EquityRow | IndicatorRow | OptionRow
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a failed answer means: `kind`; `code` (SQLSTATE, PGRST code, or "" when the body has
+    none); `message` (says the status, the code and the server's words); `fix` for a rejection;
+    `retry_after` in seconds when the server said so."""
+
+    kind: ErrorKind
+    code: str
+    message: str
+    fix: str = ""
+    retry_after: float | None = None
+
+
+def classify_answer(
+    status: int, headers: Mapping[str, str], body: bytes, *, now: datetime | None = None
+) -> Answer:
+    """The one mapping of a failed HTTP answer (status ≥ 400) to what the sink does: by status
+    first, then by the body's code; see the module docstring. `headers` must be case-insensitive
+    (httpx.Headers) or lower-case; `now` is for HTTP-date Retry-After values."""
+    code, words = _parse_body(status, headers, body)
+    message = f"HTTP {status}" + (f" [{code}]" if code else "") + f" {words}"
+    if status in (401, 403):
+        return Answer("rejected", code, message, _KEY_HELP)
+    if status == 404:
+        return Answer("rejected", code, message, _SCHEMA_HELP if code else _URL_HELP)
+    if status in (408, 429):
+        return Answer("unavailable", code, message, retry_after=_retry_after(headers, now))
+    if code and classify_sqlstate(code) == "bad_rows":  # 400, 409, or 500 for 21000
+        return Answer("bad_rows", code, words)
+    if status >= 500:
+        return Answer("unavailable", code, message, retry_after=_retry_after(headers, now))
+    if code in AUTH_CODES or code.startswith("28"):
+        return Answer("rejected", code, message, _KEY_HELP)
+    return Answer("rejected", code, message, _SCHEMA_HELP if code else _URL_HELP)
+
+
+def _parse_body(status: int, headers: Mapping[str, str], body: bytes) -> tuple[str, str]:
+    """(code, words): PostgREST's `{"code", "message", ...}`, a gateway's `{"message"}`, or a
+    proxy's text or HTML page (words = the status's reason phrase and the start of the text)."""
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and (data.get("message") or data.get("code")):
+        code = str(data.get("code") or "")
+        words = "; ".join(str(data.get(k)) for k in ("message", "details") if data.get(k))
+        return code, words or "(no message)"
+    proxy = str(headers.get("proxy-status", ""))
+    code = proxy.partition("error=")[2].split(";")[0].strip() if "error=" in proxy else ""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "error"
+    text = " ".join(body.decode(errors="replace").split())
+    if "html" in str(headers.get("content-type", "")).lower() or text.startswith("<"):
+        text = "(an HTML page: a proxy or gateway answered, not PostgREST)"
+    return code, f"{phrase}: {text[:200]}" if text else phrase
+
+
+def _retry_after(headers: Mapping[str, str], now: datetime | None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or HTTP date); None if absent or invalid."""
+    value = str(headers.get("retry-after", "")).strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class _BadRows(Exception):
@@ -64,24 +157,32 @@ class _BadRows(Exception):
 
 
 class SupabaseSink:
-    """Writes batches to a Supabase project's tables over REST. See the module docstring."""
+    """Writes batches to a Supabase project's tables over REST. See the module docstring.
 
-    def __init__(self, url: str, key: str, *, dead_letter_path: Path, timeout: float = 10.0) -> None:
+    `timeout` bounds each request, in seconds. `dead_letter_path` is the dead-letter file
+    (None: `data/dead_letters.jsonl`); `dead_letters.count` counts the rows written there.
+    """
+
+    def __init__(
+        self, url: str, key: str, *, dead_letter_path: Path | None = None, timeout: float = 10.0
+    ) -> None:
         self.name = f"supabase:{urlsplit(url).hostname or url}"
-        self.dead_letters = 0
+        self.dead_letters = DeadLetters(dead_letter_path)
         self._url = url
         self._key = key
         self._timeout = timeout
-        self._dead_letter_path = dead_letter_path
         self._client: AsyncClient | None = None
         self._session: httpx.AsyncClient | None = None
+        self._failed: httpx.Response | None = None  # the last failed answer (see _keep_failed)
         self._retrying: tuple[Batch, set[str]] | None = None  # a batch being retried, tables done
 
     def __repr__(self) -> str:
         return f"SupabaseSink({self.name!r})"
 
     async def open(self) -> None:
-        """Create the client and check that the tables and columns exist. Raises `SinkError`s."""
+        """Create the client and check that the tables and columns exist, and that the dead-letter
+        file can be written. Raises `SinkError`s."""
+        await self.dead_letters.check()
         client = await self.connect()
         for table, columns in TABLE_COLUMNS.items():
             await self._request(table, client.table(table).select(",".join(columns)).limit(1))
@@ -91,14 +192,14 @@ class SupabaseSink:
         await self.connect()
         done = self._retrying[1] if self._retrying and self._retrying[0] is batch else set()
         self._retrying = (batch, done)
-        tables: dict[str, list[Row]] = {
-            "equity_data": [_equity(row) for row in last_per_key(batch.equity)],
-            "indicators": [_indicator(row) for row in last_per_key(batch.indicators)],
-            "option_prices": [_option(row) for row in last_per_key(batch.options)],
+        tables: dict[str, list[_Model]] = {
+            "equity_data": list(last_per_key(batch.equity)),
+            "indicators": list(last_per_key(batch.indicators)),
+            "option_prices": list(last_per_key(batch.options)),
         }
-        for table, rows in tables.items():
-            if rows and table not in done:
-                await self._upsert(table, rows)
+        for table, models in tables.items():
+            if models and table not in done:
+                await self._upsert(table, models)
                 done.add(table)
         self._retrying = None
 
@@ -116,7 +217,9 @@ class SupabaseSink:
         from supabase import AsyncClientOptions, acreate_client
 
         # Our own retry policy (the batcher's) governs; the HTTP client only bounds each request.
-        session = httpx.AsyncClient(timeout=self._timeout, follow_redirects=True)
+        session = httpx.AsyncClient(
+            timeout=self._timeout, follow_redirects=True, event_hooks={"response": [self._keep_failed]}
+        )
         options = AsyncClientOptions(httpx_client=session, postgrest_client_retry=False)
         try:
             self._client = await acreate_client(self._url, self._key, options=options)
@@ -128,21 +231,30 @@ class SupabaseSink:
 
     # --- internals ---------------------------------------------------------------------------------
 
-    async def _upsert(self, table: str, rows: list[Row]) -> None:
-        """Write `rows`; isolate and dead-letter the rows the database refuses."""
-        sendable = []
-        for row in rows:
-            if all(not isinstance(v, float) or math.isfinite(v) for v in row.values()):
-                sendable.append(row)
+    async def _keep_failed(self, response: httpx.Response) -> None:
+        """httpx response hook: remember a failed answer, body read, for `_request` to classify."""
+        if response.status_code >= 400:
+            await response.aread()
+            self._failed = response
+
+    async def _upsert(self, table: str, models: list[_Model]) -> None:
+        """Write the rows; isolate and dead-letter the rows the database refuses."""
+        sendable: list[tuple[_Model, Row]] = []
+        refused: list[Refused] = []
+        for model in models:
+            if problem := unstorable(model):
+                refused.append(Refused(table, *problem, row_values(model)))
             else:
-                self._dead_letter(table, row, "non-finite", "NaN or infinite value: JSON cannot carry it")
+                sendable.append((model, _ROW[table](model)))
+        await self.dead_letters.add(refused)
         await self._bisect(table, sendable)
 
-    async def _bisect(self, table: str, rows: list[Row]) -> None:
+    async def _bisect(self, table: str, rows: list[tuple[_Model, Row]]) -> None:
         if not rows:
             return
-        request = (await self.connect()).table(table).upsert(
-            rows,
+        client = await self.connect()
+        request = client.table(table).upsert(
+            [row for _, row in rows],
             on_conflict=",".join(UNIQUE_KEYS[table]),
             returning="minimal",  # type: ignore[arg-type]
         )
@@ -150,65 +262,35 @@ class SupabaseSink:
             await self._request(table, request)
         except _BadRows as exc:
             if len(rows) == 1:
-                self._dead_letter(table, rows[0], exc.code, exc.message)
+                await self.dead_letters.add([Refused(table, exc.code, exc.message, row_values(rows[0][0]))])
                 return
             middle = len(rows) // 2
             await self._bisect(table, rows[:middle])
             await self._bisect(table, rows[middle:])
 
     async def _request(self, table: str, request: Any) -> None:
+        """Send one request; raise `_BadRows`, `SinkUnavailable` or `SinkRejected` if it failed."""
         from postgrest import APIError
 
+        self._failed = None
         try:
             await request.execute()
         except APIError as exc:
-            kind = _classify(exc)
-            code, message = str(exc.code), str(exc.message)
-            if kind == "bad_rows":
-                raise _BadRows(code, message) from None
-            if kind == "unavailable":
-                raise SinkUnavailable(f"{self.name}: {table}: {code} {message}") from None
-            fix = _KEY_HELP if code in AUTH_CODES or code.startswith("28") else _SCHEMA_HELP
-            raise SinkRejected(f"{self.name}: {table}: {code} {message}; {fix}") from None
+            failed, self._failed = self._failed, None
+            if failed is not None:
+                answer = classify_answer(failed.status_code, failed.headers, failed.content)
+            else:  # no answer seen (cannot happen with our session): classify by the body alone
+                answer = classify_answer(0, {}, json.dumps(exc.json()).encode())
+            if answer.kind == "bad_rows":
+                raise _BadRows(answer.code, answer.message) from None
+            if answer.kind == "unavailable":
+                raise SinkUnavailable(
+                    f"{self.name}: {table}: {answer.message}", retry_after=answer.retry_after
+                ) from None
+            raise SinkRejected(f"{self.name}: {table}: {answer.message}; {answer.fix}") from None
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise SinkUnavailable(f"{self.name}: {table}: {reason}") from None
-
-    def _dead_letter(self, table: str, row: Row, code: str, message: str) -> None:
-        now = datetime.now(UTC).isoformat()
-        record = {"at": now, "table": table, "code": code, "error": message, "row": row}
-        self._dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._dead_letter_path.open("a") as file:
-            file.write(json.dumps(record, default=str) + "\n")
-        self.dead_letters += 1
-        log.error(
-            "row rejected, written to the dead-letter file",
-            table=table,
-            code=code,
-            error=message,
-            row=json.dumps(row, default=str),
-            file=str(self._dead_letter_path),
-            dead_letters=self.dead_letters,
-        )
-
-
-def _classify(exc: APIError) -> _Kind:
-    """What a PostgREST error means for the batch, from its SQLSTATE or PGRST code (or, for a
-    non-JSON proxy answer, the HTTP status as a string)."""
-    code = str(exc.code or "")
-    if code[:2] in ("22", "23") or code == "21000":
-        return "bad_rows"
-    if code.startswith("PGRST00") or (code.isdigit() and code.startswith("5")):
-        return "unavailable"  # PostgREST cannot reach the database; gateway or proxy trouble
-    if code[:2] in _TRANSIENT_CLASSES and code != "P0001":
-        return "unavailable"
-    return "rejected"
-
-
-#: SQLSTATE classes PostgREST answers with 5xx: connection, resources, operator intervention,
-#: transaction rollback (serialization, deadlock), internal errors. Worth retrying.
-_TRANSIENT_CLASSES = frozenset({"08", "09", "25", "2D", "38", "39", "3B", "40", "53", "54", "55", "57", "58",
-                                "F0", "HV", "P0", "XX"})  # fmt: skip
 
 
 def _equity(row: EquityRow) -> Row:
@@ -236,3 +318,5 @@ def _option(row: OptionRow) -> Row:
     record["expiration_date"] = row.expiration_date.isoformat()
     return record
 
+
+_ROW: dict[str, Any] = {"equity_data": _equity, "indicators": _indicator, "option_prices": _option}
