@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,9 +18,10 @@ import psycopg
 import pytest
 from pg_cluster import PgCluster
 
+from streaming_service.config import load_settings
 from streaming_service.errors import ConfigError, SinkRejected, SinkUnavailable
 from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
-from streaming_service.sinks import PostgresSink, Sink, SQLiteSink, sink_from_url
+from streaming_service.sinks import PostgresSink, Sink, SQLiteSink, sink_for, sink_from_url
 from streaming_service.sinks.postgres import migrations_dir
 
 T0 = datetime(2026, 11, 24, 14, 30, tzinfo=UTC)
@@ -40,14 +43,20 @@ class Db:
     """One empty database of either kind: makes sinks for it and reads its tables back directly.
 
     `rows(table)` gives (ticker, timestamp, value, value) sorted by key, with numbers as Decimal
-    and timestamps as aware datetimes whatever the backend.
+    and timestamps as aware datetimes whatever the backend. Sinks write refused rows to `dead`;
+    `letters()` reads them back.
     """
 
-    def __init__(self, kind: str, url: str, make: Callable[..., Sink]) -> None:
-        self.kind, self.url, self._make = kind, url, make
+    def __init__(self, kind: str, url: str, make: Callable[..., Sink], dead: Path) -> None:
+        self.kind, self.url, self._make, self.dead = kind, url, make, dead
 
     def sink(self, **kwargs: Any) -> Sink:
-        return self._make(**kwargs)
+        return self._make(**{"dead_letter_path": self.dead, **kwargs})
+
+    def letters(self) -> list[dict[str, Any]]:
+        if not self.dead.exists():
+            return []
+        return [json.loads(line) for line in self.dead.read_text().splitlines()]
 
     def query(self, sql: str, *params: Any) -> list[Row]:
         if self.kind == "postgres":
@@ -64,6 +73,28 @@ class Db:
         raw = self.query(f"SELECT ticker, timestamp, {value_columns} FROM {table} ORDER BY 1, 2")
         return [(r[0], _as_datetime(r[1]), _as_decimal(r[2]), _as_decimal(r[3])) for r in raw]
 
+    def quick_sink(self) -> Sink:
+        """A sink that gives up after a short wait for a lock (see `unavailable`)."""
+        return self.sink(timeout=1.0) if self.kind == "postgres" else self.sink(busy_timeout=0.05)
+
+    @contextlib.contextmanager
+    def unavailable(self) -> Iterator[None]:
+        """While inside, another session holds a lock, so a `quick_sink`'s write raises
+        `SinkUnavailable` (Postgres: statement timeout on the locked table; SQLite: busy)."""
+        if self.kind == "postgres":
+            with psycopg.connect(self.url) as other:
+                other.execute("LOCK TABLE indicators IN ACCESS EXCLUSIVE MODE")
+                yield
+                other.rollback()
+            return
+        other = sqlite3.connect(self.url, isolation_level=None)
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            yield
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+
 
 def _as_datetime(value: Any) -> datetime:
     return datetime.fromisoformat(value) if isinstance(value, str) else value
@@ -75,11 +106,12 @@ def _as_decimal(value: Any) -> Decimal | None:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
+    dead = tmp_path / "dead" / "letters.jsonl"
     if request.param == "sqlite":
         path = tmp_path / "nested" / "dir" / "test.db"
-        return Db("sqlite", str(path), lambda **kw: SQLiteSink(path, **kw))
+        return Db("sqlite", str(path), lambda **kw: SQLiteSink(path, **kw), dead)
     dsn: str = request.getfixturevalue("postgres_dsn")
-    return Db("postgres", dsn, lambda **kw: PostgresSink(dsn, **kw))
+    return Db("postgres", dsn, lambda **kw: PostgresSink(dsn, **kw), dead)
 
 
 @pytest.fixture
@@ -165,39 +197,92 @@ async def test_duplicate_keys_within_a_batch_keep_the_last_row(db: Db, sink: Sin
     assert db.rows("indicators") == [("QQQ", at(0), None, 3)]
 
 
-async def test_a_batch_is_atomic_across_tables(db: Db, sink: Sink) -> None:
-    bad = Batch(
+async def test_a_refused_row_is_dead_lettered_and_the_rest_committed(db: Db, sink: Sink) -> None:
+    batch = Batch(
         equity=(EquityRow("QQQ", at(0), 1.0, 1),),
         indicators=(IndicatorRow("QQQ", at(0), 1.0, 1.0), IndicatorRow("TOOLONGTICKER", at(0), 1.0, 1.0)),
     )
-    with pytest.raises(SinkRejected) as caught:
-        await sink.write(bad)
-    if db.kind == "postgres":
-        assert "[22001]" in str(caught.value)  # string_data_right_truncation, with the SQLSTATE
-    assert db.rows("equity_data") == []
-    assert db.rows("indicators") == []
-    await sink.write(make_batch(n=1))  # the sink is still usable, and the failed rows stay out
-    assert len(db.rows("equity_data")) == len(db.rows("indicators")) == 1
+    await sink.write(batch)
+    assert db.rows("equity_data") == [("QQQ", at(0), 1, 1)]
+    assert db.rows("indicators") == [("QQQ", at(0), 1, 1)]
+    [letter] = db.letters()
+    print(f"{db.kind}: refused row -> {letter['code']}: {letter['error']}")
+    assert letter["table"] == "indicators"
+    assert letter["code"] == ("22001" if db.kind == "postgres" else "SQLITE_CONSTRAINT_CHECK")
+    assert letter["row"] == {
+        "ticker": "TOOLONGTICKER", "timestamp": at(0).isoformat(), "sma9": 1.0, "vwap": 1.0
+    }  # fmt: skip
+    assert set(letter) == {"at", "table", "code", "error", "row"}
+    assert datetime.fromisoformat(letter["at"]).tzinfo is not None
+    await sink.write(batch)  # a replay: the row is refused again but not written twice
+    assert len(db.letters()) == 1
 
 
 @pytest.mark.parametrize(
-    ("row", "match"),
+    ("row", "codes"),
     [
-        (EquityRow("QQQ", datetime(2026, 1, 2), 1.0, 1), "naive"),
-        (EquityRow("QQQ", T0, float("nan"), 1), "nan"),
-        (IndicatorRow("QQQ", T0, None, float("inf")), "inf"),
-        (EquityRow("QQQ", T0, 1.0, 2**63), "out of range|too large"),
-        (EquityRow("QQQ", T0, 1e9, 1), "overflow|CHECK constraint"),
+        (EquityRow("QQQ", datetime(2026, 1, 2), 1.0, 1), ("naive-timestamp", "naive-timestamp")),
+        (EquityRow("QQQ", T0, float("nan"), 1), ("non-finite", "non-finite")),
+        (IndicatorRow("QQQ", T0, None, float("inf")), ("non-finite", "non-finite")),
+        (EquityRow("QQQ", T0, 1.0, 2**63), ("22003", "OverflowError")),
+        (EquityRow("QQQ", T0, 1e9, 1), ("22003", "SQLITE_CONSTRAINT_CHECK")),
     ],
 )
-async def test_invalid_rows_reject_the_whole_batch(
-    db: Db, sink: Sink, row: EquityRow | IndicatorRow, match: str
+async def test_invalid_rows_are_dead_lettered_and_the_rest_written(
+    db: Db, sink: Sink, row: EquityRow | IndicatorRow, codes: tuple[str, str]
 ) -> None:
-    good = make_batch(n=1, ticker="SPY")
-    bad = Batch(equity=(*good.equity, row)) if isinstance(row, EquityRow) else Batch(indicators=(row,))
-    with pytest.raises(SinkRejected, match=match):
+    good = make_batch(n=2, ticker="SPY")
+    if isinstance(row, EquityRow):
+        bad = Batch(equity=(good.equity[0], row, good.equity[1]), indicators=good.indicators)
+    else:
+        bad = Batch(equity=good.equity, indicators=(good.indicators[0], row, good.indicators[1]))
+    await sink.write(bad)
+    assert [r[0] for r in db.rows("equity_data")] == ["SPY", "SPY"]
+    assert [r[0] for r in db.rows("indicators")] == ["SPY", "SPY"]
+    [letter] = db.letters()
+    print(f"{db.kind}: {row} -> {letter['code']}: {letter['error']}")
+    assert letter["code"] == codes[0 if db.kind == "postgres" else 1]
+    assert letter["table"] == ("equity_data" if isinstance(row, EquityRow) else "indicators")
+    assert letter["row"]["ticker"] == "QQQ"
+
+
+async def test_a_thousand_rows_with_three_bad_ones(db: Db) -> None:
+    """997 written, 3 dead letters; a replay after a forced SinkUnavailable adds no letter."""
+    batch = make_batch(n=1000)
+    equity = list(batch.equity)
+    for i in (10, 500, 999):
+        equity[i] = EquityRow("QQQ", at(i), 1e9 + i, 1)  # beyond DECIMAL(10, 2)
+    bad = Batch(tuple(equity), batch.indicators)
+    sink = db.quick_sink()
+    await sink.open()
+    started = time.perf_counter()
+    await sink.write(bad)
+    elapsed = time.perf_counter() - started
+    trips = getattr(sink, "round_trips", None)
+    print(
+        f"{db.kind}: 1000 rows, 3 bad -> {len(db.rows('equity_data'))} written, {len(db.letters())} "
+        f"dead letters, {trips if trips is not None else 'n/a'} round trips, {elapsed * 1000:.0f} ms"
+    )
+    assert len(db.rows("equity_data")) == 997 and len(db.rows("indicators")) == 1000
+    assert sorted(letter["row"]["price"] for letter in db.letters()) == [1e9 + 10, 1e9 + 500, 1e9 + 999]
+    with db.unavailable(), pytest.raises(SinkUnavailable):
         await sink.write(bad)
-    assert db.rows("equity_data") == []
+    await sink.write(bad)  # the batcher's retry
+    await sink.write(Batch(tuple(equity), batch.indicators))  # the same rows, a new batch object
+    print(f"{db.kind}: after a forced SinkUnavailable and 2 replays -> {len(db.letters())} dead letters")
+    assert len(db.letters()) == 3 and sink.dead_letters.count == 3  # type: ignore[attr-defined]
+    assert len(db.rows("equity_data")) == 997
+    await sink.aclose()
+
+
+async def test_dead_letters_of_a_new_process_are_not_repeated(db: Db, sink: Sink) -> None:
+    bad = Batch(equity=(EquityRow("QQQ", at(0), 1e9, 1), EquityRow("QQQ", at(1), 2.0, 2)))
+    await sink.write(bad)
+    restarted = db.sink()  # a new sink, as after a restart, replays the batch from the spool
+    await restarted.open()
+    await restarted.write(bad)
+    await restarted.aclose()
+    assert len(db.letters()) == 1 and len(db.rows("equity_data")) == 1
 
 
 async def test_a_large_batch_is_written_in_one_call(db: Db, sink: Sink) -> None:
@@ -217,6 +302,25 @@ async def test_empty_batch_and_lifecycle_errors(db: Db) -> None:
     await unopened.aclose()
     with pytest.raises(RuntimeError, match="aclose"):
         await unopened.write(make_batch())
+
+
+async def test_sink_for_passes_the_dead_letter_path_and_the_timeout(db: Db, tmp_path: Path) -> None:
+    url = db.url if db.kind == "postgres" else f"sqlite:///{db.url}"
+    dead = tmp_path / "configured" / "dead.jsonl"
+    settings = load_settings(database_url=url, dead_letter_path=dead, sink_timeout=1)
+    sink = sink_for(settings)
+    await sink.open()
+    await sink.write(Batch(equity=(EquityRow("QQQ", at(0), 1e9, 1), EquityRow("QQQ", at(1), 2.0, 2))))
+    assert [json.loads(line)["code"] for line in dead.read_text().splitlines()] == [
+        "22003" if db.kind == "postgres" else "SQLITE_CONSTRAINT_CHECK"
+    ]
+    started = time.perf_counter()
+    with db.unavailable(), pytest.raises(SinkUnavailable):
+        await sink.write(make_batch())
+    waited = time.perf_counter() - started
+    print(f"{db.kind}: SINK_TIMEOUT=1 -> gave up after {waited:.2f} s (defaults: Postgres 30 s, SQLite 5 s)")
+    assert waited < 4
+    await sink.aclose()
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
@@ -454,7 +558,15 @@ async def test_option_rows_upsert_on_their_five_column_key(db: Db, sink: Sink) -
     assert put_500[0] == "PUT"
 
 
-async def test_option_row_with_nan_is_rejected(sink: Sink) -> None:
-    bad = OptionRow(**{**{f: getattr(option_row(), f) for f in OptionRow.__slots__}, "delta": float("nan")})
-    with pytest.raises(SinkRejected, match="nan"):
-        await sink.write(Batch(options=(bad,)))
+async def test_option_rows_with_nan_or_a_bad_type_are_dead_lettered(db: Db, sink: Sink) -> None:
+    nan = OptionRow(**{**{f: getattr(option_row(), f) for f in OptionRow.__slots__}, "delta": float("nan")})
+    fields = {f: getattr(option_row(502.0), f) for f in OptionRow.__slots__}
+    bad_type = OptionRow(**{**fields, "option_type": "BOTH"})  # type: ignore[arg-type]
+    await sink.write(Batch(options=(nan, option_row(501.0), bad_type)))
+    assert [r[1] for r in option_rows(db)] == [Decimal("501")]
+    letters = db.letters()
+    print(f"{db.kind}: option letters {[(x['code'], x['error']) for x in letters]}")
+    assert [x["code"] for x in letters] == [
+        "non-finite", "23514" if db.kind == "postgres" else "SQLITE_CONSTRAINT_CHECK"
+    ]  # fmt: skip
+    assert letters[0]["row"]["delta"] == "nan" and letters[0]["row"]["expiration_date"] == "2026-11-27"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from streaming_service.errors import SinkRejected, SinkUnavailable
 from streaming_service.models import Batch, EquityRow, IndicatorRow, Tick
 from streaming_service.pipeline import Pipeline, RowPair
 from streaming_service.simulator import SimulatedMarket
+from streaming_service.sinks import sink_for
 from streaming_service.sinks.supabase import SupabaseSink
 
 T0 = datetime(2026, 11, 24, 14, 30, tzinfo=UTC)
@@ -367,3 +369,28 @@ async def test_dead_letters_are_written_once_when_a_batch_is_replayed(
     print(f"3 writes of a batch with 1 bad row -> {len(lines)} dead-letter line(s)")
     assert len(lines) == 1 and sink.dead_letters.count == 1
     assert table_totals(supabase_dsn)["equity_data"] == (7, 7)
+
+
+async def test_sink_for_passes_the_dead_letter_path_and_the_timeout(
+    double: PostgrestDouble, tmp_path: Path
+) -> None:
+    dead = tmp_path / "configured" / "dead.jsonl"
+    settings = load_settings(
+        supabase_url=double.url,
+        supabase_service_role_key=make_key("service_role"),
+        database_url=None,
+        dead_letter_path=dead,
+        sink_timeout=1,
+    )
+    sink = sink_for(settings)
+    await sink.open()
+    await sink.write(Batch(equity=(EquityRow("QQQ", T0, 1e9, 1),)))
+    assert json.loads(dead.read_text())["code"] == "22003"
+    double.fail_next(1, "timeout")
+    started = time.perf_counter()
+    with pytest.raises(SinkUnavailable, match="Timeout"):
+        await sink.write(rows(2))
+    waited = time.perf_counter() - started
+    print(f"supabase: SINK_TIMEOUT=1 -> gave up after {waited:.2f} s (the sink's default: 10 s)")
+    assert waited < 4
+    await sink.aclose()

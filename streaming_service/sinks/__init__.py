@@ -5,6 +5,8 @@ else Supabase's REST API if SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are, else
 - `sqlite:///relative/path.db`, `sqlite:////absolute/path.db` → `SQLiteSink`
 - `postgresql://user:password@host:port/dbname` (or `postgres://…`) → `PostgresSink`
 
+Every sink is given the dead-letter file (rows the database refuses, `sinks.dead_letters`) and a
+timeout (seconds per database request; SQLite: how long a write waits for another process's lock).
 The sink modules are imported on first use, so psycopg is only loaded when Postgres is used.
 """
 
@@ -31,7 +33,8 @@ _ALLOWED = (
 
 
 def sink_for(settings: Settings) -> Sink:
-    """Return the unopened sink `settings` select (see the module docstring)."""
+    """Return the unopened sink `settings` select (see the module docstring), with
+    DEAD_LETTER_PATH and SINK_TIMEOUT."""
     if settings.sink_url == "supabase":
         from streaming_service.sinks.supabase import SupabaseSink
 
@@ -40,25 +43,33 @@ def sink_for(settings: Settings) -> Sink:
             settings.supabase_url,
             settings.supabase_service_role_key.get_secret_value(),
             dead_letter_path=settings.dead_letter_path,
+            timeout=settings.sink_timeout,
         )
-    return sink_from_url(settings.sink_url)
+    return sink_from_url(
+        settings.sink_url, dead_letter_path=settings.dead_letter_path, timeout=settings.sink_timeout
+    )
 
 
-def sink_from_url(url: str) -> Sink:
+def sink_from_url(url: str, *, dead_letter_path: Path | None = None, timeout: float | None = None) -> Sink:
     """Return an unopened sink for `url`; raises `ConfigError` naming the value (password hidden)
-    and the allowed forms if the URL is not one of them.
+    and the allowed forms if the URL is not one of them. `dead_letter_path` None means
+    `data/dead_letters.jsonl`; `timeout` None means the sink's default (Postgres 30 s, SQLite 5 s).
     """
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")  # a fourth slash is the root of an absolute path
         if path and not path.endswith("/") and "?" not in path:
             from streaming_service.sinks.sqlite import SQLiteSink
 
-            return SQLiteSink(Path(path))
+            if timeout is None:
+                return SQLiteSink(Path(path), dead_letter_path=dead_letter_path)
+            return SQLiteSink(Path(path), busy_timeout=timeout, dead_letter_path=dead_letter_path)
     elif url.startswith(("postgresql://", "postgres://")):
         from streaming_service.sinks.postgres import PostgresSink
 
         try:
-            return PostgresSink(url)
+            if timeout is None:
+                return PostgresSink(url, dead_letter_path=dead_letter_path)
+            return PostgresSink(url, timeout=timeout, dead_letter_path=dead_letter_path)
         except ConfigError:
             raise ConfigError(
                 f"invalid database URL {_redact(url)!r}: libpq cannot parse it; use one of: {_ALLOWED}"

@@ -1,11 +1,17 @@
 """Direct PostgreSQL sink (psycopg 3, async): one transaction and one round trip per batch.
 
-Library errors are mapped at this boundary:
+Library errors are mapped at this boundary, by SQLSTATE (`sinks.base.classify_sqlstate`, the same
+classification the Supabase sink applies to PostgREST's codes):
 
-- cannot connect, connection lost, server shutting down, timeout → `SinkUnavailable`
-  (the next `write` reconnects by itself);
-- the server refuses the data or the schema is wrong (DataError, IntegrityError,
-  ProgrammingError, …) → `SinkRejected`, with the SQLSTATE and the server's message.
+- cannot connect, connection lost, server shutting down, timeout, serialization failure, deadlock
+  → `SinkUnavailable` (the next `write` reconnects by itself);
+- the server refuses rows (SQLSTATE class 22 or 23: numeric overflow, a too long ticker, a CHECK
+  or NOT NULL violation…) → the batch is written again in the same transaction with each table's
+  rows split in halves, under savepoints, until the refused rows are isolated; the others are
+  committed and each refused row goes to the dead-letter file (`sinks.dead_letters`) once, with
+  its SQLSTATE. Rows with NaN, infinity or a naive timestamp are dead-lettered without being sent;
+- credentials, privileges, a missing table or column (classes 28 and 42, 3D000, …) →
+  `SinkRejected`, with the SQLSTATE and the server's message.
 
 Names and messages never contain the password.
 """
@@ -13,8 +19,6 @@ Names and messages never contain the password.
 from __future__ import annotations
 
 import asyncio
-import math
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,15 @@ from psycopg.conninfo import conninfo_to_dict
 
 from streaming_service.errors import ConfigError, SinkRejected, SinkUnavailable
 from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
-from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS, last_per_key, option_values
+from streaming_service.sinks.base import (
+    TABLE_COLUMNS,
+    UNIQUE_KEYS,
+    classify_sqlstate,
+    last_per_key,
+    option_values,
+    unstorable,
+)
+from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values
 
 __all__ = ["PostgresSink", "migrations_dir"]
 
@@ -64,6 +76,8 @@ _PERMANENT_CONNECT_ERRORS = (
 )
 
 _Connection = psycopg.AsyncConnection[tuple[Any, ...]]
+_Model = EquityRow | IndicatorRow | OptionRow
+_Query = tuple[str | bytes, list[Any] | None]
 
 
 def migrations_dir() -> Path:
@@ -89,8 +103,10 @@ class PostgresSink:
     would cost a second round trip per batch.
     """
 
-    def __init__(self, dsn: str, *, timeout: float = 30.0) -> None:
-        """Raises `ConfigError` if `dsn` cannot be parsed (the message does not echo it)."""
+    def __init__(self, dsn: str, *, timeout: float = 30.0, dead_letter_path: Path | None = None) -> None:
+        """`dead_letter_path`: the dead-letter file (None: `data/dead_letters.jsonl`).
+
+        Raises `ConfigError` if `dsn` cannot be parsed (the message does not echo it)."""
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError:
@@ -100,6 +116,9 @@ class PostgresSink:
         host = str(params.get("host") or params.get("hostaddr") or "localhost")
         self._where = f"{host}:{params.get('port') or 5432}"
         self.name = f"postgres:{self._where}/{params.get('dbname') or params.get('user') or ''}"
+        self.dead_letters = DeadLetters(dead_letter_path)
+        #: Round trips to the server made by `write` (a cost measure for benchmarks and tests).
+        self.round_trips = 0
         self._dsn = dsn
         self._timeout = timeout
         self._conn: _Connection | None = None
@@ -111,10 +130,12 @@ class PostgresSink:
 
         Each migration file runs in its own transaction, in filename order; they are written to be
         safe to re-run. Idempotent. Raises `SinkUnavailable` if the server cannot be reached (or
-        times out), `SinkRejected` if it refuses the login or a migration fails.
+        times out), `SinkRejected` if it refuses the login, a migration fails or the dead-letter
+        file cannot be written.
         """
         if self._closed:
             raise RuntimeError(f"{self.name}: open() after aclose()")
+        await self.dead_letters.check()
         conn = await self._connection()
         try:
             if await self._missing_tables(conn):
@@ -131,39 +152,108 @@ class PostgresSink:
     async def write(self, batch: Batch) -> None:
         """Upsert the batch's rows in one transaction, sent in one round trip (pipeline mode).
 
-        Rows that repeat a (ticker, timestamp) key within one table of the batch are reduced to the
-        last one, because Postgres refuses to update a row twice in one statement. `None` is stored
-        as NULL, `0.0` as 0; numbers are rounded by the columns' DECIMAL scale. A naive timestamp or
-        a NaN/infinite number rejects the batch before anything is sent. Replaying a batch changes
-        nothing. Raises `SinkUnavailable` (retry the batch; the next call reconnects) or
-        `SinkRejected`; after either nothing of the batch is committed, except when the connection
-        is lost while the commit is in flight — which a replay makes harmless.
+        Rows that repeat a key within one table of the batch are reduced to the last one, because
+        Postgres refuses to update a row twice in one statement. `None` is stored as NULL, `0.0` as
+        0; numbers are rounded by the columns' DECIMAL scale. Replaying a batch changes nothing.
+
+        Rows the server refuses (SQLSTATE class 22/23), or that cannot be sent (NaN, infinity, a naive
+        timestamp), are isolated and dead-lettered, the others committed: see the module docstring.
+        That costs two more round trips, plus about two per refused row and halving. Raises
+        `SinkUnavailable` (retry the batch; the next call reconnects) or `SinkRejected`; after either
+        nothing of the batch is committed, except when the connection is lost while the commit is in
+        flight — which a replay makes harmless.
         """
         if not self._opened or self._closed:
             raise RuntimeError(f"{self.name}: write() before open() or after aclose()")
         if not len(batch):
             return
-        statements: list[tuple[str, list[list[Any]]]] = []
-        if equity := last_per_key(batch.equity):
-            statements.append((_UPSERT_EQUITY, _equity_columns(equity)))
-        if indicators := last_per_key(batch.indicators):
-            statements.append((_UPSERT_INDICATORS, _indicator_columns(indicators)))
-        if options := last_per_key(batch.options):
-            statements.append((_UPSERT_OPTIONS, _option_columns(options)))
+        refused: list[Refused] = []
+        tables: list[tuple[str, list[_Model]]] = []
+        for table, rows in (
+            ("equity_data", last_per_key(batch.equity)),
+            ("indicators", last_per_key(batch.indicators)),
+            ("option_prices", last_per_key(batch.options)),
+        ):
+            storable: list[_Model] = []
+            for row in rows:
+                if problem := unstorable(row):
+                    refused.append(Refused(table, *problem, row_values(row)))
+                else:
+                    storable.append(row)
+            if storable:
+                tables.append((table, storable))
+        if tables:
+            refused += await self._write_tables(tables)
+        await self.dead_letters.add(refused)
+
+    async def _write_tables(self, tables: list[tuple[str, list[_Model]]]) -> list[Refused]:
+        """Commit `tables` in one transaction; return the rows the server refused."""
         conn = await self._connection()
         try:
-            # Pipeline mode: every message is sent, then one Sync; an error skips the rest (COMMIT
-            # included) and surfaces when the block exits, leaving the transaction to roll back.
-            async with asyncio.timeout(self._timeout), conn.pipeline():
-                await conn.execute("BEGIN")
-                for query, params in statements:
-                    await conn.execute(query, params)
-                await conn.execute("COMMIT")
+            try:
+                # Pipeline mode: every message is sent, then one Sync; an error skips the rest (COMMIT
+                # included) and surfaces when the block exits, leaving the transaction to roll back.
+                statements = [_upsert(table, rows) for table, rows in tables]
+                await self._round_trip(conn, [("BEGIN", None), *statements, ("COMMIT", None)])
+                return []
+            except psycopg.Error as exc:
+                if not _refuses_rows(exc):
+                    raise
+            return await self._write_isolating(conn, tables)
         except (psycopg.Error, TimeoutError) as exc:
             raise await self._fail(exc, "write") from exc
         except BaseException:  # cancelled mid-write: the transaction state is unknown
             await self._drop()
             raise
+
+    async def _write_isolating(
+        self, conn: _Connection, tables: list[tuple[str, list[_Model]]]
+    ) -> list[Refused]:
+        """The batch again, in one transaction, each table's rows split in halves under a savepoint
+        until the refused rows are isolated. A failed attempt's `ROLLBACK TO` rides with the next
+        round trip."""
+        refused: list[Refused] = []
+        pending: list[_Query] = [("ROLLBACK", None), ("BEGIN", None)]  # end the failed transaction
+
+        async def attempt(table: str, rows: list[_Model]) -> psycopg.Error | None:
+            nonlocal pending
+            queries = [*pending, ("SAVEPOINT isolate", None), _upsert(table, rows)]
+            pending = [("RELEASE SAVEPOINT isolate", None)]
+            try:
+                await self._round_trip(conn, queries)
+            except psycopg.Error as exc:
+                if not _refuses_rows(exc):
+                    raise
+                pending = [("ROLLBACK TO SAVEPOINT isolate", None), ("RELEASE SAVEPOINT isolate", None)]
+                return exc
+            return None
+
+        async def isolate(table: str, rows: list[_Model], known: psycopg.Error | None) -> int:
+            """Write `rows` but the refused ones; `known` is their error if they are known to fail.
+            Returns how many rows were refused."""
+            error = known if known is not None else await attempt(table, rows)
+            if error is None:
+                return 0
+            if len(rows) == 1:
+                code = error.sqlstate or "no SQLSTATE"
+                refused.append(Refused(table, code, _oneline(error), row_values(rows[0])))
+                return 1
+            middle = len(rows) // 2
+            left = await isolate(table, rows[:middle], None)
+            # The whole failed: if its first half did not, the second half is known to fail.
+            return left + await isolate(table, rows[middle:], None if left else error)
+
+        for table, rows in tables:
+            await isolate(table, rows, None)
+        await self._round_trip(conn, [*pending, ("COMMIT", None)])
+        return refused
+
+    async def _round_trip(self, conn: _Connection, queries: list[_Query]) -> None:
+        """Send `queries` in one pipeline, within the timeout; raises the first error."""
+        self.round_trips += 1
+        async with asyncio.timeout(self._timeout), conn.pipeline():
+            for query, params in queries:
+                await conn.execute(query, params)
 
     async def aclose(self) -> None:
         """Close the connection; idempotent. Any open transaction is rolled back by the server."""
@@ -228,60 +318,71 @@ class PostgresSink:
     async def _fail(self, exc: BaseException, doing: str) -> SinkRejected | SinkUnavailable:
         """Leave the connection clean (rolled back, or dropped) and map `exc` to a sink error."""
         conn = self._conn
-        retryable = isinstance(exc, TimeoutError | psycopg.OperationalError | psycopg.InterfaceError)
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate:
+            retryable = classify_sqlstate(sqlstate) == "unavailable"
+        else:  # no SQLSTATE: the connection failed, or the timeout struck
+            retryable = isinstance(exc, TimeoutError | psycopg.OperationalError | psycopg.InterfaceError)
         if conn is not None and not retryable and not conn.closed:
             try:
                 await conn.rollback()
             except psycopg.Error:
                 retryable = True
-        if retryable:
+        if retryable or (conn is not None and conn.closed):
             await self._drop()
         if isinstance(exc, TimeoutError):
             return SinkUnavailable(f"{self.name}: {doing}: no answer within {self._timeout:g}s")
-        sqlstate = getattr(exc, "sqlstate", None) or "no SQLSTATE"
-        message = f"{self.name}: {doing} failed: [{sqlstate}] {_oneline(exc)}"
-        return SinkUnavailable(message) if retryable else SinkRejected(message)
+        message = f"{self.name}: {doing} failed: [{sqlstate or 'no SQLSTATE'}] {_oneline(exc)}"
+        if retryable:
+            return SinkUnavailable(message)
+        return SinkRejected(f"{message}; {_fix(sqlstate)}")
 
 
-def _equity_columns(rows: list[EquityRow]) -> list[list[Any]]:
+def _fix(sqlstate: str | None) -> str:
+    if sqlstate and (sqlstate.startswith("28") or sqlstate == "42501"):
+        return "check the user, password and privileges in DATABASE_URL"
+    if sqlstate and sqlstate.startswith("42"):
+        return (
+            "the tables do not match what the service writes: apply supabase/migrations "
+            "(a missing table is created at start)"
+        )
+    return "see the server's message"
+
+
+def _refuses_rows(exc: psycopg.Error) -> bool:
+    return exc.sqlstate is not None and classify_sqlstate(exc.sqlstate) == "bad_rows"
+
+
+def _upsert(table: str, rows: list[Any]) -> _Query:
+    if table == "equity_data":
+        return _UPSERT_EQUITY, _equity_columns(rows)
+    if table == "indicators":
+        return _UPSERT_INDICATORS, _indicator_columns(rows)
+    return _UPSERT_OPTIONS, _option_columns(rows)
+
+
+def _equity_columns(rows: list[EquityRow]) -> list[Any]:
     return [
         [row.ticker for row in rows],
-        [_aware(row.timestamp) for row in rows],
-        [_finite(row.price) for row in rows],
+        [row.timestamp for row in rows],
+        [row.price for row in rows],
         [row.volume for row in rows],
     ]
 
 
-def _indicator_columns(rows: list[IndicatorRow]) -> list[list[Any]]:
+def _indicator_columns(rows: list[IndicatorRow]) -> list[Any]:
     return [
         [row.ticker for row in rows],
-        [_aware(row.timestamp) for row in rows],
-        [_finite(row.sma9) for row in rows],
-        [_finite(row.vwap) for row in rows],
+        [row.timestamp for row in rows],
+        [row.sma9 for row in rows],
+        [row.vwap for row in rows],
     ]
 
 
-def _option_columns(rows: list[OptionRow]) -> list[list[Any]]:
-    try:
-        records = [option_values(row) for row in rows]
-    except ValueError as exc:
-        raise SinkRejected(str(exc)) from None
-    for record in records:
-        _aware(record[1])
+def _option_columns(rows: list[OptionRow]) -> list[Any]:
+    records = [option_values(row, check_finite=False) for row in rows]  # unstorable() ran before
     return [list(column) for column in zip(*records, strict=True)]
 
 
 def _oneline(exc: BaseException) -> str:
     return " ".join(str(exc).split())
-
-
-def _finite(value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise SinkRejected(f"cannot store {value!r}: NaN and infinity are not valid prices")
-    return value
-
-
-def _aware(ts: datetime) -> datetime:
-    if ts.tzinfo is None or ts.utcoffset() is None:
-        raise SinkRejected(f"naive timestamp {ts.isoformat()}: rows must carry timezone-aware UTC")
-    return ts

@@ -9,12 +9,18 @@ same data. Timestamps closer than a millisecond share a key here (Postgres keeps
 
 All sqlite3 calls run in a worker thread (`asyncio.to_thread`) on one connection, one call at a
 time (a `threading.Lock`, which also holds if an awaiting task is cancelled).
+
+A row SQLite refuses (a CHECK or NOT NULL constraint, an integer beyond 64 bits) does not stop the
+batch: that table's rows are written again one by one within the transaction, the others are
+committed and each refused row goes to the dead-letter file (`sinks.dead_letters`) once, with
+SQLite's error name (`SQLITE_CONSTRAINT_CHECK`, …) as its code. Rows with NaN, infinity or a naive
+timestamp are dead-lettered without being sent. A locked or full database is `SinkUnavailable`;
+anything else SQLite refuses is `SinkRejected`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -23,12 +29,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from streaming_service.errors import SinkRejected, SinkUnavailable
-from streaming_service.models import Batch, OptionRow
-from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS, last_per_key, option_values
+from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
+from streaming_service.sinks.base import (
+    TABLE_COLUMNS,
+    UNIQUE_KEYS,
+    last_per_key,
+    option_values,
+    unstorable,
+)
+from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values
 
 __all__ = ["SQLiteSink"]
 
 _T = TypeVar("_T")
+_Model = EquityRow | IndicatorRow | OptionRow
+#: What a single row can fail with: a constraint, a value SQLite cannot hold.
+_ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError)
+#: Error names worth retrying: another process holds the lock; the disk is full or failing.
+_TRANSIENT = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS equity_data (
@@ -99,25 +117,29 @@ _PRICE_SCALE = 2  # DECIMAL(10, 2) in the Postgres schema
 def iso_utc(ts: datetime) -> str:
     """Format an aware datetime as stored: UTC, milliseconds, '+00:00' (sub-ms digits dropped).
 
-    Raises `SinkRejected` for a naive datetime.
+    Raises `ValueError` for a naive datetime.
     """
     if ts.tzinfo is None or ts.utcoffset() is None:
-        raise SinkRejected(f"naive timestamp {ts.isoformat()}: rows must carry timezone-aware UTC")
+        raise ValueError(f"naive timestamp {ts.isoformat()}: rows must carry timezone-aware UTC")
     return ts.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def _scaled(value: float | None) -> float | None:
-    """Round to the Postgres columns' scale; raises `SinkRejected` for NaN or infinity."""
-    if value is None:
-        return None
-    if not math.isfinite(value):
-        raise SinkRejected(f"cannot store {value!r}: NaN and infinity are not valid prices")
-    return round(value, _PRICE_SCALE)
+    """Round to the Postgres columns' scale."""
+    return None if value is None else round(value, _PRICE_SCALE)
 
 
-def _option_record(row: OptionRow) -> tuple[Any, ...]:
-    values = option_values(row)
+def _record(table: str, row: Any) -> tuple[Any, ...]:
+    """The row's parameters for its table's upsert (`unstorable(row)` must be None)."""
+    if table == "equity_data":
+        return (row.ticker, iso_utc(row.timestamp), _scaled(row.price), row.volume)
+    if table == "indicators":
+        return (row.ticker, iso_utc(row.timestamp), _scaled(row.sma9), _scaled(row.vwap))
+    values = option_values(row, check_finite=False)
     return (values[0], iso_utc(values[1]), *values[2:4], values[4].isoformat(), *values[5:])
+
+
+_UPSERTS = {"equity_data": _UPSERT_EQUITY, "indicators": _UPSERT_INDICATORS, "option_prices": _UPSERT_OPTIONS}
 
 
 class SQLiteSink:
@@ -127,9 +149,13 @@ class SQLiteSink:
     raising `SinkUnavailable`.
     """
 
-    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self, path: Path, *, busy_timeout: float = 5.0, dead_letter_path: Path | None = None
+    ) -> None:
+        """`dead_letter_path`: the dead-letter file (None: `data/dead_letters.jsonl`)."""
         self.path = Path(path)
         self.name = f"sqlite:{self.path}"
+        self.dead_letters = DeadLetters(dead_letter_path)
         self._busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._closed = False
@@ -138,36 +164,47 @@ class SQLiteSink:
     async def open(self) -> None:
         """Create the parent directory, the file and the tables (if missing). Idempotent.
 
-        Raises `SinkUnavailable` if the file is locked, `SinkRejected` if it cannot be used.
+        Raises `SinkUnavailable` if the file is locked, `SinkRejected` if it (or the dead-letter
+        file) cannot be used.
         """
         if self._closed:
             raise RuntimeError(f"{self.name}: open() after aclose()")
+        await self.dead_letters.check()
         await self._run(self._open_sync)
 
     async def write(self, batch: Batch) -> None:
         """Upsert the batch's rows in one transaction; replaying a batch changes nothing.
 
-        Rows repeating a (ticker, timestamp) key leave the last one's values. `None` is stored as
-        NULL, `0.0` as 0. A naive timestamp or a NaN/infinite number rejects the batch. Raises
-        `SinkUnavailable` (database locked: retry) or `SinkRejected` (e.g. a CHECK failed); after
-        either, nothing of the batch is committed.
+        Rows repeating a key leave the last one's values. `None` is stored as NULL, `0.0` as 0.
+        Rows SQLite refuses, or that cannot be stored (NaN, infinity, a naive timestamp), are
+        dead-lettered and the others committed (see the module docstring). Raises
+        `SinkUnavailable` (database locked or disk full: retry) or `SinkRejected`; after either,
+        nothing of the batch is committed.
         """
         if self._conn is None or self._closed:
             raise RuntimeError(f"{self.name}: write() before open() or after aclose()")
         if not len(batch):
             return
-        equity = [
-            (row.ticker, iso_utc(row.timestamp), _scaled(row.price), row.volume) for row in batch.equity
+        refused: list[Refused] = []
+        tables: list[tuple[str, list[_Model], list[tuple[Any, ...]]]] = []
+        for table, rows in (
+            ("equity_data", batch.equity),
+            ("indicators", batch.indicators),
+            ("option_prices", last_per_key(batch.options)),
+        ):
+            storable: list[_Model] = []
+            for row in rows:
+                if problem := unstorable(row):
+                    refused.append(Refused(table, *problem, row_values(row)))
+                else:
+                    storable.append(row)
+            tables.append((table, storable, [_record(table, row) for row in storable]))
+        failed = await self._run(self._write_sync, [(table, records) for table, _, records in tables])
+        models = {table: rows for table, rows, _ in tables}
+        refused += [
+            Refused(table, code, error, row_values(models[table][i])) for table, i, code, error in failed
         ]
-        indicators = [
-            (row.ticker, iso_utc(row.timestamp), _scaled(row.sma9), _scaled(row.vwap))
-            for row in batch.indicators
-        ]
-        try:
-            options = [_option_record(row) for row in last_per_key(batch.options)]
-        except ValueError as exc:
-            raise SinkRejected(f"{self.name}: {exc}") from None
-        await self._run(self._write_sync, equity, indicators, options)
+        await self.dead_letters.add(refused)
 
     async def aclose(self) -> None:
         """Close the database file; idempotent."""
@@ -177,13 +214,15 @@ class SQLiteSink:
     async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
         try:
             return await asyncio.to_thread(self._locked, func, *args)
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+        except sqlite3.Error as exc:
+            name = getattr(exc, "sqlite_errorname", "") or ""
+            if name.startswith(_TRANSIENT) or "locked" in str(exc) or "busy" in str(exc):
                 raise SinkUnavailable(
-                    f"{self.name}: the database is locked by another process ({exc}); retry later"
+                    f"{self.name}: the database is locked by another process or the disk is full or "
+                    f"failing ({name or type(exc).__name__}: {exc}); retry later"
                 ) from exc
-            raise SinkRejected(f"{self.name}: {exc}") from exc
-        except (sqlite3.Error, OverflowError) as exc:
+            raise SinkRejected(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        except OverflowError as exc:
             raise SinkRejected(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         except OSError as exc:
             raise SinkRejected(f"{self.name}: cannot create the database file: {exc}") from exc
@@ -208,22 +247,36 @@ class SQLiteSink:
             raise
         self._conn = conn
 
-    def _write_sync(
-        self, equity: list[tuple[Any, ...]], indicators: list[tuple[Any, ...]], options: list[tuple[Any, ...]]
-    ) -> None:
+    def _write_sync(self, tables: list[tuple[str, list[tuple[Any, ...]]]]) -> list[tuple[str, int, str, str]]:
+        """Upsert every table's records in one transaction; returns (table, index, code, error) for
+        each record SQLite refused (the rest are committed)."""
         conn = self._conn
         if conn is None:  # closed while the write was queued
             raise sqlite3.ProgrammingError("the sink was closed")
+        refused: list[tuple[str, int, str, str]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_UPSERT_EQUITY, equity)
-            conn.executemany(_UPSERT_INDICATORS, indicators)
-            conn.executemany(_UPSERT_OPTIONS, options)
+            for table, records in tables:
+                conn.execute("SAVEPOINT batch_table")
+                try:
+                    conn.executemany(_UPSERTS[table], records)
+                except _ROW_ERRORS:
+                    # Undo this table's rows and write them one by one: a failed statement undoes
+                    # only itself, so the transaction goes on.
+                    conn.execute("ROLLBACK TO batch_table")
+                    for index, record in enumerate(records):
+                        try:
+                            conn.execute(_UPSERTS[table], record)
+                        except _ROW_ERRORS as exc:
+                            code = getattr(exc, "sqlite_errorname", "") or type(exc).__name__
+                            refused.append((table, index, code, str(exc)))
+                conn.execute("RELEASE batch_table")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        return refused
 
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None
