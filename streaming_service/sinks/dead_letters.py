@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -130,7 +131,11 @@ class DeadLetters:
         with self.path.open("a", encoding="utf-8") as file:
             file.write(lines)
             file.flush()
-            os.fsync(file.fileno())
+            try:
+                os.fsync(file.fileno())
+            except OSError as exc:  # a pipe or /dev/null cannot be synced, and need not be
+                if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+                    raise
         for digest in new:
             self._remember_digest(seen, digest)
         return list(new.values())
