@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import socket
 import sqlite3
 import time
@@ -397,6 +398,31 @@ async def test_a_missing_table_after_open_is_rejected_with_its_sqlstate(db: Db, 
     with pytest.raises(SinkRejected, match=r"\[42P01\]"):
         await sink.write(make_batch())
     assert db.rows("equity_data") == []
+
+
+@pytest.mark.parametrize(("rows", "bad"), [(1000, 0), (1000, 1), (1000, 3), (1000, 30), (200, 200)])
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+async def test_postgres_isolation_costs_round_trips_per_bad_row_not_per_row(
+    db: Db, rows: int, bad: int
+) -> None:
+    batch = make_batch(n=rows)
+    step = rows // bad if bad else 0
+    wrong = {i * step for i in range(bad)}
+    equity = tuple(EquityRow("QQQ", at(i), 1e9, 1) if i in wrong else r for i, r in enumerate(batch.equity))
+    sink = db.sink()
+    await sink.open()
+    assert isinstance(sink, PostgresSink)
+    started = time.perf_counter()
+    await sink.write(Batch(equity, batch.indicators))
+    elapsed = time.perf_counter() - started
+    await sink.aclose()
+    levels = math.ceil(math.log2(rows))
+    print(
+        f"postgres: {rows} rows, {bad} bad -> {len(db.rows('equity_data'))} written, "
+        f"{len(db.letters())} dead letters, {sink.round_trips} round trips, {elapsed * 1000:.0f} ms"
+    )
+    assert len(db.rows("equity_data")) == rows - bad and len(db.letters()) == bad
+    assert sink.round_trips == 1 if not bad else sink.round_trips <= 3 + 2 * bad * levels
 
 
 async def test_unreachable_postgres_is_unavailable() -> None:
