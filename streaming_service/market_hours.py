@@ -113,18 +113,17 @@ class MarketCalendar:
         """
         now = time.time() if now is None else now
         hours = self._hours if self._hours is not None else self._read_cache()
-        usable = hours is not None and hours.session_for(now) is not None
-        if hours is not None and usable and not hours.needs_rebuild(now):
+        if hours is not None and hours.session_for(now) is None:
+            hours = None  # used up: nothing to fall back on
+        if hours is not None and (not hours.needs_rebuild(now) or self._retry_pending(now)):
             self._hours = hours
-            return hours
-        if hours is not None and usable and self._retry_pending(now):
             return hours
         self._last_attempt = now
         try:
             text, built = self._build(now)
         except _BuildFailed as exc:
             self.failures += 1
-            if hours is None or not usable:
+            if hours is None:
                 raise CalendarUnavailable(self._unavailable_message(str(exc))) from None
             days = hours.days_left(now)
             report = log.error if days < ALERT_DAYS else log.warning
@@ -145,7 +144,8 @@ class MarketCalendar:
         return built
 
     def _retry_pending(self, now: float) -> bool:
-        return self._last_attempt is not None and now - self._last_attempt < self._retry_s
+        """A failed attempt less than `retry_s` ago (a clock set back does not postpone the retry)."""
+        return self._last_attempt is not None and 0 <= now - self._last_attempt < self._retry_s
 
     def _read_cache(self) -> MarketHours | None:
         try:

@@ -192,9 +192,12 @@ def test_failed_rebuild_keeps_a_valid_cache_and_retries_hourly(tmp_path: Path, c
         assert calendar(now + 59 * 60) is hours  # within the hour: no new child, no noise
     assert python.run_count == 1 and logs == []
 
+    calendar(now - 3600)  # the clock was set back: that must not postpone the retry
+    assert python.run_count == 2 and calendar.failures == 2
+
     python.broken = False
     rebuilt = calendar(now + 61 * 60)
-    assert python.run_count == 2 and calendar.failures == 0
+    assert python.run_count == 3 and calendar.failures == 0
     assert not rebuilt.needs_rebuild(now) and rebuilt.days_left(now) > 300
     assert json.loads(cache.read_text())[0] == list(rebuilt.sessions[0])
 
