@@ -1,4 +1,5 @@
-"""Partial LEVELONE_EQUITIES updates merge per symbol; trades are rises of cumulative volume."""
+"""Partial LEVELONE_EQUITIES updates merge per symbol; trades are rises of cumulative volume; every
+item is validated before it changes anything (prices, counts, trade times, volume jumps, days)."""
 
 from __future__ import annotations
 
@@ -10,37 +11,65 @@ import pytest
 
 from streaming_service.sources.schwab import BadFrame, QuoteMerger
 
-T0 = 1_764_000_000_000  # epoch ms
+T0 = 1_764_000_000_000  # epoch ms: 2025-11-24 11:00 New York
+DAY_MS = 86_400_000
+
+
+class Clock:
+    """An injectable wall clock (epoch seconds) that tests move by hand."""
+
+    def __init__(self, ms: int = T0 + 60_000) -> None:
+        self.ms = ms
+
+    def __call__(self) -> float:
+        return self.ms / 1000
 
 
 def snap(**fields: Any) -> dict[str, Any]:
     return {"key": "QQQ", "delayed": False, **fields}
 
 
+def merger(clock: Clock | None = None, **options: Any) -> QuoteMerger:
+    return QuoteMerger(now=clock or Clock(), **options)
+
+
+def started(price: float = 500.0, volume: int = 1_000, **options: Any) -> QuoteMerger:
+    """A merger whose QQQ baseline is `volume` at `price`."""
+    m = merger(**options)
+    assert m.apply(snap(LAST_PRICE=price, TOTAL_VOLUME=volume, TRADE_TIME_MILLIS=T0)) is None
+    return m
+
+
+def volume_after(m: QuoteMerger, total: int) -> int | None:
+    """The volume of the trade a rise to `total` reports (proves what the baseline was)."""
+    tick = m.apply(snap(TOTAL_VOLUME=total))
+    return None if tick is None else tick.volume
+
+
+# --- merging ----------------------------------------------------------------------------------------
+
+
 def test_first_snapshot_sets_the_baseline_only() -> None:
-    merger = QuoteMerger()
     first = snap(LAST_PRICE=500.0, TOTAL_VOLUME=1_000, LAST_SIZE=100, TRADE_TIME_MILLIS=T0)
-    assert merger.apply(first) is None
+    assert merger().apply(first) is None
 
 
 def test_volume_delta_is_the_trade_and_partial_fields_are_merged() -> None:
-    merger = QuoteMerger()
-    merger.apply(snap(LAST_PRICE=500.0, TOTAL_VOLUME=1_000, TRADE_TIME_MILLIS=T0))
-    tick = merger.apply(snap(TOTAL_VOLUME=1_300, TRADE_TIME_MILLIS=T0 + 5))  # price unchanged, not resent
+    m = started()
+    tick = m.apply(snap(TOTAL_VOLUME=1_300, TRADE_TIME_MILLIS=T0 + 5))  # price unchanged, not resent
     assert tick is not None
     assert (tick.symbol, tick.price, tick.volume) == ("QQQ", 500.0, 300)
     assert tick.timestamp == datetime.fromtimestamp((T0 + 5) / 1000, UTC)
-    tick = merger.apply(snap(LAST_PRICE=500.5, TOTAL_VOLUME=1_350))  # time unchanged, not resent
+    tick = m.apply(snap(LAST_PRICE=500.5, TOTAL_VOLUME=1_350))  # time unchanged, not resent
     assert tick is not None
     assert (tick.price, tick.volume) == (500.5, 50)
     assert tick.timestamp == datetime.fromtimestamp((T0 + 5) / 1000, UTC)
 
 
 def test_quote_only_update_is_not_a_trade() -> None:
-    merger = QuoteMerger()
-    merger.apply(snap(LAST_PRICE=500.0, TOTAL_VOLUME=1_000, TRADE_TIME_MILLIS=T0))
-    assert merger.apply(snap(BID_PRICE=499.9, ASK_PRICE=500.1, QUOTE_TIME_MILLIS=T0 + 9)) is None
-    assert merger.apply(snap(TOTAL_VOLUME=1_000)) is None  # unchanged volume: no trade
+    m = started()
+    assert m.apply(snap(BID_PRICE=499.9, ASK_PRICE=500.1, QUOTE_TIME_MILLIS=T0 + 9)) is None
+    assert m.apply(snap(TOTAL_VOLUME=1_000)) is None  # unchanged volume: no trade
 
 
 def test_dropped_frame_folds_its_volume_into_the_next_trade() -> None:
@@ -50,46 +79,186 @@ def test_dropped_frame_folds_its_volume_into_the_next_trade() -> None:
         snap(LAST_PRICE=500.2, TOTAL_VOLUME=350, TRADE_TIME_MILLIS=T0 + 2),  # dropped
         snap(LAST_PRICE=500.3, TOTAL_VOLUME=400, TRADE_TIME_MILLIS=T0 + 3),
     ]
-    merger = QuoteMerger()
-    ticks = [merger.apply(frame) for i, frame in enumerate(sent) if i != 2]
+    m = merger()
+    ticks = [m.apply(frame) for i, frame in enumerate(sent) if i != 2]
     volumes = [t.volume for t in ticks if t is not None]
     assert volumes == [100, 300]
     assert sum(volumes) == 400  # nothing lost
 
 
 def test_symbols_are_merged_independently() -> None:
-    merger = QuoteMerger()
-    merger.apply({"key": "QQQ", "LAST_PRICE": 500.0, "TOTAL_VOLUME": 10, "TRADE_TIME_MILLIS": T0})
-    merger.apply({"key": "SPY", "LAST_PRICE": 600.0, "TOTAL_VOLUME": 20, "TRADE_TIME_MILLIS": T0})
-    tick = merger.apply({"key": "SPY", "TOTAL_VOLUME": 25})
+    m = merger()
+    m.apply({"key": "QQQ", "LAST_PRICE": 500.0, "TOTAL_VOLUME": 10, "TRADE_TIME_MILLIS": T0})
+    m.apply({"key": "SPY", "LAST_PRICE": 600.0, "TOTAL_VOLUME": 20, "TRADE_TIME_MILLIS": T0})
+    tick = m.apply({"key": "SPY", "TOTAL_VOLUME": 25})
     assert tick is not None and (tick.symbol, tick.price, tick.volume) == ("SPY", 600.0, 5)
 
 
-def test_volume_falling_means_a_new_day_and_resets_the_baseline() -> None:
-    merger = QuoteMerger()
-    merger.apply(snap(LAST_PRICE=500.0, TOTAL_VOLUME=9_000_000, TRADE_TIME_MILLIS=T0))
-    assert merger.apply(snap(TOTAL_VOLUME=200, TRADE_TIME_MILLIS=T0 + 86_400_000)) is None
-    tick = merger.apply(snap(TOTAL_VOLUME=260))
-    assert tick is not None and tick.volume == 60
+# --- validation: every refused item changes nothing --------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "item",
+    ("item", "kind"),
     [
-        {"LAST_PRICE": 500.0},  # no key
-        snap(LAST_PRICE=math.nan),
-        snap(LAST_PRICE=-1.0),
-        snap(LAST_PRICE="500"),
-        snap(TOTAL_VOLUME=-5),
-        snap(TOTAL_VOLUME=10.5),
-        snap(TOTAL_VOLUME=math.inf),
-        snap(TRADE_TIME_MILLIS=True),
+        ({"LAST_PRICE": 500.0}, "bad symbol"),
+        (snap(key=None), "bad symbol"),
+        (snap(key="SPY"), "unsubscribed symbol"),
+        (snap(LAST_PRICE=math.nan), "bad LAST_PRICE"),
+        (snap(LAST_PRICE=-1.0), "bad LAST_PRICE"),
+        (snap(LAST_PRICE=0), "bad LAST_PRICE"),
+        (snap(LAST_PRICE=1e8), "bad LAST_PRICE"),  # beyond DECIMAL(10,2)
+        (snap(LAST_PRICE=1e300), "bad LAST_PRICE"),
+        (snap(LAST_PRICE="500"), "bad LAST_PRICE"),
+        (snap(LAST_PRICE=None), "bad LAST_PRICE"),
+        (snap(LAST_PRICE=True), "bad LAST_PRICE"),
+        (snap(TOTAL_VOLUME=-5), "bad TOTAL_VOLUME"),
+        (snap(TOTAL_VOLUME=1_050.5), "bad TOTAL_VOLUME"),
+        (snap(TOTAL_VOLUME=math.inf), "bad TOTAL_VOLUME"),
+        (snap(TOTAL_VOLUME=2**63), "bad TOTAL_VOLUME"),  # beyond BIGINT
+        (snap(TOTAL_VOLUME=1e19), "bad TOTAL_VOLUME"),
+        (snap(TOTAL_VOLUME=10**400), "bad TOTAL_VOLUME"),  # json.loads makes such ints
+        (snap(TOTAL_VOLUME=[1_100]), "bad TOTAL_VOLUME"),
+        (snap(LAST_SIZE=-1), "bad LAST_SIZE"),
+        (snap(TRADE_TIME_MILLIS=True), "bad TRADE_TIME_MILLIS"),
+        (snap(TRADE_TIME_MILLIS=0), "bad trade time"),
+        (snap(TRADE_TIME_MILLIS=1e300), "trade time in the future"),  # was an OverflowError
+        (snap(TRADE_TIME_MILLIS=4_102_444_800_000), "trade time in the future"),  # year 2100
+        (snap(TRADE_TIME_MILLIS=T0 + 60_000 + 5_001), "trade time in the future"),
+        (snap(TRADE_TIME_MILLIS=T0 - DAY_MS), "trade time of another day"),
+        (snap(TRADE_TIME_MILLIS=1), "trade time of another day"),
     ],
 )
-def test_bad_items_raise_and_merge_nothing(item: dict[str, Any]) -> None:
-    merger = QuoteMerger()
-    merger.apply(snap(LAST_PRICE=500.0, TOTAL_VOLUME=100, TRADE_TIME_MILLIS=T0))
+def test_bad_items_raise_and_merge_nothing(item: dict[str, Any], kind: str) -> None:
+    m = started(symbols=("QQQ",))
+    with pytest.raises(BadFrame) as refused:
+        m.apply({**item, "TOTAL_VOLUME": item.get("TOTAL_VOLUME", 1_100)} if "key" in item else item)
+    assert refused.value.kind == kind
+    assert len(str(refused.value)) <= 200
+    tick = m.apply(snap(TOTAL_VOLUME=1_150))
+    assert tick is not None and (tick.price, tick.volume) == (500.0, 150)  # baseline and price kept
+    assert tick.timestamp == datetime.fromtimestamp(T0 / 1000, UTC)  # trade time kept
+
+
+def test_limits_themselves_are_accepted() -> None:
+    m = merger()
+    m.apply(snap(LAST_PRICE=99_999_999.99, TOTAL_VOLUME=2**63 - 2, TRADE_TIME_MILLIS=T0 + 60_000 + 5_000))
+    tick = m.apply(snap(TOTAL_VOLUME=2**63 - 1))
+    assert tick is not None and (tick.price, tick.volume) == (99_999_999.99, 1)
+
+
+def test_a_trade_time_checks_against_the_injected_clock() -> None:
+    clock = Clock()
+    m = merger(clock)
+    late = snap(LAST_PRICE=500.0, TOTAL_VOLUME=1_000, TRADE_TIME_MILLIS=T0 + 3_600_000)
+    with pytest.raises(BadFrame, match="future"):
+        m.apply(late)
+    clock.ms = T0 + 3_600_000  # an hour later the same item is fine
+    assert m.apply(late) is None
+
+
+def test_a_frame_timestamp_stands_in_for_a_missing_trade_time_and_is_checked_too() -> None:
+    m = merger()
+    m.apply(snap(LAST_PRICE=500.0, TOTAL_VOLUME=1_000))  # no trade time known yet
+    with pytest.raises(BadFrame, match="frame timestamp"):
+        m.apply(snap(TOTAL_VOLUME=1_100), frame_time_ms=1e300)
+    tick = m.apply(snap(TOTAL_VOLUME=1_100), frame_time_ms=T0 + 7)
+    assert tick is not None and tick.volume == 100 and tick.timestamp.timestamp() * 1000 == T0 + 7
+
+
+# --- volume jumps and falls ----------------------------------------------------------------------------
+
+
+def test_a_1e12_share_jump_is_a_bad_frame_not_a_trade() -> None:
+    m = started(volume=1_000)
+    with pytest.raises(BadFrame) as refused:
+        m.apply(snap(TOTAL_VOLUME=1_000_000_000_000))
+    assert refused.value.kind == "volume jump"
+    assert volume_after(m, 1_200) == 200  # the baseline is still 1,000
+
+
+@pytest.mark.parametrize(
+    ("baseline", "total", "jump", "accepted"),
+    [
+        (0, 10_000_000, 10.0, True),  # first trades of the day: the floor (1e6 shares) applies
+        (100, 5_000_000, 10.0, True),
+        (0, 10_000_001, 10.0, False),
+        (50_000_000, 550_000_000, 10.0, True),  # 10 x the day's volume so far
+        (50_000_000, 550_000_001, 10.0, False),
+        (50_000_000, 150_000_001, 2.0, False),  # max_volume_jump is a setting
+    ],
+)
+def test_the_jump_limit_is_a_multiple_of_the_days_volume_with_a_floor(
+    baseline: int, total: int, jump: float, accepted: bool
+) -> None:
+    m = started(volume=baseline, max_volume_jump=jump)
+    if accepted:
+        assert volume_after(m, total) == total - baseline
+    else:
+        with pytest.raises(BadFrame, match="TOTAL_VOLUME went from"):
+            m.apply(snap(TOTAL_VOLUME=total))
+
+
+def test_a_replayed_old_frame_is_refused_so_no_share_is_counted_twice() -> None:
+    m = started(volume=1_000)
+    assert volume_after(m, 2_000) == 1_000
+    with pytest.raises(BadFrame) as refused:
+        m.apply(snap(LAST_PRICE=500.0, TOTAL_VOLUME=1_500, TRADE_TIME_MILLIS=T0))  # an old frame again
+    assert refused.value.kind == "volume fall"
+    assert volume_after(m, 2_500) == 500  # not 1,000: the fall did not become the baseline
+
+
+def test_a_fall_that_stays_resets_the_baseline_without_counting_anything() -> None:
+    m = started(volume=5_000_000)
+    for total in (100, 150):  # two agreeing values are still refused...
+        with pytest.raises(BadFrame, match="TOTAL_VOLUME went from"):
+            m.apply(snap(TOTAL_VOLUME=total))
+    assert m.apply(snap(TOTAL_VOLUME=180)) is None  # ...the third confirms: new baseline, no trade
+    assert volume_after(m, 200) == 20
+
+
+def test_a_jump_that_stays_after_an_outage_becomes_the_baseline() -> None:
+    m = started(volume=1_000)
     with pytest.raises(BadFrame):
-        merger.apply(item)
-    tick = merger.apply(snap(TOTAL_VOLUME=150))
-    assert tick is not None and (tick.price, tick.volume) == (500.0, 50)
+        m.apply(snap(TOTAL_VOLUME=50_000_000))
+    assert volume_after(m, 1_100) == 100  # back at the real level: the suspicion is dropped...
+    for total in (50_000_000, 50_000_100):
+        with pytest.raises(BadFrame):
+            m.apply(snap(TOTAL_VOLUME=total))  # ...so it takes three in a row again
+    assert m.apply(snap(TOTAL_VOLUME=50_000_300)) is None
+    assert volume_after(m, 50_000_400) == 100
+
+
+# --- trading days --------------------------------------------------------------------------------------
+
+
+def test_a_new_exchange_date_resets_the_baseline_so_the_first_snapshot_is_no_trade() -> None:
+    clock = Clock()
+    m = merger(clock)
+    m.apply(snap(LAST_PRICE=500.0, TOTAL_VOLUME=9_000_000, TRADE_TIME_MILLIS=T0))
+    clock.ms += DAY_MS  # next morning, same process
+    # this morning's first snapshot: more than yesterday's total, yet not a trade
+    assert m.apply(snap(LAST_PRICE=501.0, TOTAL_VOLUME=12_000_000, TRADE_TIME_MILLIS=T0 + DAY_MS)) is None
+    tick = m.apply(snap(TOTAL_VOLUME=12_000_060, TRADE_TIME_MILLIS=T0 + DAY_MS + 1))
+    assert tick is not None and (tick.volume, tick.price) == (60, 501.0)
+
+
+def test_a_new_day_starting_from_zero_counts_from_its_own_baseline() -> None:
+    clock = Clock()
+    m = merger(clock)
+    m.apply(snap(LAST_PRICE=500.0, TOTAL_VOLUME=9_000_000, TRADE_TIME_MILLIS=T0))
+    clock.ms += DAY_MS
+    assert m.apply(snap(TOTAL_VOLUME=200, TRADE_TIME_MILLIS=T0 + DAY_MS)) is None  # a fall, but a new day
+    tick = m.apply(snap(TOTAL_VOLUME=260))
+    assert tick is not None and tick.volume == 60
+    assert tick.price == 500.0  # yesterday's last price is still the last price
+    assert tick.timestamp == datetime.fromtimestamp((T0 + DAY_MS) / 1000, UTC)  # not yesterday's time
+
+
+def test_yesterdays_trade_time_is_refused_after_the_date_changes() -> None:
+    clock = Clock()
+    m = merger(clock)
+    m.apply(snap(LAST_PRICE=500.0, TOTAL_VOLUME=9_000_000, TRADE_TIME_MILLIS=T0))
+    clock.ms += DAY_MS
+    with pytest.raises(BadFrame) as refused:
+        m.apply(snap(TOTAL_VOLUME=9_000_100, TRADE_TIME_MILLIS=T0 + 5))
+    assert refused.value.kind == "trade time of another day"

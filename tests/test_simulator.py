@@ -107,9 +107,13 @@ async def test_refusals_are_fatal_auth_errors_not_reconnect_loops(tmp_path: Path
             sim.refresh_token_valid = False
             expires_in_s = -60
         async with schwab_client(sim, tmp_path, expires_in_s=expires_in_s) as client:
-            stream = SchwabStream(client, ("QQQ",), lambda tick: None)
+            stream = SchwabStream(
+                client, ("QQQ",), lambda tick: None, max_backoff_s=0.01, login_denied_attempts=5
+            )
             with pytest.raises(AuthError, match="token"):
                 await asyncio.wait_for(stream.run(), timeout=20)
     assert stream.stats.connects == 0
     attempts = [c for s, c, _ in sim.stream_requests if c == "LOGIN"]
-    assert len(attempts) == (1 if fault == "login denied" else 0)
+    # a denied login is retried (Schwab denies one now and then); five in a row mean an expired login
+    assert len(attempts) == (5 if fault == "login denied" else 0)
+    assert stream.stats.login_denials == len(attempts)

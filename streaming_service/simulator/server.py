@@ -8,9 +8,16 @@ envelope; heartbeats; one data frame per market event (options: one frame per re
 once per simulated second), a full snapshot per symbol first and then only changed fields.
 
 The market clock starts at the first subscription: simulated offset = elapsed wall time * `speed`.
-Fault injection: `disconnect_all()`, `drop_next_frames(n)`, `send_raw(text)`, `reject_login`,
-`refresh_token_valid`, `fail_next_market_data(n, status)`. Ground truth: `market.trades` (all),
-`sent_trades` (delivered), `option_truth` (every field of each option quote as last delivered).
+`clock()` is that market time; every timestamp the simulator sends (trade times, frame timestamps,
+heartbeats, replies) is on it, as a real server's are on the wall clock. While it runs, the
+simulator installs `clock()` as the exchange clock of its context (`sources.clock`), so a service
+started inside `async with SchwabSimulator(...)` checks trade times against the same clock.
+
+Fault injection: `disconnect_all()`, `drop_next_frames(n)`, `send_raw(frame)`, `reject_login`,
+`reject_logins(n)`, `refresh_token_valid`, `fail_next_market_data(n, status)`,
+`replace_next_reply(frame)`, `silence()`, `heartbeats_only()`, `interleave(frames)`.
+Ground truth: `market.trades` (all), `sent_trades` (delivered), `option_truth` (every field of
+each option quote as last delivered), `stream_requests` (every request received).
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ import asyncio
 import contextlib
 import json
 import threading
-import time
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -31,12 +39,16 @@ from websockets.exceptions import ConnectionClosed
 from streaming_service.simulator.market import NEW_YORK, Event, SimulatedMarket
 from streaming_service.simulator.options import OptionBook
 from streaming_service.simulator.rest import rest_handler
+from streaming_service.sources.clock import exchange_clock, use_exchange_clock
 
 __all__ = ["SchwabSimulator"]
 
 EQUITY_SERVICE = "LEVELONE_EQUITIES"
 OPTION_SERVICE = "LEVELONE_OPTIONS"
 _OPTION_REPRICE_MS = 1000  # option quotes follow the underlying at most once per simulated second
+_CLOSE = object()  # queued by LOGOUT: Schwab closes the socket after answering
+Frame = str | bytes  # a text or binary WebSocket message
+Kind = Literal["reply", "data", "heartbeat", "raw"]
 
 
 def _wire_fields(event: Event) -> dict[str, Any]:
@@ -57,7 +69,9 @@ def _wire_fields(event: Event) -> dict[str, Any]:
 @dataclass(eq=False)
 class _Client:
     socket: ServerConnection
-    outbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[Frame | object] = field(default_factory=asyncio.Queue)
+    #: normal; silent (sends nothing at all); heartbeats (replies and heartbeats, no data)
+    mode: Literal["normal", "silent", "heartbeats"] = "normal"
     #: service → symbol → wire keys subscribed
     fields: dict[str, dict[str, set[str]]] = field(
         default_factory=lambda: {EQUITY_SERVICE: {}, OPTION_SERVICE: {}}
@@ -84,6 +98,11 @@ class SchwabSimulator:
         self._heartbeat_s = heartbeat_seconds
         self.reject_login = False
         self.refresh_token_valid = True
+        self._login_rejections = 0
+        self._reply_faults: list[tuple[str | None, str | None, Frame]] = []
+        self._interleave: deque[Frame] = deque()
+        self._interleave_per = 1
+        self.interleaved_sent = 0
         self.rest_requests: list[tuple[str, str]] = []
         self.stream_requests: list[tuple[str, str, dict[str, Any]]] = []
         self.sent_trades: list[Event] = []
@@ -100,6 +119,8 @@ class SchwabSimulator:
         self._rest_faults: list[int] = []
         self.paused = False
         self._clock_started: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock_token: Any = None
         self._ws: Server | None = None
         self._http: ThreadingHTTPServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -114,8 +135,22 @@ class SchwabSimulator:
         assert self._ws is not None, "start() first"
         return f"ws://{self._host}:{next(iter(self._ws.sockets)).getsockname()[1]}/ws"
 
+    def clock(self) -> float:
+        """The market's time now, epoch seconds: the session's open (09:30 New York) plus
+        `speed` times the wall time elapsed since the first subscription."""
+        offset = 0.0
+        if self._clock_started is not None and self._loop is not None:
+            offset = (self._loop.time() - self._clock_started) * self.speed
+        return self.market.open_ms / 1000 + offset
+
+    def _clock_ms(self) -> int:
+        return int(self.clock() * 1000)
+
     async def start(self) -> None:
-        """Listen on REST and streamer ports and start the market loop."""
+        """Listen on REST and streamer ports, start the market loop, install `clock()` as the
+        exchange clock of the current context (see the module docstring)."""
+        self._loop = asyncio.get_running_loop()
+        self._clock_token = use_exchange_clock(self.clock)
         self._ws = await serve(self._serve_client, self._host, 0)
         self._http = ThreadingHTTPServer((self._host, self._port), rest_handler(self))
         self._http.daemon_threads = True
@@ -135,6 +170,10 @@ class SchwabSimulator:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        if self._clock_token is not None:
+            with contextlib.suppress(ValueError):  # stopped from another context: nothing to undo there
+                exchange_clock.reset(self._clock_token)
+            self._clock_token = None
 
     async def __aenter__(self) -> SchwabSimulator:
         await self.start()
@@ -167,10 +206,53 @@ class SchwabSimulator:
         """The simulated market's current state of `symbol`."""
         return self._current[symbol]
 
-    async def send_raw(self, text: str) -> None:
-        """Send `text` as a frame to every connection, after what is already queued."""
+    async def send_raw(self, frame: Frame) -> None:
+        """Send `frame` (text, or bytes as a binary message) to every connection, after what is
+        already queued."""
         for client in self._clients:
-            client.outbox.put_nowait(text)
+            self._queue(client, frame, "raw")
+
+    def reject_logins(self, count: int) -> None:
+        """Deny the next `count` logins (response code 3, LOGIN_DENIED), then accept again."""
+        self._login_rejections += count
+
+    def replace_next_reply(
+        self, frame: Frame, *, service: str | None = None, command: str | None = None
+    ) -> None:
+        """Send `frame` instead of the reply to the next request (of `service`/`command`, if given).
+        The request itself still takes effect, as when a reply is garbled on its way."""
+        self._reply_faults.append((service, command, frame))
+
+    def silence(self) -> None:
+        """Make every open connection silent: no replies, data or heartbeats, socket left open
+        (a half-dead connection). New connections are normal."""
+        for client in self._clients:
+            client.mode = "silent"
+
+    def heartbeats_only(self) -> None:
+        """Make every open connection send replies and heartbeats but no data (a stuck stream).
+        New connections are normal."""
+        for client in self._clients:
+            client.mode = "heartbeats"
+
+    def interleave(self, frames: Iterable[Frame], *, per_data_frame: int = 1) -> None:
+        """Send `frames` between real LEVELONE_EQUITIES data frames: after each data frame a
+        connection is sent, up to `per_data_frame` of them follow it. `interleaved_sent` counts
+        those queued so far; `interleave_pending` those still waiting."""
+        self._interleave.extend(frames)
+        self._interleave_per = per_data_frame
+
+    @property
+    def interleave_pending(self) -> int:
+        """Frames given to `interleave` that are not sent yet."""
+        return len(self._interleave)
+
+    def _queue(self, client: _Client, frame: Frame | object, kind: Kind) -> bool:
+        """Queue `frame` unless the connection's mode holds back frames of this kind."""
+        if client.mode == "silent" or (client.mode == "heartbeats" and kind == "data"):
+            return False
+        client.outbox.put_nowait(frame)
+        return True
 
     # --- streamer ---------------------------------------------------------------------------------
 
@@ -195,7 +277,7 @@ class SchwabSimulator:
         with contextlib.suppress(ConnectionClosed):
             while True:
                 frame = await client.outbox.get()
-                if not frame:  # queued by LOGOUT: Schwab closes the socket after answering
+                if not isinstance(frame, str | bytes):  # _CLOSE
                     await client.socket.close()
                     return
                 await client.socket.send(frame)
@@ -203,7 +285,8 @@ class SchwabSimulator:
     async def _heartbeats(self, client: _Client) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_s)
-            client.outbox.put_nowait(json.dumps({"notify": [{"heartbeat": str(_now_ms())}]}))
+            heartbeat = {"notify": [{"heartbeat": str(self._clock_ms())}]}
+            self._queue(client, json.dumps(heartbeat), "heartbeat")
 
     def _handle(self, client: _Client, request: dict[str, Any]) -> None:
         service, command = request.get("service"), request.get("command")
@@ -211,7 +294,8 @@ class SchwabSimulator:
         self.stream_requests.append((str(service), str(command), params))
         code, message = 0, "success"
         if service == "ADMIN" and command == "LOGIN":
-            if self.reject_login or not params.get("Authorization"):
+            if self.reject_login or self._login_rejections or not params.get("Authorization"):
+                self._login_rejections = max(0, self._login_rejections - 1)
                 code, message = 3, "Login denied"
         elif service == "ADMIN" and command == "LOGOUT":
             message = "logged out"
@@ -223,10 +307,12 @@ class SchwabSimulator:
             "service": service,
             "command": command,
             "requestid": request.get("requestid"),
-            "timestamp": _now_ms(),
+            "timestamp": self._clock_ms(),
             "content": {"code": code, "msg": message},
         }
-        client.outbox.put_nowait(json.dumps({"response": [response]}))
+        self._queue(
+            client, self._take_reply_fault(service, command) or json.dumps({"response": [response]}), "reply"
+        )
         if command in ("SUBS", "ADD") and code == 0:
             keys = self._keys(params)
             if service == EQUITY_SERVICE:
@@ -236,7 +322,14 @@ class SchwabSimulator:
             else:
                 self._send_options(client, self._option_quotes(set(keys), trade=False))
         if command == "LOGOUT":
-            client.outbox.put_nowait("")  # marker: close after what is queued
+            client.outbox.put_nowait(_CLOSE)  # close after what is queued
+
+    def _take_reply_fault(self, service: Any, command: Any) -> Frame | None:
+        for index, (want_service, want_command, frame) in enumerate(self._reply_faults):
+            if want_service in (None, service) and want_command in (None, command):
+                del self._reply_faults[index]
+                return frame
+        return None
 
     def _subscribe(self, client: _Client, service: str, command: str, params: dict[str, Any]) -> None:
         keys = self._keys(params)
@@ -260,8 +353,15 @@ class SchwabSimulator:
         return [k for k in str(params.get("keys", "")).split(",") if k]
 
     def _send_event(self, client: _Client, event: Event) -> bool:
-        """Queue `event` for `client` as changed fields only; return whether anything was queued."""
-        return bool(self._send(client, EQUITY_SERVICE, {event.symbol: _wire_fields(event)}))
+        """Queue `event` for `client` as changed fields only, then any frames to `interleave`;
+        return whether the event was queued."""
+        sent = bool(self._send(client, EQUITY_SERVICE, {event.symbol: _wire_fields(event)}))
+        for _ in range(self._interleave_per if sent else 0):
+            if not self._interleave:
+                break
+            self._queue(client, self._interleave.popleft(), "raw")
+            self.interleaved_sent += 1
+        return sent
 
     def _send_options(self, client: _Client, quotes: dict[str, dict[str, Any]]) -> None:
         for symbol in self._send(client, OPTION_SERVICE, quotes):
@@ -269,6 +369,8 @@ class SchwabSimulator:
 
     def _send(self, client: _Client, service: str, values: dict[str, dict[str, Any]]) -> list[str]:
         """Queue one frame with the changed subscribed fields of each symbol; return the symbols sent."""
+        if client.mode != "normal":
+            return []
         items, sent = [], []
         for symbol, fields in values.items():
             wanted = client.fields[service].get(symbol)
@@ -284,8 +386,8 @@ class SchwabSimulator:
                 items.append({"key": symbol, "delayed": False, **changed})
                 sent.append(symbol)
         if items:
-            frame = {"service": service, "timestamp": _now_ms(), "command": "SUBS", "content": items}
-            client.outbox.put_nowait(json.dumps({"data": [frame]}))
+            frame = {"service": service, "timestamp": self._clock_ms(), "command": "SUBS", "content": items}
+            self._queue(client, json.dumps({"data": [frame]}), "data")
         return sent
 
     def _option_quotes(self, symbols: set[str], *, trade: bool) -> dict[str, dict[str, Any]]:
@@ -335,7 +437,3 @@ class SchwabSimulator:
 def _root(option_symbol: str) -> str:
     """The underlying of an OCC-style streaming key ("QQQ   261124C00500000" → "QQQ")."""
     return option_symbol[:6].rstrip()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -36,6 +36,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 
 from streaming_service.models import OptionContract, OptionRow, Tick
 from streaming_service.sources import quiet_library_warnings
+from streaming_service.sources.frames import BadFrame
+from streaming_service.sources.schwab_client import raise_for_auth_status, schwab_errors
 
 with quiet_library_warnings():
     from schwab.streaming import StreamClient
@@ -59,8 +61,11 @@ _DECIMAL_10_4_LIMIT = 1e6  # option_prices' DECIMAL(10, 4) columns hold less tha
 _NOT_AVAILABLE = -999.0  # Schwab's value for a greek or volatility it could not compute: stored as NULL
 
 
-class BadOptionItem(ValueError):
-    """An option item that cannot be used; it is skipped whole."""
+class BadOptionItem(BadFrame):
+    """An option item that cannot be used; it is skipped whole (a bad frame)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="bad option item")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +223,8 @@ class OptionsTracker:
     Call `on_tick` with every equity trade (cheap, synchronous) and `on_item` with every option
     item; run `run(subscribe)` as a task: it queries the chain (`client`: schwab-py AsyncClient)
     when a window must be chosen and calls `subscribe(symbols)` with the full set of contracts.
+    Chain requests that fail for a network reason, a 5xx, 408 or 429 are retried; an expired or
+    refused token raises `AuthError` out of `run` (`schwab_client.schwab_errors`).
     """
 
     def __init__(
@@ -248,6 +255,10 @@ class OptionsTracker:
         self.snapshots = 0
         self.rows = 0
 
+    def use_client(self, client: Any) -> None:
+        """Use `client` (e.g. built from a new token file) for the next chain requests."""
+        self._client = client
+
     def on_tick(self, tick: Tick) -> None:
         """Advance the market clock; at each new interval emit a snapshot and check the windows."""
         self._prices[tick.symbol] = tick.price
@@ -273,7 +284,9 @@ class OptionsTracker:
         self.quotes.apply(item)
 
     async def run(self, subscribe: Subscriber) -> None:
-        """Choose windows whenever needed, forever; chain errors are logged and retried."""
+        """Choose windows whenever needed, forever; chain errors are logged and retried.
+
+        Raises `AuthError` when Schwab refuses the token (e.g. the refresh token expired)."""
         while True:
             await self._roll.wait()
             self._roll.clear()
@@ -328,7 +341,8 @@ class OptionsTracker:
 
     async def _query(self, underlying: str) -> Window:
         today = self._today or datetime.now(NEW_YORK).date()
-        listed = _json(await self._client.get_option_expiration_chain(underlying), underlying)
+        with schwab_errors("the option expiration chain request"):
+            listed = _json(await self._client.get_option_expiration_chain(underlying), underlying)
         upcoming = sorted(
             {
                 d
@@ -338,16 +352,15 @@ class OptionsTracker:
         )[: self._expirations]
         if not upcoming:
             raise _NoOptions(f"no expiration on or after {today}")
-        chain = _json(
-            await self._client.get_option_chain(
+        with schwab_errors("the option chain request"):
+            response = await self._client.get_option_chain(
                 underlying,
                 contract_type="ALL",
                 strike_count=2 * self._strikes + 2,
                 from_date=upcoming[0],
                 to_date=upcoming[-1],
-            ),
-            underlying,
-        )
+            )
+        chain = _json(response, underlying)
         price = self._prices.get(underlying) or float(chain.get("underlyingPrice") or 0)
         if price <= 0:
             raise _ChainUnavailable(f"{underlying}: no price to centre the window on")
@@ -369,6 +382,7 @@ class _NoOptions(Exception):
 
 
 def _json(response: httpx.Response, underlying: str) -> dict[str, Any]:
+    raise_for_auth_status(response, f"the option chain request for {underlying}")
     if response.status_code >= 500 or response.status_code in _TRANSIENT_STATUS:
         raise _ChainUnavailable(f"{underlying}: HTTP {response.status_code}")
     if response.status_code != 200:

@@ -1,21 +1,39 @@
-"""Schwab LEVELONE_EQUITIES stream → `Tick`s, with reconnect and re-subscribe.
+"""Schwab streamer → `Tick`s (and option items), forever: reconnect, re-subscribe, survive any frame.
 
-The stream sends a full snapshot per symbol and then only changed fields; `QuoteMerger` merges them.
-A trade is a rise of the cumulative TOTAL_VOLUME; its volume is the rise, so a dropped frame never
-loses volume (it folds into the next trade). The first TOTAL_VOLUME seen for a symbol (and any fall,
-i.e. a new trading day) only sets the baseline. Quote-only updates are not trades.
+Each connection (`_session`) uses a fresh schwab-py `StreamClient`, with our `FrameDecoder`
+(frames.py) and our handlers. It logs in, SUBS LEVELONE_EQUITIES (merged into trades by
+`QuoteMerger`, merge.py), SUBS the option contracts, then reads frames. Every request, login
+included, must be answered within `request_timeout_s`.
 
-Malformed frames and items are counted and logged, never fatal. Network trouble reconnects with
-capped exponential backoff (reset after a healthy session); an expired or missing token is fatal.
+What happens to a frame:
+- It cannot be parsed, or its envelope is wrong (frames.py): a bad frame. It is counted in
+  `stats.bad_frames`, logged (first of each kind at warning, see `Occurrences`) and skipped. If it
+  arrives while login, SUBS or ADD await their reply, it may have been that reply: it is counted
+  the same way, and the connection is dropped and made again.
+- An item fails validation (`QuoteMerger`, or `on_option` raising `BadFrame`): a bad frame, skipped.
+- Our own code raises while handling it (`QuoteMerger`, `on_tick`, or `on_option` raising
+  anything but `BadFrame`): an internal error. It is logged with its traceback as `internal
+  error`, counted in `stats.internal_errors`, and streaming goes on. The handlers catch these
+  themselves, so whatever escapes schwab-py's `handle_message` is a parse error.
+
+Watchdog: while subscribed, a data frame must reach our handlers at least every `stale_after_s`
+(heartbeats are not data). Otherwise (heartbeats only, or a socket gone silent) the connection is
+dropped and made again: `stream stale, reconnecting`, counted in `stats.stale_reconnects`.
+
+Reconnecting uses capped exponential backoff with jitter, reset after a healthy session (one that
+received data and lasted `healthy_after_s`). It is triggered by network errors, timeouts, a stale
+stream, a malformed reply, Schwab's code 12 (another login took the connection) and refused
+requests. A denied login (code 3) is retried; only `login_denied_attempts` denials in a row are
+taken for an expired login. Token errors are `AuthError`, which is fatal and raised by `run()`
+(mapped in `schwab_client.schwab_errors`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -26,16 +44,21 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from streaming_service.errors import AuthError
 from streaming_service.models import Tick
 from streaming_service.sources import quiet_library_warnings
+from streaming_service.sources.clock import exchange_clock
+from streaming_service.sources.frames import (
+    EXCERPT_CHARS,
+    BadFrame,
+    FrameDecoder,
+    Occurrences,
+    StreamSevered,
+    excerpt,
+)
+from streaming_service.sources.merge import QuoteMerger
 from streaming_service.sources.options import OPTION_FIELDS
+from streaming_service.sources.schwab_client import schwab_errors
 
 with quiet_library_warnings():
-    from authlib.common.errors import AuthlibBaseError
-    from schwab.streaming import (
-        StreamClient,
-        UnexpectedResponse,
-        UnexpectedResponseCode,
-        UnparsableMessage,
-    )
+    from schwab.streaming import StreamClient, UnexpectedResponse, UnexpectedResponseCode
 
 __all__ = ["EQUITY_FIELDS", "BadFrame", "QuoteMerger", "SchwabStream", "StreamStats"]
 
@@ -50,88 +73,44 @@ EQUITY_FIELDS = [
     _Equity.LAST_SIZE,
     _Equity.TRADE_TIME_MILLIS,
 ]
-
-
-#: What schwab-py raises while parsing or relabelling one malformed frame; the frame is skipped.
-_FRAME_ERRORS = (UnparsableMessage, UnexpectedResponse, KeyError, TypeError, AttributeError, ValueError)
-
-
-class BadFrame(ValueError):
-    """A frame or item whose content cannot be used; it is skipped whole."""
-
-
-@dataclass(slots=True)
-class _SymbolState:
-    last_price: float | None = None
-    total_volume: int | None = None
-    trade_time_ms: int | None = None
-
-
-class QuoteMerger:
-    """Merges partial LEVELONE_EQUITIES items (relabelled by schwab-py) into trades."""
-
-    def __init__(self) -> None:
-        self._state: dict[str, _SymbolState] = {}
-
-    def apply(self, item: Mapping[str, Any], frame_time_ms: int | None = None) -> Tick | None:
-        """Merge one item; return the trade it reports, if any. Raises `BadFrame`, merging nothing."""
-        symbol = item.get("key")
-        if not isinstance(symbol, str) or not symbol:
-            raise BadFrame(f"item without a symbol key: {dict(item)!r:.200}")
-        price = _number(item, "LAST_PRICE", positive=True)
-        total = _number(item, "TOTAL_VOLUME")
-        time_ms = _number(item, "TRADE_TIME_MILLIS", positive=True)
-        if total is not None and total != int(total):
-            raise BadFrame(f"{symbol}: TOTAL_VOLUME {total!r} is not a whole number")
-
-        state = self._state.setdefault(symbol, _SymbolState())
-        if price is not None:
-            state.last_price = price
-        if time_ms is not None:
-            state.trade_time_ms = int(time_ms)
-        if total is None:
-            return None
-        previous, state.total_volume = state.total_volume, int(total)
-        if previous is None or total < previous:
-            if previous is not None:
-                log.info("total volume fell: new trading day, baseline reset", symbol=symbol)
-            return None
-        if total == previous or state.last_price is None:
-            return None
-        trade_ms = state.trade_time_ms or frame_time_ms
-        if trade_ms is None:
-            raise BadFrame(f"{symbol}: trade without TRADE_TIME_MILLIS or frame timestamp")
-        return Tick(
-            symbol,
-            datetime.fromtimestamp(trade_ms / 1000, UTC),
-            state.last_price,
-            int(total) - previous,
-        )
-
-
-def _number(item: Mapping[str, Any], name: str, *, positive: bool = False) -> float | None:
-    value = item.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadFrame(f"{item.get('key')}: {name} is {value!r}, not a finite number")
-    if value < 0 or (positive and value == 0):
-        raise BadFrame(f"{item.get('key')}: {name} is {value!r}, out of range")
-    return float(value)
+_EQUITIES, _OPTIONS = "LEVELONE_EQUITIES", "LEVELONE_OPTIONS"
+_LOGIN_DENIED = 3  # Schwab streamer response code LOGIN_DENIED
 
 
 @dataclass(slots=True)
 class StreamStats:
-    """Counters for the status line."""
+    """Counters for the status line and /healthz.
 
-    frames: int = 0
+    Times: `last_frame_at` is event-loop (monotonic) time. `last_data_at` and
+    `last_data_at_by_symbol` are wall-clock epoch seconds (`time.time()`).
+    `bad_frame_kinds` counts bad frames by kind (see `BadFrame.kind`)."""
+
+    frames: int = 0  # frames read while subscribed, bad ones included
     bad_frames: int = 0
-    connects: int = 0
+    internal_errors: int = 0
+    connects: int = 0  # successful logins
+    stale_reconnects: int = 0
+    login_denials: int = 0
     last_frame_at: float | None = None
+    last_data_at: float | None = None  # the last data frame that reached our handlers
+    last_data_at_by_symbol: dict[str, float] = field(default_factory=dict)  # last valid equity item
+    bad_frame_kinds: dict[str, int] = field(default_factory=dict)
+
+
+class _Reconnect(Exception):
+    """This connection cannot go on; make a new one (retryable)."""
+
+
+class _Stale(_Reconnect):
+    """No data frame for `stale_after_s`."""
+
+
+class _BadReply(_Reconnect):
+    """A request's reply was malformed, or something else came instead of it."""
 
 
 class _Healthy(Exception):
-    """A session that had subscribed and streamed ended: reconnect with a fresh backoff."""
+    """A session that had streamed data for a while ended: reconnect with a fresh backoff."""
 
 
 #: Errors that end a connection. Auth errors are not among them: those are fatal.
@@ -141,18 +120,20 @@ _DISCONNECTS: tuple[type[Exception], ...] = (
     httpx.HTTPError,
     websockets.exceptions.WebSocketException,
 )
-#: Errors after which reconnecting may help; a denied login is often transient on Schwab's side.
-_RETRYABLE = (*_DISCONNECTS, UnexpectedResponseCode)
+#: Errors after which this connection cannot go on.
+_ENDS: tuple[type[Exception], ...] = (*_DISCONNECTS, _Reconnect, StreamSevered)
+_RETRYABLE = (*_ENDS, UnexpectedResponseCode)
 
 
 class SchwabStream:
     """Streams LEVELONE_EQUITIES for `symbols` and calls `on_tick` for each trade; with `on_option`,
     also LEVELONE_OPTIONS for the contracts last given to `set_option_symbols`, one item at a time.
+    See the module docstring for the failure handling.
 
-    `client` is a schwab-py AsyncClient (see `schwab_client.build_schwab_client`). `run()` returns
-    only when cancelled or on a fatal `AuthError`; each connection uses a fresh `StreamClient`.
-    `stale_after_s`: reconnect when no frame at all (heartbeats included) arrived for that long.
-    `on_option` may raise `ValueError` for an item it cannot use: the item is counted as a bad frame.
+    `client`: a schwab-py AsyncClient (`schwab_client.build_schwab_client`). `run()` returns only
+    when cancelled, or raises a fatal `AuthError`. `on_option` raises `BadFrame` (e.g.
+    `BadOptionItem`) for an item it cannot use. `max_volume_jump`: see `QuoteMerger`. `now`:
+    the clock for trade-time checks (default: `clock.exchange_clock`, read at construction).
     """
 
     def __init__(
@@ -165,24 +146,44 @@ class SchwabStream:
         stale_after_s: float = 60.0,
         max_backoff_s: float = 60.0,
         healthy_after_s: float = 30.0,
+        request_timeout_s: float = 30.0,
+        login_denied_attempts: int = 5,
+        max_volume_jump: float = 10.0,
+        now: Callable[[], float] | None = None,
     ) -> None:
         self._client = client
         self._symbols = symbols
         self._on_tick = on_tick
+        self._on_option = on_option
         self._stale_after_s = stale_after_s
         self._max_backoff_s = max_backoff_s
         self._healthy_after_s = healthy_after_s
-        self._merger = QuoteMerger()
-        self._on_option = on_option
+        self._request_timeout_s = request_timeout_s
+        self._login_denied_attempts = login_denied_attempts
+        self._merger = QuoteMerger(
+            symbols=symbols, max_volume_jump=max_volume_jump, now=now or exchange_clock.get()
+        )
+        self._decoder = FrameDecoder((_EQUITIES, _OPTIONS) if on_option else (_EQUITIES,))
         self._option_symbols: set[str] = set()
         self._live: StreamClient | None = None  # the subscribed connection, while there is one
         self._options_live: set[str] = set()  # what that connection has subscribed
         self._options_lock = asyncio.Lock()
-        self.stats = StreamStats()
+        self._denied = 0  # login denials in a row
+        self._data_at = 0.0  # event-loop time of the last data frame
+        self._bad = Occurrences()
+        self._internal = Occurrences()
+        self.stats = StreamStats(bad_frame_kinds=self._bad.counts)
         self.subscribed = asyncio.Event()
 
+    def use_client(self, client: Any) -> None:
+        """Use `client` (e.g. built from a new token file) from the next connection on."""
+        self._client = client
+        self._denied = 0
+
     async def run(self) -> None:
-        """Connect, subscribe and stream forever; reconnect on network errors. Raises `AuthError`."""
+        """Connect, subscribe and stream forever; reconnect as the module docstring says.
+
+        Raises `AuthError` (token refused or expired, or too many denied logins)."""
         while True:
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(_RETRYABLE),
@@ -198,28 +199,26 @@ class SchwabStream:
 
     async def _session(self) -> None:
         stream = StreamClient(self._client)
+        stream.set_json_decoder(self._decoder)
         stream.add_level_one_equity_handler(self._handle)
         stream.add_level_one_option_handler(self._handle_options)
         loop = asyncio.get_running_loop()
         try:
-            await self._login(stream)
-            await stream.level_one_equity_subs(list(self._symbols), fields=list(EQUITY_FIELDS))
+            await self._request("login", self._login(stream))
+            subs = stream.level_one_equity_subs(list(self._symbols), fields=list(EQUITY_FIELDS))
+            await self._request(f"{_EQUITIES} SUBS", subs)
             self._live, self._options_live = stream, set()
-            await self._sync_options()
-            self.subscribed.set()
-            started = loop.time()
-            log.info("subscribed", service="LEVELONE_EQUITIES", symbols=",".join(self._symbols))
             try:
-                while True:
-                    try:
-                        async with asyncio.timeout(self._stale_after_s):
-                            await stream.handle_message()
-                    except _FRAME_ERRORS as exc:
-                        self._bad_frame(f"{type(exc).__name__}: {exc}")
-                    self.stats.frames += 1
-                    self.stats.last_frame_at = loop.time()
-            except _DISCONNECTS as exc:
-                if loop.time() - started >= self._healthy_after_s:
+                await self._sync_options()
+            except UnexpectedResponseCode as exc:
+                log.error("Schwab refused the option subscription; streaming equities only", error=str(exc))
+            self.subscribed.set()
+            started = self._data_at = loop.time()
+            log.info("subscribed", service=_EQUITIES, symbols=",".join(self._symbols))
+            try:
+                await self._read(stream, loop)
+            except _ENDS as exc:
+                if self._data_at > started and loop.time() - started >= self._healthy_after_s:
                     raise _Healthy from exc
                 raise
         finally:
@@ -228,14 +227,84 @@ class SchwabStream:
             if stream._socket is not None:  # schwab-py has no close(); LOGOUT needs a live socket
                 await stream._socket.close()
 
+    async def _read(self, stream: StreamClient, loop: asyncio.AbstractEventLoop) -> None:
+        """Dispatch frames until the connection ends or goes stale (raises)."""
+        while True:
+            deadline = self._data_at + self._stale_after_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await stream.handle_message()
+            except TimeoutError:
+                if loop.time() < deadline:
+                    raise  # not the watchdog's: a network timeout
+                self.stats.stale_reconnects += 1
+                log.warning(
+                    "stream stale, reconnecting",
+                    no_data_for_s=round(loop.time() - self._data_at, 1),
+                    stale_reconnects=self.stats.stale_reconnects,
+                )
+                raise _Stale(f"no data frame for {self._stale_after_s} s") from None
+            except _ENDS:
+                raise
+            except BadFrame as exc:
+                self._bad_frame(exc)
+            except Exception as exc:  # a parse error by construction: our handlers catch their own
+                kind = "unexpected response" if isinstance(exc, UnexpectedResponse) else type(exc).__name__
+                self._bad_frame(BadFrame(f"{type(exc).__name__}: {str(exc)[:EXCERPT_CHARS]}", kind=kind))
+            self.stats.frames += 1
+            self.stats.last_frame_at = loop.time()
+
+    async def _request(self, what: str, request: Awaitable[None]) -> None:
+        """Await `request` (login, SUBS, ADD, UNSUBS) within `request_timeout_s`. A bad frame in
+        place of its reply is counted, and raises `_BadReply`."""
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                await request
+        except BadFrame as exc:
+            self._bad_frame(exc)
+            raise _BadReply(f"a bad frame came while the {what} awaited its reply") from exc
+        except UnexpectedResponse as exc:
+            self._bad_frame(BadFrame(f"{exc}: {excerpt(exc.response)}", kind="unexpected response"))
+            raise _BadReply(f"the {what} got a reply to another request") from exc
+
+    async def _login(self, stream: StreamClient) -> None:
+        try:
+            with schwab_errors("the stream login"):
+                await stream.login(websocket_connect_args={"close_timeout": 2})
+        except UnexpectedResponseCode as exc:
+            if _response_code(exc) == _LOGIN_DENIED:
+                self._denied += 1
+                self.stats.login_denials += 1
+                if self._denied >= self._login_denied_attempts:
+                    raise AuthError(
+                        f"Schwab's streamer denied the login {self._denied} times in a row (code "
+                        f"{_LOGIN_DENIED}): the access token is not accepted. Check SCHWAB_APP_KEY/"
+                        "SCHWAB_APP_SECRET and create a new token file (README, 'Schwab token')."
+                    ) from exc
+            raise
+        except (BadFrame, StreamSevered):
+            raise
+        except (ValueError, LookupError, TypeError, AssertionError) as exc:
+            # a garbled userPreference answer (schwab-py asserts its status is 200, then indexes it)
+            raise _BadReply(f"userPreference is not usable: {type(exc).__name__}: {exc}"[:200]) from exc
+        self._denied = 0
+        self.stats.connects += 1
+
     async def set_option_symbols(self, symbols: set[str]) -> None:
-        """Stream exactly these option contracts from now on: ADD and UNSUBS on the live connection
-        (a reconnect subscribes the whole set). Network errors are left to the reconnect logic."""
+        """Stream exactly these option contracts from now on, with ADD and UNSUBS on the live
+        connection (a reconnect subscribes the whole set). If a change fails on the way, the
+        connection is dropped, so that the reconnect redoes it. If Schwab refuses it, that is
+        logged and the change is tried again on the next call."""
         self._option_symbols = set(symbols)
         try:
             await self._sync_options()
-        except (*_DISCONNECTS, UnexpectedResponse, UnexpectedResponseCode) as exc:
-            log.warning("option subscription change failed; it is redone on reconnect", error=str(exc))
+        except UnexpectedResponseCode as exc:
+            log.error("Schwab refused the option subscription change", error=str(exc))
+        except _ENDS as exc:
+            log.warning("option subscription change failed; reconnecting to redo it", error=str(exc))
+            live = self._live
+            if live is not None and live._socket is not None:
+                await live._socket.close()
 
     async def _sync_options(self) -> None:
         """Bring the live connection's option subscriptions to `_option_symbols` (one change at a time)."""
@@ -245,88 +314,97 @@ class SchwabStream:
                 return
             wanted, live = set(self._option_symbols), self._options_live
             if removed := sorted(live - wanted):
-                await stream.level_one_option_unsubs(removed)
+                await self._request(f"{_OPTIONS} UNSUBS", stream.level_one_option_unsubs(removed))
+                self._options_live = live - set(removed)
             if added := sorted(wanted - live):
-                subscribe = stream.level_one_option_add if live else stream.level_one_option_subs
-                await subscribe(added, fields=list(OPTION_FIELDS))
+                if live:  # SUBS would replace the connection's whole option list: the first time only
+                    command, subscribe = "ADD", stream.level_one_option_add
+                else:
+                    command, subscribe = "SUBS", stream.level_one_option_subs
+                await self._request(f"{_OPTIONS} {command}", subscribe(added, fields=list(OPTION_FIELDS)))
             self._options_live = wanted
         if removed or added:
             log.info(
                 "option subscriptions changed", added=len(added), removed=len(removed), total=len(wanted)
             )
 
+    def _handle(self, message: Mapping[str, Any]) -> None:
+        """schwab-py handler: one relabelled LEVELONE_EQUITIES data entry. Never raises."""
+        self._saw_data()
+        frame_ms = message.get("timestamp")
+        frame_ms = frame_ms if isinstance(frame_ms, int | float) and not isinstance(frame_ms, bool) else None
+        for item in _items(message):
+            try:
+                tick = self._merger.apply(item, frame_ms)
+            except BadFrame as exc:
+                self._bad_frame(exc)
+                continue
+            except Exception as exc:
+                self._internal_error(exc, "QuoteMerger.apply")
+                continue
+            self.stats.last_data_at_by_symbol[item["key"]] = time.time()
+            if tick is not None:
+                try:
+                    self._on_tick(tick)
+                except Exception as exc:
+                    self._internal_error(exc, "on_tick")
+
     def _handle_options(self, message: Mapping[str, Any]) -> None:
-        """schwab-py handler: one relabelled LEVELONE_OPTIONS data frame."""
-        content = message.get("content")
-        if not isinstance(content, list) or self._on_option is None:
-            self._bad_frame(f"option frame without a content list: {dict(message)!r:.200}")
+        """schwab-py handler: one relabelled LEVELONE_OPTIONS data entry. Never raises."""
+        self._saw_data()
+        if self._on_option is None:  # not subscribed: the decoder refuses such frames
             return
-        for item in content:
+        for item in _items(message):
             try:
                 self._on_option(item)
-            except (ValueError, TypeError, AttributeError) as exc:
-                self._bad_frame(str(exc))
+            except BadFrame as exc:
+                self._bad_frame(exc)
+            except Exception as exc:
+                self._internal_error(exc, "on_option")
 
-    async def _login(self, stream: StreamClient) -> None:
-        try:
-            await stream.login()
-        except Exception as exc:
-            _raise_if_auth_error(exc)
-            raise
-        self.stats.connects += 1
+    def _saw_data(self) -> None:
+        self._data_at = asyncio.get_running_loop().time()
+        self.stats.last_data_at = time.time()
 
-    def _handle(self, message: Mapping[str, Any]) -> None:
-        """schwab-py handler: one relabelled LEVELONE_EQUITIES data frame."""
-        content = message.get("content")
-        frame_ms = message.get("timestamp")
-        if not isinstance(content, list):
-            self._bad_frame(f"data frame without a content list: {dict(message)!r:.200}")
-            return
-        for item in content:
-            try:
-                tick = self._merger.apply(item, frame_ms if isinstance(frame_ms, int) else None)
-            except (BadFrame, AttributeError) as exc:
-                self._bad_frame(str(exc))
-                continue
-            if tick is not None:
-                self._on_tick(tick)
-
-    def _bad_frame(self, reason: str) -> None:
+    def _bad_frame(self, exc: BadFrame) -> None:
         self.stats.bad_frames += 1
-        log.warning("bad frame skipped", reason=reason, bad_frames=self.stats.bad_frames)
+        count, loud = self._bad.add(exc.kind)
+        (log.warning if loud else log.debug)(
+            "bad frame skipped",
+            kind=exc.kind,
+            reason=str(exc)[:EXCERPT_CHARS],
+            count=count,
+            bad_frames=self.stats.bad_frames,
+        )
+
+    def _internal_error(self, exc: Exception, where: str) -> None:
+        """A bug in our code, not in the frame: log the traceback (rate-limited per kind), count it."""
+        self.stats.internal_errors += 1
+        count, loud = self._internal.add(f"{where}: {type(exc).__name__}")
+        (log.error if loud else log.debug)(
+            "internal error",
+            where=where,
+            error=f"{type(exc).__name__}: {exc}"[:EXCERPT_CHARS],
+            count=count,
+            internal_errors=self.stats.internal_errors,
+            exc_info=exc,
+        )
+
+
+def _items(message: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The items of a data entry (the decoder has checked it is a list of objects)."""
+    content = message.get("content")
+    return content if isinstance(content, list) else []
 
 
 def _log_reconnect(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     log.warning(
         "stream disconnected, reconnecting",
-        error=f"{type(exc).__name__}: {exc}",
+        error=f"{type(exc).__name__}: {exc}"[:EXCERPT_CHARS],
         attempt=state.attempt_number,
-        retry_in_s=round(state.upcoming_sleep, 1),
+        retry_in_s=round(state.upcoming_sleep, 2),
     )
-
-
-def _raise_if_auth_error(exc: Exception) -> None:
-    """Turn token problems into `AuthError` (fatal); leave everything else alone."""
-    if isinstance(exc, AuthlibBaseError):
-        raise AuthError(
-            f"Schwab refused the token ({exc}); the refresh token lasts 7 days. Create a new token "
-            "file (README, 'Schwab token') and restart."
-        ) from exc
-    if isinstance(exc, UnexpectedResponseCode) and _response_code(exc) == _LOGIN_DENIED:
-        raise AuthError(
-            f"Schwab's streamer denied the login (code {_LOGIN_DENIED}, {exc}): the access token was "
-            "not accepted. Check SCHWAB_APP_KEY/SCHWAB_APP_SECRET and create a new token file "
-            "(README, 'Schwab token')."
-        ) from exc
-    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403):
-        raise AuthError(
-            f"Schwab answered {exc.response.status_code} to the stream login: check SCHWAB_APP_KEY, "
-            "SCHWAB_APP_SECRET and the token file (README, 'Schwab token')."
-        ) from exc
-
-
-_LOGIN_DENIED = 3  # Schwab streamer response code LOGIN_DENIED
 
 
 def _response_code(exc: UnexpectedResponseCode) -> object:

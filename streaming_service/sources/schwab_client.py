@@ -1,4 +1,5 @@
-"""Build the schwab-py async client from a token file, optionally pointed at another base URL.
+"""Build the schwab-py async client from a token file, optionally pointed at another base URL; map
+its token errors to `AuthError` in one place (`schwab_errors`, `raise_for_auth_status`).
 
 Production and the simulator share this code path; only `api_base_url` differs.
 """
@@ -6,6 +7,8 @@ Production and the simulator share this code path; only `api_base_url` differs.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +17,57 @@ import httpx
 from streaming_service.errors import AuthError
 from streaming_service.sources import quiet_library_warnings
 
-__all__ = ["SCHWAB_API_BASE_URL", "build_schwab_client", "read_token_file"]
+with quiet_library_warnings():
+    from authlib.common.errors import AuthlibBaseError
+
+__all__ = [
+    "AUTH_STATUS",
+    "SCHWAB_API_BASE_URL",
+    "build_schwab_client",
+    "raise_for_auth_status",
+    "read_token_file",
+    "schwab_errors",
+]
 
 SCHWAB_API_BASE_URL = "https://api.schwabapi.com"
+AUTH_STATUS = frozenset({401, 403})  # Schwab refuses the access token (after authlib refreshed it)
+_RENEW = "Create a new token file (README, 'Schwab token') and restart."
+
+
+@contextmanager
+def schwab_errors(what: str) -> Iterator[None]:
+    """Map token errors raised by a schwab-py call inside the block to `AuthError`, once, here.
+
+    These are mapped: authlib errors (e.g. `OAuthError: invalid_client` when the 7-day refresh token
+    has expired; the refresh happens inside any REST call) and `httpx.HTTPStatusError` 401/403 (the
+    stream's login raises it for userPreference). Everything else passes through unchanged, so
+    network errors stay retryable. `what` names the call in the message ("the stream login",
+    "the option chain request")."""
+    try:
+        yield
+    except AuthlibBaseError as exc:
+        raise AuthError(
+            f"Schwab refused the token during {what} ({exc}); the refresh token lasts 7 days. {_RENEW}"
+        ) from exc
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code not in AUTH_STATUS:
+            raise
+        raise AuthError(
+            f"Schwab answered {exc.response.status_code} to {what}: check SCHWAB_APP_KEY, "
+            f"SCHWAB_APP_SECRET and the token file. {_RENEW}"
+        ) from exc
+
+
+def raise_for_auth_status(response: httpx.Response, what: str) -> None:
+    """Raise `AuthError` if Schwab refused the access token for `response` (HTTP 401).
+
+    schwab-py returns REST responses without raising; call this before reading one. A 403 on market
+    data is about entitlements, not the token, so it is left to the caller."""
+    if response.status_code == 401:
+        raise AuthError(
+            f"Schwab answered {response.status_code} to {what}: the access token was not accepted. "
+            f"Check SCHWAB_APP_KEY/SCHWAB_APP_SECRET. {_RENEW}"
+        )
 
 
 def read_token_file(token_path: Path) -> dict[str, Any]:
@@ -60,9 +111,7 @@ def build_schwab_client(
         target = httpx.URL(api_base_url)
 
         async def redirect(request: httpx.Request) -> None:
-            request.url = request.url.copy_with(
-                scheme=target.scheme, host=target.host, port=target.port
-            )
+            request.url = request.url.copy_with(scheme=target.scheme, host=target.host, port=target.port)
 
         client.session.event_hooks["request"].append(redirect)
     return client

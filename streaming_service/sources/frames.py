@@ -1,0 +1,190 @@
+"""Streamer frames: decode and check the envelope before schwab-py touches it; account for bad frames.
+
+`FrameDecoder` replaces schwab-py's `json.loads` (`StreamClient.set_json_decoder`), so every raw
+frame goes through it, including those read while `login()`, SUBS or ADD await their reply. It
+returns only frames whose envelope schwab-py can dispatch without failing; anything else raises
+`BadFrame` (or `StreamSevered` for Schwab's code 12). The envelope it accepts:
+
+    {"response": [{"requestid": "<digits>", "service": str, "command": str,
+                   "content": {"code": int, "msg": ...}}, ...]}      (non-empty list)
+    {"data": [{"service": <one we handle>, "content": [{...}, ...], ...}, ...]}   (non-empty lists)
+    {"notify": [{"heartbeat": ...} | {"service": str, ...}, ...]}     (non-empty list)
+
+(one or more sections in one object). A data entry may nest at most `MAX_DEPTH` levels, because
+schwab-py deep-copies it recursively. Item contents (prices, volumes, times) are checked later by
+`QuoteMerger` and `OptionQuotes`, which raise `BadFrame` subclasses as well.
+
+`Occurrences` decides how loudly to log a repeated problem: the 1st, 10th, 100th, ... occurrence of
+each kind is logged at warning (or error) level with the running count, the others at debug, so a
+flood of one bad frame kind costs a handful of log lines. Excerpts are at most `EXCERPT_CHARS`.
+"""
+
+from __future__ import annotations
+
+import json
+import reprlib
+from collections.abc import Collection
+from typing import Any
+
+from streaming_service.sources import quiet_library_warnings
+
+with quiet_library_warnings():
+    # schwab-py's set_json_decoder checks against schwab.contrib.util's name for this class
+    from schwab.contrib.util import StreamJsonDecoder
+
+__all__ = [
+    "EXCERPT_CHARS",
+    "MAX_DEPTH",
+    "BadFrame",
+    "FrameDecoder",
+    "Occurrences",
+    "StreamSevered",
+    "excerpt",
+]
+
+EXCERPT_CHARS = 200
+MAX_DEPTH = 8  # data entry → content → item → value is 4; room for nested values, not for 900 levels
+CLOSE_CONNECTION = 12  # Schwab response code: another login took this connection over
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 80
+_repr.maxlist = _repr.maxdict = 10
+_repr.maxlevel = 3
+
+
+class BadFrame(ValueError):
+    """A frame or item whose content cannot be used; it is skipped whole and counted.
+
+    `kind` names the problem in a few words (logs and `StreamStats.bad_frame_kinds` group by it);
+    the message says which value was wrong and is at most `EXCERPT_CHARS` long."""
+
+    def __init__(self, message: str, *, kind: str = "bad item") -> None:
+        super().__init__(message[:EXCERPT_CHARS])
+        self.kind = kind
+
+
+class StreamSevered(Exception):
+    """Schwab closed the stream on its side (response code 12: another login took it over)."""
+
+
+def excerpt(value: Any) -> str:
+    """A bounded, printable excerpt of `value` (raw frame text/bytes or a parsed object)."""
+    if isinstance(value, bytes):
+        text = value[:EXCERPT_CHARS].decode("utf-8", "replace")
+    elif isinstance(value, str):
+        text = value[:EXCERPT_CHARS]
+    else:
+        text = _repr.repr(value)
+    return text[:EXCERPT_CHARS]
+
+
+class Occurrences:
+    """Counts occurrences per kind. `add(kind)` returns (count, loud): loud at 1, 10, 100, ..."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, kind: str) -> tuple[int, bool]:
+        count = self.counts.get(kind, 0) + 1
+        self.counts[kind] = count
+        while count % 10 == 0:
+            count //= 10
+        return self.counts[kind], count == 1
+
+
+class FrameDecoder(StreamJsonDecoder):  # type: ignore[misc]  # schwab-py is untyped
+    """schwab-py JSON decoder that checks the envelope; see the module docstring.
+
+    `services`: the data services we have handlers for; data for any other is a bad frame."""
+
+    def __init__(self, services: Collection[str]) -> None:
+        self._services = frozenset(services)
+
+    def decode_json_string(self, raw: str | bytes) -> dict[str, Any]:
+        """Return the parsed frame. Raises `BadFrame` or `StreamSevered`; never anything else."""
+        try:
+            frame = json.loads(raw)
+        except RecursionError:
+            raise BadFrame(f"nested too deeply to parse: {excerpt(raw)}", kind="too deeply nested") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integer digit limit
+            raise BadFrame(f"{str(exc)[:80]}: {excerpt(raw)}", kind="not JSON") from None
+        if not isinstance(frame, dict):
+            raise BadFrame(f"not a JSON object: {excerpt(raw)}", kind="not an object")
+        known = False
+        if "response" in frame:
+            _check_responses(frame["response"])
+            known = True
+        if "data" in frame:
+            self._check_data(frame["data"])
+            known = True
+        if "notify" in frame:
+            _check_notify(frame["notify"])
+            known = True
+        if not known:
+            raise BadFrame(f"no response, data or notify: {excerpt(frame)}", kind="unknown frame")
+        return frame
+
+    def _check_data(self, entries: Any) -> None:
+        if not isinstance(entries, list) or not entries:
+            raise BadFrame(f"data is not a non-empty list: {excerpt(entries)}", kind="malformed data")
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("service"), str):
+                raise BadFrame(f"data entry without a service: {excerpt(entry)}", kind="malformed data")
+            if entry["service"] not in self._services:
+                raise BadFrame(f"data of a service not subscribed: {excerpt(entry)}", kind="other service")
+            content = entry.get("content")
+            if not isinstance(content, list) or not content or not all(isinstance(i, dict) for i in content):
+                raise BadFrame(f"content is not a list of items: {excerpt(entry)}", kind="malformed data")
+            if _deeper_than(entry, MAX_DEPTH):
+                raise BadFrame(f"data nested deeper than {MAX_DEPTH}", kind="too deeply nested")
+
+
+def _check_responses(responses: Any) -> None:
+    if not isinstance(responses, list) or not responses:
+        raise BadFrame(f"response is not a non-empty list: {excerpt(responses)}", kind="malformed response")
+    for response in responses:
+        content = response.get("content") if isinstance(response, dict) else None
+        code = content.get("code") if isinstance(content, dict) else None
+        if (
+            not isinstance(code, int)
+            or isinstance(code, bool)
+            or "msg" not in content  # type: ignore[operator]
+            or not _request_id(response.get("requestid"))
+            or not isinstance(response.get("service"), str)
+            or not isinstance(response.get("command"), str)
+        ):
+            raise BadFrame(f"malformed response: {excerpt(response)}", kind="malformed response")
+        if code == CLOSE_CONNECTION:
+            raise StreamSevered(f"Schwab closed the stream (code 12): {excerpt(content.get('msg'))}")  # type: ignore[union-attr]
+
+
+def _check_notify(notices: Any) -> None:
+    if not isinstance(notices, list) or not notices:
+        raise BadFrame(f"notify is not a non-empty list: {excerpt(notices)}", kind="malformed notify")
+    for notice in notices:
+        if not isinstance(notice, dict) or (
+            "heartbeat" not in notice and not isinstance(notice.get("service"), str)
+        ):
+            raise BadFrame(f"malformed notify entry: {excerpt(notice)}", kind="malformed notify")
+        content = notice.get("content")
+        if isinstance(content, dict) and content.get("code") == CLOSE_CONNECTION:
+            raise StreamSevered(f"Schwab closed the stream (code 12): {excerpt(content.get('msg'))}")
+
+
+def _request_id(value: Any) -> bool:
+    """schwab-py does `int(requestid)`: accept what that reads as a small request counter."""
+    if isinstance(value, str):
+        return 0 < len(value) <= 9 and value.isascii() and value.isdigit()
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest more than `limit` levels in `value` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False

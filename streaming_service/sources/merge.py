@@ -1,0 +1,224 @@
+"""LEVELONE_EQUITIES items → trades: merge partial updates per symbol, validating before any change.
+
+Schwab sends a full item per symbol first, then only changed fields (relabelled by schwab-py:
+LAST_PRICE, TOTAL_VOLUME, LAST_SIZE, TRADE_TIME_MILLIS). A trade is a rise of the cumulative
+TOTAL_VOLUME and its volume is the rise, so a dropped frame never loses volume: it folds into the
+next trade. Quote-only updates are not trades.
+
+Checks. An item that fails any of them raises `BadFrame` and changes nothing:
+- `key` is a symbol we subscribed to;
+- LAST_PRICE is finite and 0 < price < 1e8 (equity_data.price is DECIMAL(10,2));
+- TOTAL_VOLUME and LAST_SIZE are whole numbers with 0 ≤ n < 2**63 (BIGINT);
+- TRADE_TIME_MILLIS is at most `max_future_s` after `now()` and on the current exchange date
+  (the America/New_York date of `now()`). If no trade time is known, the frame's own timestamp
+  is used, and it must pass the same checks;
+- null counts as a wrong type: Schwab leaves unchanged fields out, it never sends null.
+
+Days. The first TOTAL_VOLUME of a symbol on an exchange date is the baseline: it counts nothing.
+Every accepted trade time falls on the current exchange date. So when a symbol's state belongs to
+an earlier date, a new day has begun: the baseline and the trade time are dropped, and the next
+TOTAL_VOLUME becomes the new day's baseline. The last price stays, because it is still the last
+price. Yesterday's baseline therefore never turns this morning's first snapshot into a trade.
+Shares traded today before that first value are not counted by the stream; they fall in a gap
+(nothing was connected to see them).
+
+Implausible changes. Within a day TOTAL_VOLUME only rises. Two changes are refused (`BadFrame`,
+kinds "volume fall" and "volume jump"):
+- a fall;
+- a rise larger than `max_volume_jump` times max(previous TOTAL_VOLUME, `volume_floor`). The floor
+  keeps the first trades after a small baseline (e.g. early in the day) from being refused.
+A replayed old frame or a stray value is never believed, so the same shares are never counted
+twice. Each refused value is remembered. When `confirmations` refused values in a row agree with
+each other (each at or above the one before, and not a jump from it), the last one becomes the new
+baseline and nothing is counted. This way a real change of level cannot stall the symbol for the
+rest of the day: for example after an outage longer than the jump limit allows, or when Schwab
+corrects its total.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from streaming_service.models import Tick
+from streaming_service.sources.frames import BadFrame, excerpt
+
+__all__ = ["PRICE_LIMIT", "VOLUME_LIMIT", "QuoteMerger"]
+
+log = structlog.get_logger(__name__)
+NEW_YORK = ZoneInfo("America/New_York")
+PRICE_LIMIT = 1e8  # DECIMAL(10,2) holds less than this
+VOLUME_LIMIT = 2**63  # BIGINT holds less than this
+_MISSING: Any = object()
+
+
+@dataclass(slots=True)
+class _SymbolState:
+    day: int  # start (epoch ms) of the exchange date this state belongs to
+    last_price: float | None = None
+    total_volume: int | None = None
+    trade_time_ms: int | None = None
+    suspect: int | None = None  # the last refused TOTAL_VOLUME, and how many agreeing ones in a row
+    suspects: int = 0
+
+
+class QuoteMerger:
+    """Merges partial LEVELONE_EQUITIES items into trades; see the module docstring.
+
+    `symbols`: the subscribed symbols (None accepts any). `now`: the clock trade times are checked
+    against, in epoch seconds (the wall clock, or a simulator's market clock)."""
+
+    def __init__(
+        self,
+        *,
+        symbols: Collection[str] | None = None,
+        max_volume_jump: float = 10.0,
+        volume_floor: int = 1_000_000,
+        max_future_s: float = 5.0,
+        confirmations: int = 3,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._symbols = frozenset(symbols) if symbols is not None else None
+        self._max_jump = max_volume_jump
+        self._floor = volume_floor
+        self._max_future_ms = max_future_s * 1000
+        self._confirmations = confirmations
+        self._now = now
+        self._state: dict[str, _SymbolState] = {}
+        self._day = (0.0, 0.0)  # [start, end) of the current exchange date, epoch ms
+
+    def apply(self, item: Mapping[str, Any], frame_time_ms: float | None = None) -> Tick | None:
+        """Merge one item; return the trade it reports, if any. Raises `BadFrame`, merging nothing
+        (except that a refused TOTAL_VOLUME is remembered, see the module docstring)."""
+        symbol = item.get("key")
+        if not isinstance(symbol, str) or not symbol:
+            raise BadFrame(f"item without a symbol key: {excerpt(item)}", kind="bad symbol")
+        if self._symbols is not None and symbol not in self._symbols:
+            raise BadFrame(f"{excerpt(symbol)} is not subscribed", kind="unsubscribed symbol")
+        price = _number(item, "LAST_PRICE", symbol)
+        if price is not None and not 0 < price < PRICE_LIMIT:
+            raise BadFrame(f"{symbol}: LAST_PRICE {price!r} out of range", kind="bad LAST_PRICE")
+        total = _count(item, "TOTAL_VOLUME", symbol)
+        _count(item, "LAST_SIZE", symbol)
+        now_ms = self._now() * 1000
+        day = self._today(now_ms)
+        time_ms = self._time(_number(item, "TRADE_TIME_MILLIS", symbol), now_ms, symbol, "trade time")
+
+        old = self._state.get(symbol)
+        fresh = old is None or old.day != day  # first item of the symbol, or of a new exchange date
+        previous = None if old is None or fresh else old.total_volume
+        known_time = None if old is None or fresh else old.trade_time_ms
+        last_price = price if price is not None else (old.last_price if old is not None else None)
+        tick = None
+        if total is not None and previous is not None and total != previous:
+            assert old is not None
+            if total < previous or total - previous > self._allowed(previous):
+                self._refuse_unless_confirmed(symbol, old, previous, total)
+            else:
+                trade_ms = time_ms if time_ms is not None else known_time
+                tick = self._trade(symbol, last_price, trade_ms, frame_time_ms, now_ms, total - previous)
+
+        state = _SymbolState(day) if old is None or fresh else old
+        state.last_price = last_price
+        state.trade_time_ms = time_ms if time_ms is not None else known_time
+        if total is not None:
+            state.total_volume = total
+            state.suspect, state.suspects = None, 0
+        self._state[symbol] = state
+        return tick
+
+    def _allowed(self, previous: int) -> float:
+        return self._max_jump * max(previous, self._floor)
+
+    def _refuse_unless_confirmed(self, symbol: str, state: _SymbolState, previous: int, total: int) -> None:
+        """Raise `BadFrame` for an implausible TOTAL_VOLUME unless it confirms the refused ones before."""
+        suspect = state.suspect
+        agrees = suspect is not None and suspect <= total <= suspect + self._allowed(suspect)
+        state.suspect, state.suspects = total, (state.suspects + 1 if agrees else 1)
+        if state.suspects >= self._confirmations:
+            log.warning(
+                "TOTAL_VOLUME moved to a new level and stayed there: new baseline, nothing counted",
+                symbol=symbol,
+                previous=previous,
+                total=total,
+                confirmations=state.suspects,
+            )
+            return
+        kind = "volume fall" if total < previous else "volume jump"
+        raise BadFrame(f"{symbol}: TOTAL_VOLUME went from {previous} to {total}", kind=kind)
+
+    def _trade(
+        self,
+        symbol: str,
+        price: float | None,
+        trade_ms: int | None,
+        frame_time_ms: float | None,
+        now_ms: float,
+        volume: int,
+    ) -> Tick:
+        """The trade, stamped with the trade time, else the frame's timestamp; raises `BadFrame`."""
+        if price is None:
+            raise BadFrame(f"{symbol}: a trade before any LAST_PRICE", kind="trade without a price")
+        if trade_ms is None and frame_time_ms is not None:
+            frame_time = frame_time_ms if _is_number(frame_time_ms) else _MISSING
+            trade_ms = self._time(frame_time, now_ms, symbol, "frame timestamp")
+        if trade_ms is None:
+            raise BadFrame(f"{symbol}: a trade without any time", kind="trade without a time")
+        return Tick(symbol, datetime.fromtimestamp(trade_ms / 1000, UTC), price, volume)
+
+    def _time(self, value: float | None, now_ms: float, symbol: str, what: str) -> int | None:
+        if value is None:
+            return None
+        if value is _MISSING or value <= 0:
+            raise BadFrame(f"{symbol}: {what} {excerpt(value)} is not a time", kind=f"bad {what}")
+        if value > now_ms + self._max_future_ms:
+            raise BadFrame(f"{symbol}: {what} {value!r} is in the future", kind=f"{what} in the future")
+        start, end = self._day
+        if not start <= value < end:
+            raise BadFrame(f"{symbol}: {what} {value!r} is not today", kind=f"{what} of another day")
+        return int(value)
+
+    def _today(self, now_ms: float) -> int:
+        """Start of the exchange date of `now_ms` (epoch ms); keeps `_day` current."""
+        start, end = self._day
+        if not start <= now_ms < end:
+            today = datetime.fromtimestamp(now_ms / 1000, NEW_YORK).date()
+            midnight = datetime.combine(today, clock_time(0), NEW_YORK)
+            following = datetime.combine(today + timedelta(days=1), clock_time(0), NEW_YORK)
+            self._day = (midnight.timestamp() * 1000, following.timestamp() * 1000)
+        return int(self._day[0])
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -VOLUME_LIMIT < value < VOLUME_LIMIT  # bigger ints overflow float conversions
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _number(item: Mapping[str, Any], name: str, symbol: str) -> float | None:
+    """The field's value if present; None if absent. Raises `BadFrame` if present but not a number."""
+    value = item.get(name, _MISSING)
+    if value is _MISSING:
+        return None
+    if not _is_number(value):
+        raise BadFrame(f"{symbol}: {name} is {excerpt(value)}, not a finite number", kind=f"bad {name}")
+    return value  # type: ignore[no-any-return]
+
+
+def _count(item: Mapping[str, Any], name: str, symbol: str) -> int | None:
+    value = _number(item, name, symbol)
+    if value is None:
+        return None
+    if not 0 <= value < VOLUME_LIMIT or (isinstance(value, float) and not value.is_integer()):
+        raise BadFrame(f"{symbol}: {name} is {value!r}, not a share count", kind=f"bad {name}")
+    return int(value)
