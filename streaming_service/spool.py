@@ -18,7 +18,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -61,13 +61,13 @@ class SpoolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Taken:
-    """Rows read from the spool: `batch` to write, `versions` to hand back to `confirm()`."""
+    """Rows read from the spool: `batch` to write, `last_seq` for `confirm()`."""
 
     batch: Batch
-    versions: tuple[tuple[str, str, int], ...]
+    last_seq: int
 
     def __len__(self) -> int:
-        return len(self.versions)
+        return len(self.batch)
 
 
 class Spool:
@@ -97,7 +97,7 @@ class Spool:
         return self._equity_depth + sum(1 for table, _ in self._buffer if table == "equity_data")
 
     def oldest_age(self, now: float | None = None) -> float | None:
-        """Seconds the oldest committed row has waited, or None when the spool is empty."""
+        """Seconds the next row to write (the oldest version) has waited, or None when empty."""
         if self._oldest is None:
             return None
         return max(0.0, (time.time() if now is None else now) - self._oldest)
@@ -129,9 +129,13 @@ class Spool:
         return await self._run(self._take_sync, limit)
 
     async def confirm(self, taken: Taken) -> None:
-        """Delete the taken rows whose version is unchanged (the sink committed exactly those)."""
-        if taken.versions:
-            await self._run(self._confirm_sync, taken.versions)
+        """Delete the taken rows whose version is unchanged (the sink committed exactly those).
+
+        Every commit gives each row it writes a new, higher sequence number, and `take()` reads in
+        sequence order: so the taken versions are exactly the rows with `seq <= last_seq`, and a
+        row replaced since has a higher one and stays."""
+        if len(taken):
+            await self._run(self._confirm_sync, taken.last_seq)
 
     async def aclose(self) -> None:
         """Commit the buffer and close the file; idempotent."""
@@ -189,25 +193,20 @@ class Spool:
 
     def _take_sync(self, limit: int) -> Taken:
         rows = self._connection().execute(
-            "SELECT tbl, key, seq, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            "SELECT tbl, seq, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
         ).fetchall()
         by_table: dict[str, list[Any]] = {"equity_data": [], "indicators": [], "option_prices": []}
-        for table, _, _, payload in rows:
-            by_table[table].append(_decode(table, payload))
+        values = json.loads(f"[{','.join(payload for _, _, payload in rows)}]")  # one parse per take
+        for (table, _, _), row_values in zip(rows, values, strict=True):
+            by_table[table].append(_decode(table, row_values))
         batch = Batch(
             tuple(by_table["equity_data"]), tuple(by_table["indicators"]), tuple(by_table["option_prices"])
         )
-        return Taken(batch, tuple((table, key, seq) for table, key, seq, _ in rows))
+        return Taken(batch, rows[-1][1] if rows else 0)
 
-    def _confirm_sync(self, versions: Sequence[tuple[str, str, int]]) -> None:
+    def _confirm_sync(self, last_seq: int) -> None:
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("DELETE FROM outbox WHERE tbl = ? AND key = ? AND seq = ?", versions)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        conn.execute("DELETE FROM outbox WHERE seq <= ?", (last_seq,))  # one statement: atomic
         self._refresh_counts(conn)
 
     def _enforce_limit(self, conn: sqlite3.Connection) -> None:
@@ -235,7 +234,8 @@ class Spool:
 
     def _refresh_counts(self, conn: sqlite3.Connection) -> None:
         depth, equity, oldest = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE tbl = 'equity_data'), min(queued_at) FROM outbox"
+            "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM outbox WHERE tbl = 'equity_data'),"
+            " (SELECT queued_at FROM outbox ORDER BY seq LIMIT 1)"
         ).fetchone()
         self._depth, self._equity_depth, self._oldest = depth, equity, oldest
 
@@ -259,8 +259,7 @@ def _encode(row: Row) -> str:
     return json.dumps([v.isoformat() if isinstance(v, date) else v for v in values], separators=(",", ":"))
 
 
-def _decode(table: str, payload: str) -> Row:
-    values = json.loads(payload)
+def _decode(table: str, values: list[Any]) -> Row:
     if table == "equity_data":
         return EquityRow(values[0], datetime.fromisoformat(values[1]), values[2], values[3])
     if table == "indicators":

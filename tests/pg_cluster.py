@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL server for integration tests.
 
 `PgCluster` runs `initdb` and `pg_ctl` against a temporary directory and listens on a free
-TCP port on 127.0.0.1 with trust authentication (no password), fsync off. `initdb` and
+TCP port on 127.0.0.1 with trust authentication (no password), fsync off unless `durable`. `initdb` and
 `postgres` refuse to run as root, so as root every server command goes through
 `runuser -u nobody --` and the directory is owned by `nobody`.
 
@@ -30,14 +30,9 @@ __all__ = ["PgCluster", "PgClusterError", "find_pg_bin", "fresh_database"]
 
 _SERVER_USER = "nobody"
 _START_TIMEOUT_S = 30
-_SETTINGS = (
-    "listen_addresses = '127.0.0.1'",
-    "fsync = off",
-    "synchronous_commit = off",
-    "full_page_writes = off",
-    "max_connections = 50",
-    "log_min_messages = warning",
-)
+_SETTINGS = ("listen_addresses = '127.0.0.1'", "max_connections = 50", "log_min_messages = warning")
+#: Fast but not crash-safe: an immediate stop loses commits already acknowledged.
+_NOT_DURABLE = ("fsync = off", "synchronous_commit = off", "full_page_writes = off")
 
 
 class PgClusterError(RuntimeError):
@@ -80,7 +75,10 @@ class PgCluster:
     user = "postgres"
     host = "127.0.0.1"
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """`durable`: keep Postgres's crash safety (fsync, synchronous commit), for tests that stop
+        the server with `-m immediate` and count on what it acknowledged; off by default (faster)."""
+        self._durable = durable
         self._bin = find_pg_bin()
         self._as_root = os.geteuid() == 0
         self.base_dir = Path(tempfile.mkdtemp(prefix="pgtest-"))
@@ -151,7 +149,8 @@ class PgCluster:
             "--encoding=UTF8",
             "--no-sync",
         )  # fmt: skip
-        settings = (*_SETTINGS, f"port = {self.port}", f"unix_socket_directories = '{self.socket_dir}'")
+        speed = () if self._durable else _NOT_DURABLE
+        settings = (*_SETTINGS, *speed, f"port = {self.port}", f"unix_socket_directories = '{self.socket_dir}'")
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\n# pg_cluster.py\n" + "\n".join(settings) + "\n")
         self._initialised = True
