@@ -1,4 +1,5 @@
-"""`streaming-service` commands: run (production), check (pre-flight), demo (local simulator).
+"""`streaming-service` commands: run (production), auth (Schwab login), status (/healthz for a
+person), check (pre-flight), demo (local simulator).
 
 Exit codes: 0 done, 1 unexpected error or a failed check, 2 bad configuration or argument, 3 Schwab
 auth problem, 4 database refused or unreachable at shutdown.
@@ -8,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -41,9 +41,14 @@ EXIT_CODES: dict[type[StreamerError], int] = {ChecksFailed: 1, ConfigError: 2, A
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the command, map errors to a one-line message and an exit code."""
     args = _parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], Coroutine[None, None, None]] = args.command
+    return run_command(command(args))
+
+
+def run_command(command: Coroutine[None, None, None]) -> int:
+    """Run `command`; map our errors to a one-line message on stderr and the exit code."""
     try:
-        command: Callable[[argparse.Namespace], Coroutine[None, None, None]] = args.command
-        asyncio.run(command(args))
+        asyncio.run(command)
     except KeyboardInterrupt:
         return 130
     except (StreamerError, BaseExceptionGroup) as exc:
@@ -73,6 +78,19 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="stream STREAM_TICKER from Schwab into the configured database")
     run.set_defaults(command=_run)
+
+    auth = commands.add_parser(
+        "auth", help="log in to Schwab (prints a URL; paste the address it redirects to) and save the token"
+    )
+    auth.add_argument(
+        "--status", action="store_true", help="only print when the saved refresh token expires"
+    )
+    auth.set_defaults(command=_auth)
+
+    status = commands.add_parser(
+        "status", help="print the running service's /healthz for a person; exit 0 only if healthy"
+    )
+    status.set_defaults(command=_status)
 
     check = commands.add_parser(
         "check", help="check configuration, Schwab token and database; exit 0 only if all pass"
@@ -131,27 +149,79 @@ def _positive(kind: type[float]) -> Callable[[str], float]:
 async def _run(args: argparse.Namespace) -> None:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
-    from streaming_service.market_hours import load_market_hours
+    from streaming_service.market_hours import MarketCalendar
     from streaming_service.service import Service
     from streaming_service.sinks import sink_for
     from streaming_service.sources.schwab_client import build_schwab_client
+    from streaming_service.token import TokenWatcher
 
     if settings.schwab_app_key is None or settings.schwab_app_secret is None:
         raise ConfigError(
             "config error: SCHWAB_APP_KEY and SCHWAB_APP_SECRET must be set (from your app at "
             "developer.schwab.com). Set them in .env."
         )
-    client = build_schwab_client(
-        settings.schwab_token_path,
-        settings.schwab_app_key.get_secret_value(),
-        settings.schwab_app_secret.get_secret_value(),
-    )
+    app_key = settings.schwab_app_key.get_secret_value()
+    app_secret = settings.schwab_app_secret.get_secret_value()
+    client = build_schwab_client(settings.schwab_token_path, app_key, app_secret)
     hours = None
     if not settings.skip_market_hours:
-        cache = settings.schwab_token_path.parent / "market_hours.json"
-        hours = functools.partial(load_market_hours, cache)
-    service = Service(settings, client, sink_for(settings), market_hours=hours)
+        hours = MarketCalendar(settings.schwab_token_path.parent / "market_hours.json")
+
+    def new_client() -> Any:
+        return build_schwab_client(settings.schwab_token_path, app_key, app_secret)
+
+    service = Service(
+        settings,
+        client,
+        sink_for(settings),
+        market_hours=hours,
+        new_client=new_client,
+        token_changed=TokenWatcher(settings.schwab_token_path).changed,
+        token_path=settings.schwab_token_path,
+    )
     await _serve(service, stop_when=None, status_every=60.0, print_status=False)
+
+
+async def _auth(args: argparse.Namespace) -> None:
+    import time
+
+    from streaming_service.token import describe, login, read_token_info
+
+    settings = load_settings()
+    if args.status:
+        print(describe(read_token_info(settings.schwab_token_path), time.time()))
+        return
+    if settings.schwab_app_key is None or settings.schwab_app_secret is None:
+        raise ConfigError(
+            "config error: SCHWAB_APP_KEY and SCHWAB_APP_SECRET must be set (from your app at "
+            "developer.schwab.com). Set them in .env."
+        )
+    info = await asyncio.to_thread(
+        login,
+        settings.schwab_app_key.get_secret_value(),
+        settings.schwab_app_secret.get_secret_value(),
+        settings.schwab_redirect_uri,
+        settings.schwab_token_path,
+    )
+    print(describe(info, time.time()))
+
+
+async def _status(args: argparse.Namespace) -> None:
+    from streaming_service.http import fetch_health, format_health
+
+    settings = load_settings()
+    if not settings.health_port:
+        raise ChecksFailed("HEALTH_PORT=0: the health endpoint is off; set HEALTH_PORT to use `status`")
+    try:
+        code, body = await asyncio.to_thread(fetch_health, settings.health_host, settings.health_port)
+    except (OSError, ValueError) as exc:
+        raise ChecksFailed(
+            f"no answer from http://{settings.health_host}:{settings.health_port}/healthz ({exc}): "
+            "is the service running (`docker compose ps`), and HEALTH_PORT the same as its own?"
+        ) from None
+    print(format_health(body))
+    if code != 200:
+        raise ChecksFailed(f"unhealthy (HTTP {code})")
 
 
 async def _check(args: argparse.Namespace) -> None:
@@ -234,11 +304,18 @@ async def _first_of(event_wait: Awaitable[bool], duration: float | None) -> None
 async def _serve(
     service: Service, *, stop_when: Awaitable[None] | None, status_every: float, print_status: bool
 ) -> None:
-    """Run `service` until SIGINT/SIGTERM or `stop_when` completes; report status periodically."""
-    stop = asyncio.Event()
+    """Run `service` until SIGINT/SIGTERM or `stop_when` completes; a second signal cuts the final
+    writing short. Serves /healthz (HEALTH_PORT; 0 = off) and reports status periodically."""
+    from streaming_service.http import HealthServer
+
+    stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
 
     async def stop_later() -> None:
         if stop_when is not None:
@@ -249,16 +326,28 @@ async def _serve(
         while True:
             await asyncio.sleep(status_every)
             status = service.status()
+            service.warn_if_token_expires_soon()
             if print_status:
                 print(status.line(), flush=True)
             else:
                 log.info("status", **{k: getattr(status, k) for k in status.__slots__})
 
-    async with asyncio.TaskGroup() as group:
-        stopper = group.create_task(stop_later(), name="stop-timer")
-        reporter = group.create_task(report(), name="status")
-        await service.run(stop)
-        stopper.cancel()
-        reporter.cancel()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(sig)
+    settings = service.settings
+    health = HealthServer(settings.health_host, settings.health_port, service.health)
+    if settings.health_port:
+        try:
+            await health.start()
+            log.info("health endpoint listening", url=f"http://{settings.health_host}:{health.port}/healthz")
+        except OSError as exc:  # the recorder matters more than its health page
+            log.error("health endpoint not started", error=str(exc), fix="set HEALTH_PORT to a free port")
+    try:
+        async with asyncio.TaskGroup() as group:
+            stopper = group.create_task(stop_later(), name="stop-timer")
+            reporter = group.create_task(report(), name="status")
+            await service.run(stop, force)
+            stopper.cancel()
+            reporter.cancel()
+    finally:
+        await health.aclose()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

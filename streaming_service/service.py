@@ -1,52 +1,68 @@
-"""The supervisor: wires source → pipeline → batcher → sink and runs them until asked to stop.
+"""The supervisor: wires source → pipeline → spool → writer → sink and runs them until asked to stop.
 
-Shutdown order (SIGTERM, Ctrl-C, `--duration`, or a fatal error in the stream): stop reading the
-stream, close the open rows, write everything pending, close the sink and the Schwab client's HTTP
-session (the service owns both once `run` starts). A fatal error is re-raised
-after that flush, so accepted rows are written whenever the database allows it.
+Shutdown (SIGTERM, Ctrl-C, `--duration`, or a fatal error): stop reading the stream → put the open
+rows into the spool, committed → keep writing to the sink for at most SHUTDOWN_GRACE seconds →
+cancel the write in flight → close the sink, the Schwab session and the spool. What was not written
+waits in the spool for the next run (the last log line says how many rows). Setting `force` (a
+second signal) cuts the writing short at once. Nothing here waits on the network without a deadline.
+
+An expired Schwab login does not stop the service when it can build a new client (`new_client`):
+it reports `reauth_needed`, keeps writing what is spooled, looks at the token file every
+`token_poll_s` seconds and resumes streaming by itself when a new token file appears.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from streaming_service.batcher import Batcher
 from streaming_service.config import Settings
+from streaming_service.errors import AuthError
 from streaming_service.market_hours import MarketHours
 from streaming_service.models import Tick
 from streaming_service.pipeline import Pipeline
 from streaming_service.sinks.base import Sink
 from streaming_service.sources.options import OptionsTracker
 from streaming_service.sources.schwab import SchwabStream
+from streaming_service.spool import Spool
+from streaming_service.token import describe, read_token_info
 
 __all__ = ["Service", "Status"]
 
 log = structlog.get_logger(__name__)
+_CLOSE_TIMEOUT_S = 5.0  # closing the sink or the Schwab session never takes longer than this
 
 
 @dataclass(frozen=True, slots=True)
 class Status:
     """A snapshot of the counters, for the status line."""
 
+    state: str
     ticks: int
     ticks_per_s: float
     rows_written: int
     option_rows: int
     batches: int
     pending_rows: int
+    spool_dropped: int
     last_price: float | None
     sma: float | None
     vwap: float | None
+    last_data_age_s: float | None
     bad_frames: int
     write_errors: int
     connects: int
+    rss_mb: float | None
 
     def line(self) -> str:
         """One human-readable line."""
@@ -55,10 +71,9 @@ class Status:
             return "-" if value is None else f"{value:.2f}"
 
         return (
-            f"ticks={self.ticks} ({self.ticks_per_s:.1f}/s) rows_written={self.rows_written} "
-            f"option_rows={self.option_rows} "
-            f"batches={self.batches} pending={self.pending_rows} last={fmt(self.last_price)} "
-            f"sma={fmt(self.sma)} vwap={fmt(self.vwap)} "
+            f"{self.state} ticks={self.ticks} ({self.ticks_per_s:.1f}/s) rows_written={self.rows_written} "
+            f"option_rows={self.option_rows} batches={self.batches} spooled={self.pending_rows} "
+            f"last={fmt(self.last_price)} sma={fmt(self.sma)} vwap={fmt(self.vwap)} "
             f"errors={self.bad_frames + self.write_errors} connects={self.connects}"
         )
 
@@ -73,17 +88,31 @@ class Service:
         sink: Sink,
         *,
         market_hours: Callable[[], MarketHours] | None = None,
-        grace_s: float = 20.0,
+        new_client: Callable[[], Any] | None = None,
+        token_changed: Callable[[], bool] | None = None,
+        token_poll_s: float = 60.0,
+        token_path: Path | None = None,
     ) -> None:
-        """`market_hours`: returns the schedule (called again when it runs out); None streams 24/7."""
+        """`market_hours`: returns the schedule (a `MarketCalendar`: called before every session, it
+        rebuilds when due); None streams 24/7.
+        `new_client` + `token_changed`: build a client from the token file, and tell whether the
+        file changed; with both, an expired login waits for a new token instead of stopping.
+        `token_path`: the token file whose expiry /healthz reports and the status line warns about."""
+        self.settings = settings
         self.sink = sink
         self._client = client
         self._market_hours = market_hours
-        self._grace_s = grace_s
+        self._new_client = new_client
+        self._token_changed = token_changed
+        self._token_poll_s = token_poll_s
+        self._token_path = token_path
+        self._token_warned_at = 0.0
+        self.spool = Spool(settings.spool_path, max_bytes=settings.spool_max_mb * 2**20)
         self.batcher = Batcher(
             sink,
             size=settings.batch_size,
             interval=settings.batch_interval,
+            spool=self.spool,
             drain=lambda: self.pipeline.drain(),
         )
         self.pipeline = Pipeline(
@@ -108,7 +137,12 @@ class Service:
             settings.stream_ticker,
             self._on_tick,
             on_option=self.options.on_item if self.options else None,
+            stale_after_s=settings.stale_seconds,
+            max_volume_jump=settings.max_volume_jump,
         )
+        self.reauth_needed = False
+        self.in_session: bool | None = None  # None: not gated by the calendar
+        self._started_at: float | None = None
         self._rate_mark = (time.monotonic(), 0)
 
     def _on_tick(self, tick: Tick) -> None:
@@ -116,63 +150,221 @@ class Service:
         if self.options is not None:
             self.options.on_tick(tick)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Stream until `stop` is set, then flush and return. Raises `SinkError`, `AuthError`."""
-        await self.sink.open()
-        log.info("sink open", sink=self.sink.name)
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self.batcher.run(), name="batcher")
-                group.create_task(self._stream_until(stop), name="stream")
-        finally:
-            await self.sink.aclose()
-            await self._client.close_async_session()
+    async def run(self, stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
+        """Stream until `stop` is set (or a fatal error), then shut down as the module docstring says.
 
-    async def _stream_until(self, stop: asyncio.Event) -> None:
-        streaming = asyncio.create_task(self._sources(), name="schwab-stream")
+        Raises `SinkRejected` (the database refuses us), `AuthError` (expired login and no way to
+        wait for a new one), `SpoolError` (the spool file cannot be used)."""
+        self._started_at = time.time()
+        left = await self.spool.open()
+        if left:
+            log.info("rows from a previous run are in the spool; writing them first", rows=left)
+        writer = asyncio.create_task(self.batcher.run(), name="writer")
+        sources = asyncio.create_task(self._sources(), name="sources")
         stopping = asyncio.create_task(stop.wait(), name="stop-signal")
         try:
-            await asyncio.wait({streaming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({writer, sources, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (streaming, stopping):
-                task.cancel()
-            await asyncio.gather(streaming, stopping, return_exceptions=True)
-            log.info("stream stopped; flushing", pending_rows=self.batcher.pending)
-            await self.batcher.close(self._grace_s)
-        if not streaming.cancelled() and streaming.exception() is not None:
-            raise streaming.exception()  # type: ignore[misc]
+            await self._shutdown(writer, sources, stopping, force)
+        for task in (sources, writer):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _shutdown(
+        self,
+        writer: asyncio.Task[None],
+        sources: asyncio.Task[None],
+        stopping: asyncio.Task[bool],
+        force: asyncio.Event | None,
+    ) -> None:
+        for task in (sources, stopping):
+            task.cancel()
+        await asyncio.wait({sources, stopping}, timeout=_CLOSE_TIMEOUT_S)
+        grace = self.settings.shutdown_grace
+        log.info("stream stopped; writing what is spooled", rows=self.batcher.pending, grace_s=grace)
+        closing = asyncio.create_task(self.batcher.close(grace), name="writer-close")
+        forced = asyncio.create_task(force.wait() if force else asyncio.Event().wait(), name="force")
+        await asyncio.wait({closing, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if not closing.done():
+            log.warning("second signal: stopping now")
+            writer.cancel()
+            await asyncio.wait({closing}, timeout=_CLOSE_TIMEOUT_S)
+        forced.cancel()
+        await asyncio.wait({writer}, timeout=_CLOSE_TIMEOUT_S)
+        for name, close in (("sink", self.sink.aclose), ("schwab", self._client.close_async_session)):
+            try:
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await close()
+            except Exception as exc:  # closing is best effort: the rows are safe in the spool
+                log.warning("closing failed", what=name, error=f"{type(exc).__name__}: {exc}")
+        await self.spool.aclose()
+        log.info(
+            "stopped",
+            rows_written=self.batcher.stats.rows_written,
+            rows_left_in_spool=self.spool.depth,
+        )
 
     async def _sources(self) -> None:
-        """The stream (gated by market hours if configured) and, with options, the window keeper."""
+        """Stream (within sessions, if gated); on an expired login, wait for a new token if we can."""
+        while True:
+            try:
+                if self._market_hours is None:
+                    await self._stream_and_options()
+                else:
+                    await self._stream_in_sessions()
+            except* AuthError as group:
+                if self._new_client is None or self._token_changed is None:
+                    raise
+                await self._wait_for_new_login(group.exceptions[0])
+
+    async def _wait_for_new_login(self, error: BaseException) -> None:
+        """Report reauth_needed and look at the token file every `token_poll_s` until a new one
+        gives a client; never calls Schwab meanwhile."""
+        assert self._new_client is not None and self._token_changed is not None
+        self.reauth_needed = True
+        self._token_changed()  # the file as it is now (refreshes rewrote it) is the one that failed
+        log.error(
+            "Schwab login expired; waiting for a new token file",
+            error=str(error),
+            fix="run `streaming-service auth` (or copy a new token file to SCHWAB_TOKEN_PATH); "
+            "streaming resumes by itself",
+        )
+        while True:
+            await asyncio.sleep(self._token_poll_s)
+            if not self._token_changed():
+                continue
+            try:
+                client = self._new_client()
+            except AuthError as exc:
+                log.error("the new token file cannot be used", error=str(exc))
+                continue
+            break
+        old, self._client = self._client, client
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await old.close_async_session()
+        self.stream.use_client(client)
+        if self.options is not None:
+            self.options.use_client(client)
+        self.reauth_needed = False
+        log.info("new token file found; streaming again")
+
+    async def _stream_and_options(self) -> None:
+        """The stream and, with options, the window keeper (no chain requests outside it)."""
         async with asyncio.TaskGroup() as group:
-            source = self.stream.run() if self._market_hours is None else self._stream_in_sessions()
-            group.create_task(source, name="stream")
+            group.create_task(self.stream.run(), name="stream")
             if self.options is not None:
                 group.create_task(self.options.run(self.stream.set_option_symbols), name="options")
 
     async def _stream_in_sessions(self) -> None:
         """Stream during regular sessions only; between them, stay disconnected."""
         assert self._market_hours is not None
-        hours = await asyncio.to_thread(self._market_hours)
         while True:
+            hours = await asyncio.to_thread(self._market_hours)  # cheap unless a rebuild is due
             now = time.time()
             session = hours.session_for(now)
-            if session is None or hours.covers_until() - now < 86_400:
-                hours = await asyncio.to_thread(self._market_hours)
-                session = hours.session_for(now)
             if session is None:
                 raise RuntimeError("the market calendar has no future session")
             opens, closes = session
             if now < opens:
+                self.in_session = False
                 log.info("market closed; waiting for the open", opens_at=_iso(opens))
                 await asyncio.sleep(min(opens - now, 3600.0))  # re-check hourly: clocks drift, hosts sleep
                 continue
+            self.in_session = True
             log.info("market open; streaming", closes_at=_iso(closes))
             try:
                 async with asyncio.timeout(closes - now):
-                    await self.stream.run()
+                    await self._stream_and_options()
             except TimeoutError:
                 log.info("market closed; stream stopped", closed_at=_iso(closes))
+            finally:
+                self.in_session = False
+
+    def state(self) -> str:
+        """streaming, waiting_for_open, reconnecting, sink_down or reauth_needed."""
+        failing = self.batcher.stats.failing_since
+        if self.reauth_needed:
+            return "reauth_needed"
+        if failing is not None and time.time() - failing > self.settings.sink_down_alert_s:
+            return "sink_down"
+        if self.in_session is False:
+            return "waiting_for_open"
+        return "streaming" if self.stream.subscribed.is_set() else "reconnecting"
+
+    def last_data_age(self, now: float | None = None) -> dict[str, float | None]:
+        """Seconds since the last data frame of each ticker (None: none yet)."""
+        now = time.time() if now is None else now
+        seen = self.stream.stats.last_data_at_by_symbol
+        return {t: (round(now - seen[t], 1) if t in seen else None) for t in self.settings.stream_ticker}
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) for /healthz: 200 when streaming or waiting by the calendar; 503
+        when the data is stale in market hours, the sink is down or a new login is needed."""
+        now = time.time()
+        state = self.state()
+        ages = self.last_data_age(now)
+        stale_after = self.settings.stale_seconds
+        in_hours = state in ("streaming", "reconnecting")
+        up_for = now - (self._started_at or now)
+        stale = in_hours and up_for > stale_after and any(
+            age is None or age > stale_after for age in ages.values()
+        )
+        ok = state in ("streaming", "waiting_for_open", "reconnecting") and not stale
+        failing = self.batcher.stats.failing_since
+        body = {
+            "state": state,
+            "ok": ok,
+            "stale": stale,
+            "version": _version(),
+            "tickers": {t: {"last_data_age_s": age} for t, age in ages.items()},
+            "spool": {
+                "depth": self.spool.depth,
+                "oldest_age_s": _round(self.spool.oldest_age(now)),
+                "dropped": self.spool.dropped,
+            },
+            "sink": {
+                "name": self.sink.name,
+                "failing_for_s": None if failing is None else round(now - failing, 1),
+                "last_error": self.batcher.stats.last_error if failing is not None else None,
+            },
+            "token": self._token_health(now),
+            "stream": {
+                "connects": self.stream.stats.connects,
+                "bad_frames": self.stream.stats.bad_frames,
+                "internal_errors": self.stream.stats.internal_errors,
+            },
+        }
+        return (200 if ok else 503), body
+
+    def _token_health(self, now: float) -> dict[str, Any] | None:
+        try:
+            info = read_token_info(self._token_path) if self._token_path else None
+        except AuthError:
+            return None
+        if info is None:
+            return None
+        return {
+            "refresh_expires_at": _iso(info.refresh_expires_at),
+            "seconds_left": round(info.seconds_left(now)),
+        }
+
+    def warn_if_token_expires_soon(self) -> None:
+        """Log a warning (at most hourly) from 24 h before the refresh token expires."""
+        now = time.time()
+        if self._token_path is None or now - self._token_warned_at < 3600:
+            return
+        try:
+            info = read_token_info(self._token_path)
+        except AuthError:
+            return
+        if info.expiring_soon(now):
+            self._token_warned_at = now
+            log.warning(
+                "Schwab refresh token expires soon",
+                expires=describe(info, now),
+                fix="run `streaming-service auth`",
+            )
 
     def status(self) -> Status:
         """Counters now; ticks/s is measured since the previous call."""
@@ -180,24 +372,50 @@ class Service:
         then, ticks_then = self._rate_mark
         self._rate_mark = (now, ticks)
         last = self.pipeline.last_tick
-        sma, vwap = (
-            self.pipeline.builders[last.symbol].last_indicators if last else (None, None)
-        )
+        sma, vwap = self.pipeline.builders[last.symbol].last_indicators if last else (None, None)
+        ages = [a for a in self.last_data_age().values() if a is not None]
         return Status(
+            state=self.state(),
             ticks=ticks,
             ticks_per_s=(ticks - ticks_then) / (now - then) if now > then else 0.0,
             rows_written=self.batcher.stats.rows_written,
             option_rows=self.batcher.stats.option_rows_written,
             batches=self.batcher.stats.batches,
             pending_rows=self.batcher.pending,
+            spool_dropped=self.spool.dropped,
             last_price=last.price if last else None,
             sma=sma,
             vwap=vwap,
+            last_data_age_s=max(ages) if ages else None,
             bad_frames=self.stream.stats.bad_frames,
             write_errors=self.batcher.stats.write_errors,
             connects=self.stream.stats.connects,
+            rss_mb=_rss_mb(),
         )
 
 
 def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat()
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("schwab-supabase-streamer")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _rss_mb() -> float | None:
+    """Resident memory of this process now (Linux), in MiB."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    import resource
+
+    return round(pages * resource.getpagesize() / 2**20, 1)

@@ -32,6 +32,9 @@ async def running_service(sim: SchwabSimulator, tmp_path: Path, **settings: Any)
         "batch_size": 50,
         "batch_interval": 0.5,
         "row_resolution": 0,
+        "spool_path": tmp_path / "spool.db",
+        "dead_letter_path": tmp_path / "dead_letters.jsonl",
+        "health_port": 0,
     }
     config = load_settings(**{**defaults, **settings})
     client = simulator_client(sim, tmp_path)
