@@ -13,8 +13,8 @@ heartbeats, replies) is on it, as a real server's are on the wall clock. While i
 simulator installs `clock()` as the exchange clock of its context (`sources.clock`), so a service
 started inside `async with SchwabSimulator(...)` checks trade times against the same clock.
 
-Fault injection: `disconnect_all()`, `drop_next_frames(n)`, `send_raw(frame)`, `reject_login`,
-`reject_logins(n)`, `refresh_token_valid`, `fail_next_market_data(n, status)`,
+Fault injection: `pause()`/`resume()`, `disconnect_all()`, `drop_next_frames(n)`, `send_raw(frame)`,
+`reject_login`, `reject_logins(n)`, `refresh_token_valid`, `fail_next_market_data(n, status)`,
 `replace_next_reply(frame)`, `silence()`, `heartbeats_only()`, `interleave(frames)`.
 Ground truth: `market.trades` (all), `sent_trades` (delivered), `option_truth` (every field of
 each option quote as last delivered), `stream_requests` (every request received).
@@ -26,57 +26,32 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from streaming_service.simulator.connection import (
+    EQUITY_SERVICE,
+    OPTION_SERVICE,
+    Connection,
+    Frame,
+    root,
+    wire_fields,
+)
 from streaming_service.simulator.market import NEW_YORK, Event, SimulatedMarket
 from streaming_service.simulator.options import OptionBook
 from streaming_service.simulator.rest import rest_handler
 from streaming_service.sources.clock import exchange_clock, use_exchange_clock
 
-__all__ = ["SchwabSimulator"]
+__all__ = ["EQUITY_SERVICE", "OPTION_SERVICE", "SchwabSimulator"]
 
-EQUITY_SERVICE = "LEVELONE_EQUITIES"
-OPTION_SERVICE = "LEVELONE_OPTIONS"
 _OPTION_REPRICE_MS = 1000  # option quotes follow the underlying at most once per simulated second
-_CLOSE = object()  # queued by LOGOUT: Schwab closes the socket after answering
-Frame = str | bytes  # a text or binary WebSocket message
-Kind = Literal["reply", "data", "heartbeat", "raw"]
-
-
-def _wire_fields(event: Event) -> dict[str, Any]:
-    """The LEVELONE_EQUITIES fields the simulator knows, keyed as on the wire."""
-    trade_ms = event.timestamp_ms if event.kind == "trade" else None
-    fields: dict[str, Any] = {
-        "1": event.bid,
-        "2": event.ask,
-        "3": event.price,
-        "8": event.total_volume,
-        "9": event.size or None,
-        "34": event.timestamp_ms,
-        "35": trade_ms,
-    }
-    return {k: v for k, v in fields.items() if v is not None}
-
-
-@dataclass(eq=False)
-class _Client:
-    socket: ServerConnection
-    outbox: asyncio.Queue[Frame | object] = field(default_factory=asyncio.Queue)
-    #: normal; silent (sends nothing at all); heartbeats (replies and heartbeats, no data)
-    mode: Literal["normal", "silent", "heartbeats"] = "normal"
-    #: service → symbol → wire keys subscribed
-    fields: dict[str, dict[str, set[str]]] = field(
-        default_factory=lambda: {EQUITY_SERVICE: {}, OPTION_SERVICE: {}}
-    )
-    sent: dict[str, dict[str, Any]] = field(default_factory=dict)  # symbol → values sent so far
 
 
 class SchwabSimulator:
@@ -107,7 +82,7 @@ class SchwabSimulator:
         self.stream_requests: list[tuple[str, str, dict[str, Any]]] = []
         self.sent_trades: list[Event] = []
         self.session_finished = asyncio.Event()
-        self._clients: set[_Client] = set()
+        self._clients: set[Connection] = set()
         self._current: dict[str, Event] = {s: market.snapshot(s) for s in market.symbols}
         session_date = datetime.fromtimestamp(market.open_ms / 1000, NEW_YORK).date()
         self.books = {
@@ -142,6 +117,14 @@ class SchwabSimulator:
         if self._clock_started is not None and self._loop is not None:
             offset = (self._loop.time() - self._clock_started) * self.speed
         return self.market.open_ms / 1000 + offset
+
+    def start_clock(self) -> tuple[float, float]:
+        """Start the market clock now if no subscription has yet; return (wall time, market time)
+        of that moment, epoch seconds, so another process can follow the same clock."""
+        assert self._loop is not None, "start() first"
+        if self._clock_started is None:
+            self._clock_started = self._loop.time()
+        return time.time(), self.clock()
 
     def _clock_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -190,6 +173,11 @@ class SchwabSimulator:
         """Freeze the market: no further trades or quotes (already queued frames are still sent)."""
         self.paused = True
 
+    def resume(self) -> None:
+        """Let the market run again. Its clock never stopped: the events of the paused time all
+        happen now, one frame each."""
+        self.paused = False
+
     def drop_next_frames(self, count: int) -> None:
         """Do not send the next `count` market data frames (their trades still happen)."""
         self._drop += count
@@ -210,7 +198,7 @@ class SchwabSimulator:
         """Send `frame` (text, or bytes as a binary message) to every connection, after what is
         already queued."""
         for client in self._clients:
-            self._queue(client, frame, "raw")
+            client.queue(frame, "raw")
 
     def reject_logins(self, count: int) -> None:
         """Deny the next `count` logins (response code 3, LOGIN_DENIED), then accept again."""
@@ -247,19 +235,12 @@ class SchwabSimulator:
         """Frames given to `interleave` that are not sent yet."""
         return len(self._interleave)
 
-    def _queue(self, client: _Client, frame: Frame | object, kind: Kind) -> bool:
-        """Queue `frame` unless the connection's mode holds back frames of this kind."""
-        if client.mode == "silent" or (client.mode == "heartbeats" and kind == "data"):
-            return False
-        client.outbox.put_nowait(frame)
-        return True
-
     # --- streamer ---------------------------------------------------------------------------------
 
     async def _serve_client(self, socket: ServerConnection) -> None:
-        client = _Client(socket)
+        client = Connection(socket)
         self._clients.add(client)
-        writer = asyncio.create_task(self._write(client), name="sim-writer")
+        writer = asyncio.create_task(client.write(), name="sim-writer")
         beats = asyncio.create_task(self._heartbeats(client), name="sim-heartbeat")
         try:
             async for raw in socket:
@@ -273,22 +254,13 @@ class SchwabSimulator:
                 task.cancel()
             await asyncio.gather(writer, beats, return_exceptions=True)
 
-    async def _write(self, client: _Client) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                frame = await client.outbox.get()
-                if not isinstance(frame, str | bytes):  # _CLOSE
-                    await client.socket.close()
-                    return
-                await client.socket.send(frame)
-
-    async def _heartbeats(self, client: _Client) -> None:
+    async def _heartbeats(self, client: Connection) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_s)
             heartbeat = {"notify": [{"heartbeat": str(self._clock_ms())}]}
-            self._queue(client, json.dumps(heartbeat), "heartbeat")
+            client.queue(json.dumps(heartbeat), "heartbeat")
 
-    def _handle(self, client: _Client, request: dict[str, Any]) -> None:
+    def _handle(self, client: Connection, request: dict[str, Any]) -> None:
         service, command = request.get("service"), request.get("command")
         params = request.get("parameters") or {}
         self.stream_requests.append((str(service), str(command), params))
@@ -310,9 +282,8 @@ class SchwabSimulator:
             "timestamp": self._clock_ms(),
             "content": {"code": code, "msg": message},
         }
-        self._queue(
-            client, self._take_reply_fault(service, command) or json.dumps({"response": [response]}), "reply"
-        )
+        reply = self._take_reply_fault(service, command) or json.dumps({"response": [response]})
+        client.queue(reply, "reply")
         if command in ("SUBS", "ADD") and code == 0:
             keys = self._keys(params)
             if service == EQUITY_SERVICE:
@@ -322,7 +293,7 @@ class SchwabSimulator:
             else:
                 self._send_options(client, self._option_quotes(set(keys), trade=False))
         if command == "LOGOUT":
-            client.outbox.put_nowait(_CLOSE)  # close after what is queued
+            client.close_after_queued()
 
     def _take_reply_fault(self, service: Any, command: Any) -> Frame | None:
         for index, (want_service, want_command, frame) in enumerate(self._reply_faults):
@@ -331,7 +302,7 @@ class SchwabSimulator:
                 return frame
         return None
 
-    def _subscribe(self, client: _Client, service: str, command: str, params: dict[str, Any]) -> None:
+    def _subscribe(self, client: Connection, service: str, command: str, params: dict[str, Any]) -> None:
         keys = self._keys(params)
         subscribed = client.fields[service]
         if command == "UNSUBS":
@@ -352,22 +323,22 @@ class SchwabSimulator:
     def _keys(params: dict[str, Any]) -> list[str]:
         return [k for k in str(params.get("keys", "")).split(",") if k]
 
-    def _send_event(self, client: _Client, event: Event) -> bool:
+    def _send_event(self, client: Connection, event: Event) -> bool:
         """Queue `event` for `client` as changed fields only, then any frames to `interleave`;
         return whether the event was queued."""
-        sent = bool(self._send(client, EQUITY_SERVICE, {event.symbol: _wire_fields(event)}))
+        sent = bool(self._send(client, EQUITY_SERVICE, {event.symbol: wire_fields(event)}))
         for _ in range(self._interleave_per if sent else 0):
             if not self._interleave:
                 break
-            self._queue(client, self._interleave.popleft(), "raw")
+            client.queue(self._interleave.popleft(), "raw")
             self.interleaved_sent += 1
         return sent
 
-    def _send_options(self, client: _Client, quotes: dict[str, dict[str, Any]]) -> None:
+    def _send_options(self, client: Connection, quotes: dict[str, dict[str, Any]]) -> None:
         for symbol in self._send(client, OPTION_SERVICE, quotes):
             self.option_truth[symbol] = quotes[symbol]
 
-    def _send(self, client: _Client, service: str, values: dict[str, dict[str, Any]]) -> list[str]:
+    def _send(self, client: Connection, service: str, values: dict[str, dict[str, Any]]) -> list[str]:
         """Queue one frame with the changed subscribed fields of each symbol; return the symbols sent."""
         if client.mode != "normal":
             return []
@@ -387,14 +358,14 @@ class SchwabSimulator:
                 sent.append(symbol)
         if items:
             frame = {"service": service, "timestamp": self._clock_ms(), "command": "SUBS", "content": items}
-            self._queue(client, json.dumps({"data": [frame]}), "data")
+            client.queue(json.dumps({"data": [frame]}), "data")
         return sent
 
     def _option_quotes(self, symbols: set[str], *, trade: bool) -> dict[str, dict[str, Any]]:
         """Fresh wire fields for each listed contract in `symbols` (unlisted ones are skipped)."""
         quotes = {}
         for symbol in sorted(symbols):
-            book = self.books.get(_root(symbol))
+            book = self.books.get(root(symbol))
             contract = book.contract(symbol) if book else None
             if book is not None and contract is not None:
                 spot = self._current[book.underlying]
@@ -408,7 +379,7 @@ class SchwabSimulator:
             if now - self._repriced_ms.get(underlying, 0) < _OPTION_REPRICE_MS:
                 continue
             self._repriced_ms[underlying] = now
-            wanted = {s for c in self._clients for s in c.fields[OPTION_SERVICE] if _root(s) == underlying}
+            wanted = {s for c in self._clients for s in c.fields[OPTION_SERVICE] if root(s) == underlying}
             quotes = self._option_quotes(wanted, trade=True)
             for client in list(self._clients):
                 self._send_options(client, quotes)
@@ -432,8 +403,3 @@ class SchwabSimulator:
             self._reprice_options(moved)
             if self.market.finished and not any(c.outbox.qsize() for c in self._clients):
                 self.session_finished.set()
-
-
-def _root(option_symbol: str) -> str:
-    """The underlying of an OCC-style streaming key ("QQQ   261124C00500000" → "QQQ")."""
-    return option_symbol[:6].rstrip()

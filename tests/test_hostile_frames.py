@@ -1,0 +1,317 @@
+"""No frame stops the stream. Frames that crashed the process, sent while streaming and as the reply
+that login, SUBS or ADD await, each count as one bad frame. Then 10,000 hostile frames (those,
+plus seeded random mutations of real frames) are interleaved with the simulator's real data: there
+is no crash, each one is counted, the log stays small, and the volume received equals what the
+simulator traded, exactly. The real schwab-py client talks to the simulator over a WebSocket.
+`SOAK=1` sends 200,000 instead.
+
+The QuoteMerger's validation rules have their unit tests in test_merge.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import simulator_client
+from polling import wait_until
+from structlog.testing import capture_logs
+
+from streaming_service.models import Tick
+from streaming_service.simulator import SchwabSimulator, SimulatedMarket
+from streaming_service.simulator.options import occ_symbol
+from streaming_service.sources.frames import BadFrame, FrameDecoder
+from streaming_service.sources.merge import QuoteMerger
+from streaming_service.sources.schwab import SchwabStream
+
+EQUITIES = "LEVELONE_EQUITIES"
+HOSTILE = 200_000 if os.environ.get("SOAK") else 10_000
+
+#: The single frames that crashed the process before, and why.
+CRASHERS = {
+    "empty response list": '{"response":[]}',  # IndexError in schwab-py
+    "trade time 1e300": json.dumps(  # OverflowError in datetime.fromtimestamp
+        {
+            "data": [
+                {
+                    "service": EQUITIES,
+                    "timestamp": 1,
+                    "command": "SUBS",
+                    "content": [{"key": "QQQ", "35": 1e300}],
+                }
+            ]
+        }
+    ),
+    "100k-deep JSON": "[" * 100_000,  # RecursionError in json.loads
+    "invalid JSON": "this is not json",  # UnparsableMessage
+    "bare number": "123",  # TypeError in schwab-py ('response' in 123)
+}
+
+
+@dataclass
+class Received:
+    ticks: list[Tick] = field(default_factory=list)
+    options: list[Mapping[str, Any]] = field(default_factory=list)
+
+    @property
+    def volume(self) -> int:
+        return sum(t.volume for t in self.ticks)
+
+
+@asynccontextmanager
+async def running_stream(
+    sim: SchwabSimulator, tmp_path: Path, **options: Any
+) -> AsyncIterator[tuple[SchwabStream, Received, asyncio.Task[None]]]:
+    """`SchwabStream.run()` on the real schwab-py client against `sim` (QQQ, with options), as a task
+    the test checks is still running; backoff capped at 50 ms."""
+    client = simulator_client(sim, tmp_path)
+    got = Received()
+    stream = SchwabStream(
+        client, ("QQQ",), got.ticks.append, on_option=got.options.append, max_backoff_s=0.05, **options
+    )
+    task = asyncio.create_task(stream.run())
+    try:
+        yield stream, got, task
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        await client.close_async_session()
+
+
+def contracts(sim: SchwabSimulator, *strikes: float) -> set[str]:
+    book = sim.books["QQQ"]
+    return {occ_symbol("QQQ", book.expirations[1], "C", strike) for strike in strikes}
+
+
+def alive(task: asyncio.Task[None]) -> bool:
+    if task.done():
+        raise AssertionError(f"the stream stopped: {task.exception()!r}")
+    return True
+
+
+# --- the frames that used to crash -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CRASHERS))
+async def test_a_frame_that_crashed_the_process_is_one_bad_frame(tmp_path: Path, name: str) -> None:
+    market = SimulatedMarket(["QQQ"], seed=31, trades_per_second=10.0)
+    async with (
+        SchwabSimulator(market, speed=20.0, heartbeat_seconds=0.2) as sim,
+        running_stream(sim, tmp_path) as (stream, got, task),
+    ):
+        await wait_until(lambda: alive(task) and len(got.ticks) > 5)
+        await sim.send_raw(CRASHERS[name])
+        await wait_until(lambda: alive(task) and stream.stats.bad_frames == 1)
+        ticks = len(got.ticks)
+        await wait_until(lambda: alive(task) and len(got.ticks) > ticks + 5)  # data goes on
+        stats = stream.stats
+    print(f"{name}: bad_frames={stats.bad_frames} kinds={stats.bad_frame_kinds} connects={stats.connects}")
+    assert stats.connects == 1 and stats.internal_errors == 0  # a bad frame never forces a reconnect
+
+
+@pytest.mark.parametrize(
+    ("service", "command", "name"),
+    [
+        ("ADMIN", "LOGIN", "invalid JSON"),
+        ("ADMIN", "LOGIN", "bare number"),
+        (EQUITIES, "SUBS", "empty response list"),
+        (EQUITIES, "SUBS", "100k-deep JSON"),
+        ("LEVELONE_OPTIONS", "ADD", "bare number"),
+        ("LEVELONE_OPTIONS", "ADD", "invalid JSON"),
+    ],
+)
+async def test_a_bad_frame_instead_of_a_reply_is_counted_and_the_stream_reconnects(
+    tmp_path: Path, service: str, command: str, name: str
+) -> None:
+    market = SimulatedMarket(["QQQ"], seed=32, trades_per_second=10.0)
+    async with (
+        SchwabSimulator(market, speed=20.0, heartbeat_seconds=0.2) as sim,
+        running_stream(sim, tmp_path) as (stream, got, task),
+    ):
+        await stream.subscribed.wait()
+        await stream.set_option_symbols(contracts(sim, 500.0))
+        await wait_until(lambda: alive(task) and bool(got.options) and len(got.ticks) > 3)
+        sim.replace_next_reply(CRASHERS[name], service=service, command=command)
+        if command == "ADD":
+            await stream.set_option_symbols(contracts(sim, 500.0, 501.0))
+        else:
+            await sim.disconnect_all()
+        await wait_until(lambda: alive(task) and stream.stats.bad_frames == 1)
+        await wait_until(lambda: alive(task) and stream.subscribed.is_set() and stream.stats.connects >= 2)
+        ticks = len(got.ticks)
+        await wait_until(lambda: alive(task) and len(got.ticks) > ticks + 3)
+        stats = stream.stats
+    requests = [(s, c) for s, c, _ in sim.stream_requests]
+    print(f"{name} as the {command} reply: bad_frames={stats.bad_frames} connects={stats.connects}")
+    assert stats.internal_errors == 0
+    after = requests[len(requests) - 1 - requests[::-1].index(("ADMIN", "LOGIN")) :]  # the last session
+    assert after[:3] == [("ADMIN", "LOGIN"), (EQUITIES, "SUBS"), ("LEVELONE_OPTIONS", "SUBS")]
+    last_options = [p for s, c, p in sim.stream_requests if s == "LEVELONE_OPTIONS" and c == "SUBS"][-1]
+    wanted = contracts(sim, 500.0, 501.0) if command == "ADD" else contracts(sim, 500.0)
+    assert set(last_options["keys"].split(",")) == wanted  # the change that failed was redone
+
+
+# --- hostile frames ----------------------------------------------------------------------------------------
+
+BAD_VALUES: dict[str, list[Any]] = {
+    "key": [None, 5, "", "SPY", "qqq", [], {"a": 1}, True],
+    "3": [0, -1, 1e8, 1e300, math.nan, math.inf, "500", None, True, [], {}, 10**30],
+    "8": [-1, 1.5, "100", None, math.nan, -math.inf, 2**63, 1e19, 10**30, 1e12, True, []],
+    "9": [-1, 0.5, "x", None, math.nan, 2**64, {}],
+    "35": [0, -5, 1e300, 4_102_444_800_000, 1, "t", None, math.nan, True, 10**30, "FUTURE", "YESTERDAY"],
+}
+ENVELOPES = [
+    {"data": 5}, {"data": []}, {"data": [5]}, {"data": [{"service": 5}]},
+    {"data": [{"service": EQUITIES, "content": "oops"}]}, {"data": [{"service": EQUITIES, "content": []}]},
+    {"data": [{"service": EQUITIES, "content": [5]}]},
+    {"data": [{"service": "CHART_EQUITY", "content": [{}]}]},
+    {"response": {}}, {"response": [{"requestid": "abc"}]}, {"response": [5]},
+    {"response": [{"service": "ADMIN", "command": "LOGIN", "requestid": "7",
+                   "content": {"code": 0, "msg": "ok"}}]},  # an unsolicited reply
+    {"notify": [5]}, {"notify": []}, {"notify": [{"service": 5}]}, {}, {"foo": 1}, [], "str", None, True,
+]  # fmt: skip
+
+
+def item_frame(item: dict[str, Any], clock_ms: int) -> dict[str, Any]:
+    return {"data": [{"service": EQUITIES, "timestamp": clock_ms, "command": "SUBS", "content": [item]}]}
+
+
+def deep_item_frame(depth: int) -> str:
+    """A data frame whose price is a list nested `depth` deep (schwab-py deep-copies data frames)."""
+    return (
+        f'{{"data":[{{"service":"{EQUITIES}","content":[{{"key":"QQQ","3":{"[" * depth}1{"]" * depth}}}]}}]}}'
+    )
+
+
+def hostile_frames(rng: random.Random, count: int, clock: Callable[[], float]) -> list[str | bytes]:
+    """`count` frames, each of which must be refused exactly once: see the module docstring."""
+    frames: list[str | bytes] = []
+    crashers = list(CRASHERS.values())
+    while len(frames) < count:
+        now = int(clock() * 1000)
+        real = {"key": "QQQ", "delayed": False, "3": 500.25, "9": 100, "35": now - 1_000}
+        draw = rng.random()
+        if draw < 0.05:
+            frames.append(rng.choice(crashers) if rng.random() < 0.9 else "[" * 100_000)
+        elif draw < 0.55:  # a real item with one validated field made bad
+            name = rng.choice(list(BAD_VALUES))
+            value = rng.choice(BAD_VALUES[name])
+            if name == "35" and value in ("FUTURE", "YESTERDAY"):  # still so when it arrives
+                value = now + (7 if value == "FUTURE" else -1) * 86_400_000
+            frames.append(json.dumps(item_frame({**real, name: value}, now)))
+        elif draw < 0.70:
+            frames.append(json.dumps(rng.choice(ENVELOPES)))
+        elif draw < 0.80:  # truncated: a strict prefix of a JSON object is never valid JSON
+            text = json.dumps(item_frame({**real, "8": 1_000}, now))
+            frames.append(text[: rng.randrange(1, len(text))])
+        elif draw < 0.85:
+            depth = rng.choice([20, 200, 900]) if rng.random() < 0.5 else rng.randrange(1_000, 5_000)
+            frames.append(deep_item_frame(depth) if depth < 1_000 else "[" * depth)
+        else:
+            frames.append(rng.randbytes(rng.randrange(1, 64)))
+    return frames
+
+
+def test_the_decoder_and_merger_refuse_hostile_frames_with_bad_frame_only() -> None:
+    """Without a network: every hostile frame raises `BadFrame` (nothing else) from the decoder
+    (envelope) or the merger (items), which stays usable."""
+    clock = SimulatedMarket(["QQQ"]).open_ms / 1000 + 3_600.0
+    decoder = FrameDecoder([EQUITIES])
+    merger = QuoteMerger(symbols=("QQQ",), now=lambda: clock)
+    merger.apply(
+        {"key": "QQQ", "LAST_PRICE": 500.0, "TOTAL_VOLUME": 1_000, "TRADE_TIME_MILLIS": int(clock * 1000)}
+    )
+    names = {"3": "LAST_PRICE", "8": "TOTAL_VOLUME", "9": "LAST_SIZE", "35": "TRADE_TIME_MILLIS"}
+    kinds: dict[str, int] = {}
+    total = 1_000
+    for index, frame in enumerate(hostile_frames(random.Random(7), HOSTILE, lambda: clock)):
+        if index % 2 == 0:  # real data between every two hostile frames, as on the wire below
+            total += 1
+            tick = merger.apply({"key": "QQQ", "TOTAL_VOLUME": total})
+            assert tick is not None and tick.volume == 1
+        with pytest.raises(BadFrame) as refused:
+            message = decoder.decode_json_string(frame)
+            for item in message.get("data", [{}])[0].get("content", []):
+                merger.apply({names.get(k, k): v for k, v in item.items()})
+            if "response" in message:
+                raise BadFrame("an unsolicited reply", kind="unexpected response")
+        kinds[refused.value.kind] = kinds.get(refused.value.kind, 0) + 1
+    tick = merger.apply({"key": "QQQ", "TOTAL_VOLUME": total + 100})
+    print(f"decoder+merger: {HOSTILE} hostile frames refused, {len(kinds)} kinds: {kinds}")
+    assert tick is not None and tick.volume == 100
+    assert len(kinds) >= 15
+
+
+async def test_ten_thousand_hostile_frames_interleaved_with_real_data(tmp_path: Path) -> None:
+    rng = random.Random(2026)
+    session_s = 900.0 + HOSTILE / 40  # real frames enough to carry them, two after each
+    market = SimulatedMarket(["QQQ"], seed=33, trades_per_second=20.0, session_seconds=session_s)
+    async with SchwabSimulator(market, speed=150.0, heartbeat_seconds=0.2) as sim:
+        with capture_logs() as logs:
+            async with running_stream(sim, tmp_path) as (stream, got, task):
+                await stream.subscribed.wait()
+                await stream.set_option_symbols(contracts(sim, 500.0))
+                await wait_until(lambda: alive(task) and len(got.ticks) > 10)
+                # bad frames instead of the replies login, SUBS and ADD await: each one reconnects.
+                # The market waits meanwhile, so that every trade is delivered (sim.sent_trades).
+                sim.pause()
+                replies = [
+                    ("ADMIN", "LOGIN", "invalid JSON"),
+                    (EQUITIES, "SUBS", "100k-deep JSON"),
+                    ("LEVELONE_OPTIONS", "SUBS", "bare number"),
+                    ("LEVELONE_OPTIONS", "ADD", "empty response list"),
+                ]
+                for count, (service, command, name) in enumerate(replies, 1):
+                    before = stream.stats.connects
+                    sim.replace_next_reply(CRASHERS[name], service=service, command=command)
+                    if command == "ADD":
+                        await stream.set_option_symbols(contracts(sim, 500.0, 501.0))
+                    else:
+                        await sim.disconnect_all()
+                    await wait_until(
+                        lambda n=count, c=before: (
+                            alive(task)
+                            and stream.stats.bad_frames == n
+                            and stream.stats.connects > c
+                            and stream.subscribed.is_set()
+                        )
+                    )
+                assert stream.stats.bad_frames == len(replies)
+                connects = stream.stats.connects
+                sim.resume()
+
+                frames = hostile_frames(rng, HOSTILE, sim.clock)
+                sim.interleave(frames, per_data_frame=2)
+                total = len(replies) + HOSTILE
+                await wait_until(lambda: alive(task) and stream.stats.bad_frames == total, within=120)
+                assert sim.interleaved_sent == HOSTILE
+                await asyncio.wait_for(sim.session_finished.wait(), timeout=120)
+                await wait_until(lambda: alive(task) and got.volume == market.total_volume("QQQ"))
+                stats = stream.stats
+
+    shipped = sum(t.size for t in sim.sent_trades)
+    warnings = [e for e in logs if e["event"] == "bad frame skipped" and e["log_level"] == "warning"]
+    loud_at_most = sum(len(str(n)) for n in stats.bad_frame_kinds.values())  # 1, 10, 100, ... per kind
+    print(
+        f"hostile={HOSTILE} bad_frames={stats.bad_frames} kinds={len(stats.bad_frame_kinds)} "
+        f"internal_errors={stats.internal_errors} connects={stats.connects} ticks={len(got.ticks)} "
+        f"volume={got.volume} traded={market.total_volume('QQQ')} delivered_trades={shipped} "
+        f"warning_lines={len(warnings)} frames={stats.frames}"
+    )
+    assert stats.bad_frames == total and stats.internal_errors == 0
+    assert stats.connects == connects  # 10,000 bad frames, not one reconnect
+    assert got.volume == shipped == market.total_volume("QQQ")  # exact: every share, once
+    assert all(0 < t.price < 1e8 and t.volume > 0 for t in got.ticks)
+    assert len(warnings) <= loud_at_most  # the first of each kind, then at 10, 100, 1000...
+    assert all(len(e["reason"]) <= 200 for e in logs if e["event"] == "bad frame skipped")
+    assert max(len(str(v)) for e in logs for v in e.values()) <= 1_000  # never a 900 KB line
