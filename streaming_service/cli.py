@@ -249,11 +249,13 @@ async def _demo(args: argparse.Namespace) -> None:
         database_url=args.database_url,
         skip_market_hours=True,
         batch_interval=args.batch_interval,
+        spool_path=Path("data/demo_spool.db"),
+        dead_letter_path=Path("data/demo_dead_letters.jsonl"),
     )
     configure_logging(settings.log_format, settings.log_level)
     from streaming_service.service import Service
     from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
-    from streaming_service.sinks import sink_from_url
+    from streaming_service.sinks import sink_for
     from streaming_service.sources.schwab_client import build_schwab_client
 
     market = SimulatedMarket(settings.stream_ticker, seed=args.seed, trades_per_second=args.rate)
@@ -262,7 +264,7 @@ async def _demo(args: argparse.Namespace) -> None:
             token_path = Path(tmp) / "token.json"
             write_token_file(token_path)
             client = build_schwab_client(token_path, "demo-key", "demo-secret", api_base_url=sim.api_base_url)
-            service = Service(settings, client, sink_from_url(settings.sink_url))
+            service = Service(settings, client, sink_for(settings))
             print(f"demo: simulator at {sim.api_base_url}, writing to {service.sink.name}", flush=True)
             await _serve(
                 service,
