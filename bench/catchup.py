@@ -35,7 +35,8 @@ def rows(pairs: int, ticker: str) -> list[tuple[EquityRow, IndicatorRow]]:
     out = []
     for i in range(pairs):
         ts = T0 + timedelta(milliseconds=250 * i)
-        out.append((EquityRow(ticker, ts, 500 + i % 100 / 100, 100 + i % 7), IndicatorRow(ticker, ts, 500.1, 500.2)))
+        equity = EquityRow(ticker, ts, 500 + i % 100 / 100, 100 + i % 7)
+        out.append((equity, IndicatorRow(ticker, ts, 500.1, 500.2)))
     return out
 
 
@@ -78,10 +79,15 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=50_000)
     args = parser.parse_args()
-    with PgCluster(durable=True) as cluster, fresh_database(cluster) as dsn, tempfile.TemporaryDirectory() as tmp:
+    with (
+        PgCluster(durable=True) as cluster,
+        fresh_database(cluster) as dsn,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         baseline = await direct(dsn, args.pairs)
         into_spool, drained = await through_spool(dsn, args.pairs, Path(tmp) / "spool.db")
-    print(f"rows: {2 * args.pairs} ({args.pairs} equity + {args.pairs} indicators), batches of {MAX_BATCH_ROWS}")
+    pairs = args.pairs
+    print(f"rows: {2 * pairs} ({pairs} equity + {pairs} indicators), batches of {MAX_BATCH_ROWS}")
     print(f"baseline, straight to Postgres:     {baseline:10,.0f} rows/s")
     print(f"into the spool (one commit):        {into_spool:10,.0f} rows/s")
     print(f"spool -> Postgres (catch-up drain): {drained:10,.0f} rows/s ({drained / baseline:.2f}x baseline)")

@@ -150,7 +150,8 @@ class PgCluster:
             "--no-sync",
         )  # fmt: skip
         speed = () if self._durable else _NOT_DURABLE
-        settings = (*_SETTINGS, *speed, f"port = {self.port}", f"unix_socket_directories = '{self.socket_dir}'")
+        where = (f"port = {self.port}", f"unix_socket_directories = '{self.socket_dir}'")
+        settings = (*_SETTINGS, *speed, *where)
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\n# pg_cluster.py\n" + "\n".join(settings) + "\n")
         self._initialised = True
