@@ -1,4 +1,4 @@
-"""Streamer frames: decode and check the envelope before schwab-py touches it; account for bad frames.
+"""Streamer frames: decode and check the envelope before schwab-py touches it; `BadFrame`.
 
 `FrameDecoder` replaces schwab-py's `json.loads` (`StreamClient.set_json_decoder`), so every raw
 frame goes through it, including those read while `login()`, SUBS or ADD await their reply. It
@@ -14,9 +14,7 @@ returns only frames whose envelope schwab-py can dispatch without failing; anyth
 schwab-py deep-copies it recursively. Item contents (prices, volumes, times) are checked later by
 `QuoteMerger` and `OptionQuotes`, which raise `BadFrame` subclasses as well.
 
-`Occurrences` decides how loudly to log a repeated problem: the 1st, 10th, 100th, ... occurrence of
-each kind is logged at warning (or error) level with the running count, the others at debug, so a
-flood of one bad frame kind costs a handful of log lines. Excerpts are at most `EXCERPT_CHARS`.
+Messages and excerpts are at most `EXCERPT_CHARS` long (a 900 KB frame never makes a 900 KB log line).
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ __all__ = [
     "MAX_DEPTH",
     "BadFrame",
     "FrameDecoder",
-    "Occurrences",
     "StreamSevered",
     "excerpt",
 ]
@@ -76,20 +73,6 @@ def excerpt(value: Any) -> str:
     else:
         text = _repr.repr(value)
     return text[:EXCERPT_CHARS]
-
-
-class Occurrences:
-    """Counts occurrences per kind. `add(kind)` returns (count, loud): loud at 1, 10, 100, ..."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def add(self, kind: str) -> tuple[int, bool]:
-        count = self.counts.get(kind, 0) + 1
-        self.counts[kind] = count
-        while count % 10 == 0:
-            count //= 10
-        return self.counts[kind], count == 1
 
 
 class FrameDecoder(StreamJsonDecoder):  # type: ignore[misc]  # schwab-py is untyped

@@ -7,7 +7,7 @@ included, must be answered within `request_timeout_s`.
 
 What happens to a frame:
 - It cannot be parsed, or its envelope is wrong (frames.py): a bad frame. It is counted in
-  `stats.bad_frames`, logged (first of each kind at warning, see `Occurrences`) and skipped. If it
+  `stats.bad_frames`, logged (first of each kind at warning, see `stats.Problems`) and skipped. If it
   arrives while login, SUBS or ADD await their reply, it may have been that reply: it is counted
   the same way, and the connection is dropped and made again.
 - An item fails validation (`QuoteMerger`, or `on_option` raising `BadFrame`): a bad frame, skipped.
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -45,17 +44,11 @@ from streaming_service.errors import AuthError
 from streaming_service.models import Tick
 from streaming_service.sources import quiet_library_warnings
 from streaming_service.sources.clock import exchange_clock
-from streaming_service.sources.frames import (
-    EXCERPT_CHARS,
-    BadFrame,
-    FrameDecoder,
-    Occurrences,
-    StreamSevered,
-    excerpt,
-)
+from streaming_service.sources.frames import EXCERPT_CHARS, BadFrame, FrameDecoder, StreamSevered, excerpt
 from streaming_service.sources.merge import QuoteMerger
 from streaming_service.sources.options import OPTION_FIELDS
 from streaming_service.sources.schwab_client import schwab_errors
+from streaming_service.sources.stats import Problems, StreamStats
 
 with quiet_library_warnings():
     from schwab.streaming import StreamClient, UnexpectedResponse, UnexpectedResponseCode
@@ -75,26 +68,6 @@ EQUITY_FIELDS = [
 ]
 _EQUITIES, _OPTIONS = "LEVELONE_EQUITIES", "LEVELONE_OPTIONS"
 _LOGIN_DENIED = 3  # Schwab streamer response code LOGIN_DENIED
-
-
-@dataclass(slots=True)
-class StreamStats:
-    """Counters for the status line and /healthz.
-
-    Times: `last_frame_at` is event-loop (monotonic) time. `last_data_at` and
-    `last_data_at_by_symbol` are wall-clock epoch seconds (`time.time()`).
-    `bad_frame_kinds` counts bad frames by kind (see `BadFrame.kind`)."""
-
-    frames: int = 0  # frames read while subscribed, bad ones included
-    bad_frames: int = 0
-    internal_errors: int = 0
-    connects: int = 0  # successful logins
-    stale_reconnects: int = 0
-    login_denials: int = 0
-    last_frame_at: float | None = None
-    last_data_at: float | None = None  # the last data frame that reached our handlers
-    last_data_at_by_symbol: dict[str, float] = field(default_factory=dict)  # last valid equity item
-    bad_frame_kinds: dict[str, int] = field(default_factory=dict)
 
 
 class _Reconnect(Exception):
@@ -170,9 +143,8 @@ class SchwabStream:
         self._options_lock = asyncio.Lock()
         self._denied = 0  # login denials in a row
         self._data_at = 0.0  # event-loop time of the last data frame
-        self._bad = Occurrences()
-        self._internal = Occurrences()
-        self.stats = StreamStats(bad_frame_kinds=self._bad.counts)
+        self.stats = StreamStats()
+        self._problems = Problems(self.stats)
         self.subscribed = asyncio.Event()
 
     def use_client(self, client: Any) -> None:
@@ -247,10 +219,12 @@ class SchwabStream:
             except _ENDS:
                 raise
             except BadFrame as exc:
-                self._bad_frame(exc)
+                self._problems.bad_frame(exc)
             except Exception as exc:  # a parse error by construction: our handlers catch their own
                 kind = "unexpected response" if isinstance(exc, UnexpectedResponse) else type(exc).__name__
-                self._bad_frame(BadFrame(f"{type(exc).__name__}: {str(exc)[:EXCERPT_CHARS]}", kind=kind))
+                self._problems.bad_frame(
+                    BadFrame(f"{type(exc).__name__}: {str(exc)[:EXCERPT_CHARS]}", kind=kind)
+                )
             self.stats.frames += 1
             self.stats.last_frame_at = loop.time()
 
@@ -261,10 +235,10 @@ class SchwabStream:
             async with asyncio.timeout(self._request_timeout_s):
                 await request
         except BadFrame as exc:
-            self._bad_frame(exc)
+            self._problems.bad_frame(exc)
             raise _BadReply(f"a bad frame came while the {what} awaited its reply") from exc
         except UnexpectedResponse as exc:
-            self._bad_frame(BadFrame(f"{exc}: {excerpt(exc.response)}", kind="unexpected response"))
+            self._problems.bad_frame(BadFrame(f"{exc}: {excerpt(exc.response)}", kind="unexpected response"))
             raise _BadReply(f"the {what} got a reply to another request") from exc
 
     async def _login(self, stream: StreamClient) -> None:
@@ -337,17 +311,17 @@ class SchwabStream:
             try:
                 tick = self._merger.apply(item, frame_ms)
             except BadFrame as exc:
-                self._bad_frame(exc)
+                self._problems.bad_frame(exc)
                 continue
             except Exception as exc:
-                self._internal_error(exc, "QuoteMerger.apply")
+                self._problems.internal_error(exc, "QuoteMerger.apply")
                 continue
             self.stats.last_data_at_by_symbol[item["key"]] = time.time()
             if tick is not None:
                 try:
                     self._on_tick(tick)
                 except Exception as exc:
-                    self._internal_error(exc, "on_tick")
+                    self._problems.internal_error(exc, "on_tick")
 
     def _handle_options(self, message: Mapping[str, Any]) -> None:
         """schwab-py handler: one relabelled LEVELONE_OPTIONS data entry. Never raises."""
@@ -358,37 +332,13 @@ class SchwabStream:
             try:
                 self._on_option(item)
             except BadFrame as exc:
-                self._bad_frame(exc)
+                self._problems.bad_frame(exc)
             except Exception as exc:
-                self._internal_error(exc, "on_option")
+                self._problems.internal_error(exc, "on_option")
 
     def _saw_data(self) -> None:
         self._data_at = asyncio.get_running_loop().time()
         self.stats.last_data_at = time.time()
-
-    def _bad_frame(self, exc: BadFrame) -> None:
-        self.stats.bad_frames += 1
-        count, loud = self._bad.add(exc.kind)
-        (log.warning if loud else log.debug)(
-            "bad frame skipped",
-            kind=exc.kind,
-            reason=str(exc)[:EXCERPT_CHARS],
-            count=count,
-            bad_frames=self.stats.bad_frames,
-        )
-
-    def _internal_error(self, exc: Exception, where: str) -> None:
-        """A bug in our code, not in the frame: log the traceback (rate-limited per kind), count it."""
-        self.stats.internal_errors += 1
-        count, loud = self._internal.add(f"{where}: {type(exc).__name__}")
-        (log.error if loud else log.debug)(
-            "internal error",
-            where=where,
-            error=f"{type(exc).__name__}: {exc}"[:EXCERPT_CHARS],
-            count=count,
-            internal_errors=self.stats.internal_errors,
-            exc_info=exc,
-        )
 
 
 def _items(message: Mapping[str, Any]) -> list[Mapping[str, Any]]:
