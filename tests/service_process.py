@@ -24,7 +24,7 @@ async def _main(api_base_url: str, token_path: Path, wall: float, market: float,
     settings = load_settings()
     configure_logging("json", settings.log_level)
     client = build_schwab_client(token_path, "key", "secret", api_base_url=api_base_url)
-    service = Service(settings, client, sink_for(settings))
+    service = Service(settings, client, sink_for(settings), token_path=token_path)
     print("service: started", flush=True)
     await cli._serve(service, stop_when=None, status_every=60.0, print_status=False)
 

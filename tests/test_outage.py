@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -193,5 +194,59 @@ async def test_kill_9_loses_at_most_the_last_commit_window(outage_dsn: str, tmp_
         code, _ = await second.stop()
     print(f"kill -9 with BATCH_INTERVAL=60: {rows} rows / {volume} shares received before it, all written "
           "after the restart")  # fmt: skip
+    assert code == 0
+    assert written(outage_dsn) == (rows, volume)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def status_command(port: int) -> subprocess.CompletedProcess[str]:
+    """`streaming-service status` as a person runs it, against HEALTH_PORT=`port`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+    env["HEALTH_PORT"] = str(port)
+    command = [sys.executable, "-m", "streaming_service", "status"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
+
+
+async def test_status_reports_sink_down_and_a_second_signal_stops_at_once(
+    outage_cluster: PgCluster, outage_dsn: str, tmp_path: Path
+) -> None:
+    market = SimulatedMarket(["QQQ"], seed=24, trades_per_second=5.0, session_seconds=23_400.0)
+    port = free_port()
+    async with SchwabSimulator(market, speed=60, heartbeat_seconds=0.2) as sim:
+        first = ServiceProcess(
+            sim, tmp_path, outage_dsn, batch_interval=0.5, shutdown_grace=60, sink_down_alert_s=1,
+            health_port=port,
+        )  # fmt: skip
+        await wait_until(lambda: written(outage_dsn)[0] > 20, within=30)
+        healthy = await asyncio.to_thread(status_command, port)
+        assert healthy.returncode == 0, healthy.stderr
+        assert "streaming" in healthy.stdout
+        assert "refresh token expires" in healthy.stdout
+
+        outage_cluster.stop()
+        await wait_until(lambda: "sink_down" in status_command(port).stdout, within=30)
+        down = await asyncio.to_thread(status_command, port)
+        print(down.stdout)
+        assert down.returncode == 1
+
+        sim.pause()  # what is sent after the first process stops reading is a gap (not this test)
+        await asyncio.sleep(1.0)
+        first.proc.send_signal(signal.SIGTERM)
+        await wait_until(lambda: any(e["event"].startswith("stream stopped") for e in first.events()))
+        code, took = await first.stop(signal.SIGTERM)  # the second signal, during a 60 s grace
+        print(f"second signal: exit {code} after {took:.2f}s of a 60 s grace")
+        assert code == 0
+        assert took < 5
+
+        outage_cluster.start()
+        second = ServiceProcess(sim, tmp_path, outage_dsn, batch_interval=0.5)
+        rows, volume = sent(sim)
+        await until_written(outage_dsn, volume)
+        code, _ = await second.stop()
     assert code == 0
     assert written(outage_dsn) == (rows, volume)
