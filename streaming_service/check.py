@@ -24,11 +24,10 @@ from pathlib import Path
 from streaming_service.config import Settings
 from streaming_service.errors import AuthError, StreamerError
 from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS
-from streaming_service.sources.schwab_client import read_token_file
+from streaming_service.token import describe, read_token_info
 
 __all__ = ["CheckResult", "check_database", "check_token"]
 
-REFRESH_TOKEN_LIFE_S = 7 * 86_400
 _PROBE = (
     "INSERT INTO equity_data (ticker, timestamp, price, volume) "
     "VALUES ('ZZCHECK', '2000-01-03T14:30:00+00:00', 1, 1) "
@@ -53,20 +52,14 @@ class CheckResult:
 def check_token(path: Path, *, now: float | None = None) -> CheckResult:
     """Is the token file usable, and how long until its refresh token expires?"""
     now = time.time() if now is None else now
+    fix = "run `streaming-service auth`"
     try:
-        created = float(read_token_file(path)["creation_timestamp"])
-    except (AuthError, TypeError, ValueError) as exc:
-        return CheckResult("Schwab token", False, str(exc).split(":")[0], "see README, 'Schwab token'")
-    left_h = (created + REFRESH_TOKEN_LIFE_S - now) / 3600
-    if left_h <= 0:
-        return CheckResult(
-            "Schwab token",
-            False,
-            f"{path}: refresh token expired {-left_h:.0f} h ago (it lasts 7 days)",
-            "create a new token file (README, 'Schwab token') and restart",
-        )
-    warning = " — renew it soon" if left_h < 24 else ""
-    return CheckResult("Schwab token", True, f"{path}: refresh token valid for {left_h:.0f} h more{warning}")
+        info = read_token_info(path)
+    except AuthError as exc:
+        return CheckResult("Schwab token", False, str(exc).split(":")[0], fix)
+    if info.expired(now):
+        return CheckResult("Schwab token", False, f"{path}: {describe(info, now)}", fix)
+    return CheckResult("Schwab token", True, f"{path}: {describe(info, now)}")
 
 
 async def check_database(settings: Settings) -> list[CheckResult]:

@@ -35,7 +35,9 @@ class ChecksFailed(StreamerError):
     """`check` found a problem (already printed)."""
 
 
-EXIT_CODES: dict[type[StreamerError], int] = {ChecksFailed: 1, ConfigError: 2, AuthError: 3, SinkError: 4}
+EXIT_CODES: dict[type[StreamerError], int] = {
+    ChecksFailed: 1, ConfigError: 2, AuthError: 3, SinkError: 4, StreamerError: 1
+}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,13 +198,16 @@ async def _auth(args: argparse.Namespace) -> None:
             "config error: SCHWAB_APP_KEY and SCHWAB_APP_SECRET must be set (from your app at "
             "developer.schwab.com). Set them in .env."
         )
-    info = await asyncio.to_thread(
-        login,
-        settings.schwab_app_key.get_secret_value(),
-        settings.schwab_app_secret.get_secret_value(),
-        settings.schwab_redirect_uri,
-        settings.schwab_token_path,
-    )
+    try:
+        info = await asyncio.to_thread(
+            login,
+            settings.schwab_app_key.get_secret_value(),
+            settings.schwab_app_secret.get_secret_value(),
+            settings.schwab_redirect_uri,
+            settings.schwab_token_path,
+        )
+    except EOFError:
+        raise AuthError("no address was pasted (end of input); the token file is unchanged") from None
     print(describe(info, time.time()))
 
 

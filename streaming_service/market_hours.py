@@ -25,6 +25,8 @@ from pathlib import Path
 
 import structlog
 
+from streaming_service.errors import StreamerError
+
 __all__ = [
     "ALERT_DAYS",
     "MIN_DAYS_AHEAD",
@@ -46,7 +48,7 @@ RETRY_S = 3600.0
 BUILD_TIMEOUT_S = 300.0
 
 
-class CalendarUnavailable(RuntimeError):
+class CalendarUnavailable(StreamerError, RuntimeError):
     """No schedule with a future session: the rebuild failed and the cache is missing or used up."""
 
 

@@ -24,13 +24,13 @@ def token_file(path: Path, age_days: float) -> Path:
 
 def test_token_missing_expired_and_valid(tmp_path: Path) -> None:
     missing = check_token(tmp_path / "nope.json")
-    assert not missing.ok and "does not exist" in missing.detail and "Schwab token" in missing.fix
+    assert not missing.ok and "does not exist" in missing.detail and "streaming-service auth" in missing.fix
     expired = check_token(token_file(tmp_path / "old.json", age_days=8))
-    assert not expired.ok and "expired" in expired.detail
+    assert not expired.ok and "expired" in expired.detail and "streaming-service auth" in expired.fix
     fresh = check_token(token_file(tmp_path / "new.json", age_days=1))
-    assert fresh.ok and "valid for 144 h" in fresh.detail
+    assert fresh.ok and "(in 5 d 23 h)" in fresh.detail and "soon" not in fresh.detail
     nearly = check_token(token_file(tmp_path / "late.json", age_days=6.5))
-    assert nearly.ok and "renew it soon" in nearly.detail
+    assert nearly.ok and "renew it soon with `streaming-service auth`" in nearly.detail
 
 
 async def test_postgres_without_tables_fails_then_passes_after_open(postgres_dsn: str) -> None:
