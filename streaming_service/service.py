@@ -41,6 +41,7 @@ __all__ = ["Service", "Status"]
 
 log = structlog.get_logger(__name__)
 _CLOSE_TIMEOUT_S = 5.0  # closing the sink or the Schwab session never takes longer than this
+_REAUTH_RETRY_S = 1800.0  # while waiting for a new token file, try the current one this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +220,8 @@ class Service:
 
     async def _wait_for_new_login(self, error: BaseException) -> None:
         """Report reauth_needed and look at the token file every `token_poll_s` until a new one
-        gives a client; never calls Schwab meanwhile."""
+        gives a client. Schwab is asked nothing meanwhile, except one try with the same file every
+        `_REAUTH_RETRY_S` (a login Schwab denied repeatedly may have been its own trouble)."""
         assert self._new_client is not None and self._token_changed is not None
         self.reauth_needed = True
         self._token_changed()  # the file as it is now (refreshes rewrote it) is the one that failed
@@ -229,10 +231,14 @@ class Service:
             fix="run `streaming-service auth` (or copy a new token file to SCHWAB_TOKEN_PATH); "
             "streaming resumes by itself",
         )
+        waited = 0.0
         while True:
             await asyncio.sleep(self._token_poll_s)
-            if not self._token_changed():
+            waited += self._token_poll_s
+            changed = self._token_changed()
+            if not changed and waited < _REAUTH_RETRY_S:
                 continue
+            waited = 0.0
             try:
                 client = self._new_client()
             except AuthError as exc:
@@ -247,7 +253,7 @@ class Service:
         if self.options is not None:
             self.options.use_client(client)
         self.reauth_needed = False
-        log.info("new token file found; streaming again")
+        log.info("new token file found; streaming again" if changed else "trying the Schwab login again")
 
     async def _stream_and_options(self) -> None:
         """The stream and, with options, the window keeper (no chain requests outside it)."""
@@ -307,9 +313,8 @@ class Service:
         stale_after = self.settings.stale_seconds
         in_hours = state in ("streaming", "reconnecting")
         up_for = now - (self._started_at or now)
-        stale = in_hours and up_for > stale_after and any(
-            age is None or age > stale_after for age in ages.values()
-        )
+        freshest = min((age for age in ages.values() if age is not None), default=None)
+        stale = in_hours and up_for > stale_after and (freshest is None or freshest > stale_after)
         ok = state in ("streaming", "waiting_for_open", "reconnecting") and not stale
         failing = self.batcher.stats.failing_since
         body = {

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from streaming_service.errors import StreamerError
 from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
 
 __all__ = ["Spool", "SpoolError", "Taken"]
@@ -55,7 +56,7 @@ ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, payload = excluded.payl
 _DROP_ALERT_EVERY_S = 60.0
 
 
-class SpoolError(Exception):
+class SpoolError(StreamerError):
     """The spool file cannot be opened or written (disk full, permissions); the message says which."""
 
 
@@ -77,6 +78,8 @@ class Spool:
         self.path = Path(path)
         self._max_bytes = max_bytes
         self._buffer: dict[tuple[str, str], Row] = {}
+        self._buffered_equity = 0  # equity_data rows in the buffer
+        self._committing = 0  # rows of a commit in progress (neither buffered nor counted on disk)
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._seq = 0
@@ -89,12 +92,12 @@ class Spool:
     @property
     def depth(self) -> int:
         """Rows waiting (committed to the spool or still buffered; a replaced row counts once)."""
-        return self._depth + len(self._buffer)
+        return self._depth + len(self._buffer) + self._committing
 
     @property
     def equity_depth(self) -> int:
         """`equity_data` rows waiting: what BATCH_SIZE counts."""
-        return self._equity_depth + sum(1 for table, _ in self._buffer if table == "equity_data")
+        return self._equity_depth + self._buffered_equity
 
     def oldest_age(self, now: float | None = None) -> float | None:
         """Seconds the next row to write (the oldest version) has waited, or None when empty."""
@@ -110,18 +113,25 @@ class Spool:
     def put(self, rows: Iterable[Row]) -> None:
         """Buffer rows for the next `commit()` (a later version of a key replaces an earlier one)."""
         for row in rows:
-            self._buffer[(_TABLES[type(row)], _key_text(row.key))] = row
+            key = (_TABLES[type(row)], _key_text(row.key))
+            if key[0] == "equity_data" and key not in self._buffer:
+                self._buffered_equity += 1
+            self._buffer[key] = row
 
     async def commit(self) -> int:
         """Write the buffer to disk in one transaction; return the rows committed. Raises `SpoolError`."""
         if not self._buffer:
             return 0
-        buffer, self._buffer = self._buffer, {}
+        buffer, self._buffer, self._buffered_equity = self._buffer, {}, 0
+        self._committing = len(buffer)
         try:
             await self._run(self._commit_sync, buffer)
         except BaseException:
             self._buffer = {**buffer, **self._buffer}  # nothing was committed: keep it for the next try
+            self._buffered_equity = sum(1 for table, _ in self._buffer if table == "equity_data")
             raise
+        finally:
+            self._committing = 0
         return len(buffer)
 
     async def take(self, limit: int) -> Taken:
