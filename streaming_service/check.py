@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streaming_service.config import Settings
-from streaming_service.errors import AuthError, StreamerError
+from streaming_service.errors import AuthError, SinkRejected, SinkUnavailable, StreamerError
 from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS
 from streaming_service.token import describe, read_token_info
 
@@ -210,15 +210,13 @@ _REST_PROBES: dict[str, dict[str, object]] = {
 }
 
 
-async def _check_supabase(url: str, key: str) -> list[CheckResult]:
-    import httpx
-    from postgrest import APIError
+_FIX_SCHEMA = "apply supabase/migrations to the project (README, 'Supabase')"
 
-    from streaming_service.sinks.supabase import AUTH_CODES, SupabaseSink
+
+async def _check_supabase(url: str, key: str) -> list[CheckResult]:
+    from streaming_service.sinks.supabase import BadRows, SupabaseSink
 
     sink = SupabaseSink(url, key, dead_letter_path=Path("/dev/null"))
-    fix_key = "set SUPABASE_SERVICE_ROLE_KEY to the project's service_role (secret) key"
-    fix_schema = "apply supabase/migrations to the project (README, 'Supabase')"
     try:
         client = await sink.connect()
     except StreamerError as exc:
@@ -227,38 +225,33 @@ async def _check_supabase(url: str, key: str) -> list[CheckResult]:
     try:
         for table, probe in _REST_PROBES.items():
             columns = ",".join(TABLE_COLUMNS[table])
+            upsert = client.table(table).upsert(
+                probe, on_conflict=",".join(UNIQUE_KEYS[table]), returning="minimal"  # type: ignore[arg-type]
+            )
             try:
-                await client.table(table).select(columns).limit(1).execute()
-                await (
-                    client.table(table)
-                    .upsert(
-                        probe,
-                        on_conflict=",".join(UNIQUE_KEYS[table]),
-                        returning="minimal",  # type: ignore[arg-type]
-                    )
-                    .execute()
-                )
-            except httpx.HTTPError as exc:
-                reason = f"{type(exc).__name__} {exc}".strip()
-                return [
-                    CheckResult("Supabase", False, f"{sink.name} unreachable: {reason}", "check SUPABASE_URL")
-                ]
-            except APIError as exc:
-                code = str(exc.code)
-                if code in ("23502", "23514"):
+                await sink.request(table, client.table(table).select(columns).limit(1))
+                await sink.request(table, upsert)
+            except SinkUnavailable as exc:
+                return [CheckResult("Supabase", False, f"unreachable: {exc}", "check SUPABASE_URL")]
+            except SinkRejected as exc:
+                message, _, fix = str(exc).partition("; ")
+                results.append(CheckResult(f"table {table}", False, message, fix))
+                continue
+            except BadRows as exc:
+                if exc.code in ("23502", "23514"):  # the schema refused the probe: as it must
                     results.append(
                         CheckResult(f"table {table}", True, "readable, columns and key present, writable")
                     )
                     continue
-                fix = fix_key if code in AUTH_CODES else fix_schema
-                results.append(CheckResult(f"table {table}", False, f"[{code}] {exc.message}", fix))
+                detail = f"[{exc.code}] {exc.message}"
+                results.append(CheckResult(f"table {table}", False, detail, _FIX_SCHEMA))
                 continue
             results.append(
                 CheckResult(
                     f"table {table}",
                     False,
                     "the probe row was accepted: the table lacks the migrations' NOT NULL/CHECK constraints",
-                    f"delete rows with ticker 'ZZCHECK' and {fix_schema}",
+                    f"delete rows with ticker 'ZZCHECK' and {_FIX_SCHEMA}",
                 )
             )
     finally:

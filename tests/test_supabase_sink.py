@@ -252,6 +252,15 @@ async def test_check_names_the_key_when_it_cannot_write(double: PostgrestDouble)
     assert all("42501" in r.detail and "SUPABASE_SERVICE_ROLE_KEY" in r.fix for r in tables)
 
 
+async def test_check_names_the_key_for_a_gateway_401_without_a_code(double: PostgrestDouble) -> None:
+    double.answer_next(1, 401, {"message": "Invalid API key"})
+    results = {r.name: r for r in await rest_check(double.url, make_key("service_role"))}
+    refused = results["table equity_data"]
+    assert not refused.ok and "Invalid API key" in refused.detail
+    assert "SUPABASE_SERVICE_ROLE_KEY" in refused.fix and "migrations" not in refused.fix
+    assert results["table indicators"].ok
+
+
 async def test_check_reports_a_missing_unique_key(double: PostgrestDouble, supabase_dsn: str) -> None:
     with psycopg.connect(supabase_dsn, autocommit=True) as conn:
         conn.execute("ALTER TABLE indicators DROP CONSTRAINT indicators_ticker_timestamp_key")

@@ -53,7 +53,7 @@ from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_value
 if TYPE_CHECKING:
     from supabase import AsyncClient
 
-__all__ = ["AUTH_CODES", "Answer", "SupabaseSink", "classify_answer"]
+__all__ = ["AUTH_CODES", "Answer", "BadRows", "SupabaseSink", "classify_answer"]
 
 _KEY_HELP = (
     "check SUPABASE_SERVICE_ROLE_KEY: it must be the project's service_role key "
@@ -148,7 +148,7 @@ def _retry_after(headers: Mapping[str, str], now: datetime | None) -> float | No
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-class _BadRows(Exception):
+class BadRows(Exception):
     """The database refused the data of this request (not the connection or the credentials)."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -185,7 +185,7 @@ class SupabaseSink:
         await self.dead_letters.check()
         client = await self.connect()
         for table, columns in TABLE_COLUMNS.items():
-            await self._request(table, client.table(table).select(",".join(columns)).limit(1))
+            await self.request(table, client.table(table).select(",".join(columns)).limit(1))
 
     async def write(self, batch: Batch) -> None:
         """Upsert the batch, one request per table; see the module docstring for errors."""
@@ -232,7 +232,7 @@ class SupabaseSink:
     # --- internals ---------------------------------------------------------------------------------
 
     async def _keep_failed(self, response: httpx.Response) -> None:
-        """httpx response hook: remember a failed answer, body read, for `_request` to classify."""
+        """httpx response hook: remember a failed answer, body read, for `request` to classify."""
         if response.status_code >= 400:
             await response.aread()
             self._failed = response
@@ -259,8 +259,8 @@ class SupabaseSink:
             returning="minimal",  # type: ignore[arg-type]
         )
         try:
-            await self._request(table, request)
-        except _BadRows as exc:
+            await self.request(table, request)
+        except BadRows as exc:
             if len(rows) == 1:
                 await self.dead_letters.add([Refused(table, exc.code, exc.message, row_values(rows[0][0]))])
                 return
@@ -268,8 +268,9 @@ class SupabaseSink:
             await self._bisect(table, rows[:middle])
             await self._bisect(table, rows[middle:])
 
-    async def _request(self, table: str, request: Any) -> None:
-        """Send one request; raise `_BadRows`, `SinkUnavailable` or `SinkRejected` if it failed."""
+    async def request(self, table: str, request: Any) -> None:
+        """Send one request (a supabase-py request builder for `table`) through the one error
+        mapping; raise `BadRows`, `SinkUnavailable` or `SinkRejected` if it failed."""
         from postgrest import APIError
 
         self._failed = None
@@ -282,7 +283,7 @@ class SupabaseSink:
             else:  # no answer seen (cannot happen with our session): classify by the body alone
                 answer = classify_answer(0, {}, json.dumps(exc.json()).encode())
             if answer.kind == "bad_rows":
-                raise _BadRows(answer.code, answer.message) from None
+                raise BadRows(answer.code, answer.message) from None
             if answer.kind == "unavailable":
                 raise SinkUnavailable(
                     f"{self.name}: {table}: {answer.message}", retry_after=answer.retry_after
