@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Literal
 
-__all__ = ["Batch", "EquityRow", "IndicatorRow", "OptionContract", "OptionRow", "Tick"]
+__all__ = ["Batch", "EquityRow", "IndicatorRow", "OptionContract", "OptionRow", "TableRow", "Tick"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +89,10 @@ class OptionRow:
     def key(self) -> tuple[str, datetime, str, float, date]:
         """The table's UNIQUE key."""
         return (self.ticker, self.timestamp, self.option_type, self.strike_price, self.expiration_date)
+
+
+#: A row of any of the three tables.
+TableRow = EquityRow | IndicatorRow | OptionRow
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,13 +27,12 @@ from typing import Any, TypeVar
 import structlog
 
 from streaming_service.errors import StreamerError
-from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
+from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow, TableRow
 
 __all__ = ["Spool", "SpoolError", "Taken"]
 
 log = structlog.get_logger(__name__)
 
-Row = EquityRow | IndicatorRow | OptionRow
 _T = TypeVar("_T")
 _TABLES: dict[type[Any], str] = {
     EquityRow: "equity_data", IndicatorRow: "indicators", OptionRow: "option_prices"
@@ -77,7 +76,7 @@ class Spool:
     def __init__(self, path: Path, *, max_bytes: int) -> None:
         self.path = Path(path)
         self._max_bytes = max_bytes
-        self._buffer: dict[tuple[str, str], Row] = {}
+        self._buffer: dict[tuple[str, str], TableRow] = {}
         self._buffered_equity = 0  # equity_data rows in the buffer
         self._committing = 0  # rows of a commit in progress (neither buffered nor counted on disk)
         self._conn: sqlite3.Connection | None = None
@@ -110,7 +109,7 @@ class Spool:
         await self._run(self._open_sync)
         return self._depth
 
-    def put(self, rows: Iterable[Row]) -> None:
+    def put(self, rows: Iterable[TableRow]) -> None:
         """Buffer rows for the next `commit()` (a later version of a key replaces an earlier one)."""
         for row in rows:
             key = (_TABLES[type(row)], _key_text(row.key))
@@ -184,7 +183,7 @@ class Spool:
         self._seq = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0]
         self._refresh_counts(conn)
 
-    def _commit_sync(self, buffer: dict[tuple[str, str], Row]) -> None:
+    def _commit_sync(self, buffer: dict[tuple[str, str], TableRow]) -> None:
         conn = self._connection()
         now = time.time()
         records = []
@@ -264,12 +263,12 @@ def _key_text(key: tuple[Any, ...]) -> str:
     return "|".join(part.isoformat() if isinstance(part, date) else str(part) for part in key)
 
 
-def _encode(row: Row) -> str:
+def _encode(row: TableRow) -> str:
     values = [getattr(row, name) for name in row.__slots__]
     return json.dumps([v.isoformat() if isinstance(v, date) else v for v in values], separators=(",", ":"))
 
 
-def _decode(table: str, values: list[Any]) -> Row:
+def _decode(table: str, values: list[Any]) -> TableRow:
     if table == "equity_data":
         return EquityRow(values[0], datetime.fromisoformat(values[1]), values[2], values[3])
     if table == "indicators":

@@ -9,7 +9,7 @@ from collections.abc import Hashable, Iterable
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
-from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
+from streaming_service.models import Batch, OptionRow, TableRow
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -62,7 +62,7 @@ def classify_sqlstate(code: str) -> ErrorKind:
     return "rejected"
 
 
-def unstorable(row: EquityRow | IndicatorRow | OptionRow) -> tuple[str, str] | None:
+def unstorable(row: TableRow) -> tuple[str, str] | None:
     """(code, message) if no database should be sent `row`: a NaN or infinite number
     (`non-finite`), or a timestamp without a timezone (`naive-timestamp`); else None."""
     ts: datetime = row.timestamp

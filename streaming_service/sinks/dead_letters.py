@@ -28,6 +28,8 @@ from typing import Any
 import structlog
 
 from streaming_service.errors import SinkRejected, SinkUnavailable
+from streaming_service.models import Batch, TableRow
+from streaming_service.sinks.base import last_per_key, unstorable
 
 __all__ = ["DEFAULT_PATH", "DeadLetters", "Refused", "row_values"]
 
@@ -53,6 +55,26 @@ class Refused:
 def row_values(row: Any) -> dict[str, Any]:
     """A row model's fields as a dict, in declaration order (what a dead letter's `row` holds)."""
     return {field.name: getattr(row, field.name) for field in dataclasses.fields(row)}
+
+
+
+
+def split_storable(batch: Batch) -> tuple[dict[str, list[TableRow]], list[Refused]]:
+    """The rows of `batch` per table (one per UNIQUE key, the last winning; tables without rows
+    left out) that a database can be asked to store, and those no database can (NaN or infinity, a
+    naive timestamp: see `unstorable`), as dead letters."""
+    storable: dict[str, list[TableRow]] = {}
+    refused: list[Refused] = []
+    tables: tuple[tuple[str, tuple[TableRow, ...]], ...] = (
+        ("equity_data", batch.equity), ("indicators", batch.indicators), ("option_prices", batch.options)
+    )  # fmt: skip
+    for table, rows in tables:
+        for row in last_per_key(rows):
+            if problem := unstorable(row):
+                refused.append(Refused(table, *problem, row_values(row)))
+            else:
+                storable.setdefault(table, []).append(row)
+    return storable, refused
 
 
 class DeadLetters:

@@ -26,16 +26,14 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from streaming_service.errors import ConfigError, SinkRejected, SinkUnavailable
-from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
+from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow, TableRow
 from streaming_service.sinks.base import (
     TABLE_COLUMNS,
     UNIQUE_KEYS,
     classify_sqlstate,
-    last_per_key,
     option_values,
-    unstorable,
 )
-from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values
+from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values, split_storable
 
 __all__ = ["PostgresSink", "migrations_dir"]
 
@@ -76,7 +74,6 @@ _PERMANENT_CONNECT_ERRORS = (
 )
 
 _Connection = psycopg.AsyncConnection[tuple[Any, ...]]
-_Model = EquityRow | IndicatorRow | OptionRow
 _Query = tuple[str | bytes, list[Any] | None]
 
 
@@ -168,26 +165,12 @@ class PostgresSink:
             raise RuntimeError(f"{self.name}: write() before open() or after aclose()")
         if not len(batch):
             return
-        refused: list[Refused] = []
-        tables: list[tuple[str, list[_Model]]] = []
-        for table, rows in (
-            ("equity_data", last_per_key(batch.equity)),
-            ("indicators", last_per_key(batch.indicators)),
-            ("option_prices", last_per_key(batch.options)),
-        ):
-            storable: list[_Model] = []
-            for row in rows:
-                if problem := unstorable(row):
-                    refused.append(Refused(table, *problem, row_values(row)))
-                else:
-                    storable.append(row)
-            if storable:
-                tables.append((table, storable))
+        tables, refused = split_storable(batch)
         if tables:
-            refused += await self._write_tables(tables)
+            refused += await self._write_tables(list(tables.items()))
         await self.dead_letters.add(refused)
 
-    async def _write_tables(self, tables: list[tuple[str, list[_Model]]]) -> list[Refused]:
+    async def _write_tables(self, tables: list[tuple[str, list[TableRow]]]) -> list[Refused]:
         """Commit `tables` in one transaction; return the rows the server refused."""
         conn = await self._connection()
         try:
@@ -208,7 +191,7 @@ class PostgresSink:
             raise
 
     async def _write_isolating(
-        self, conn: _Connection, tables: list[tuple[str, list[_Model]]]
+        self, conn: _Connection, tables: list[tuple[str, list[TableRow]]]
     ) -> list[Refused]:
         """The batch again, in one transaction, each table's rows split in halves under a savepoint
         until the refused rows are isolated. A failed attempt's `ROLLBACK TO` rides with the next
@@ -216,7 +199,7 @@ class PostgresSink:
         refused: list[Refused] = []
         pending: list[_Query] = [("ROLLBACK", None), ("BEGIN", None)]  # end the failed transaction
 
-        async def attempt(table: str, rows: list[_Model]) -> psycopg.Error | None:
+        async def attempt(table: str, rows: list[TableRow]) -> psycopg.Error | None:
             nonlocal pending
             queries = [*pending, ("SAVEPOINT isolate", None), _upsert(table, rows)]
             pending = [("RELEASE SAVEPOINT isolate", None)]
@@ -229,7 +212,7 @@ class PostgresSink:
                 return exc
             return None
 
-        async def isolate(table: str, rows: list[_Model], known: psycopg.Error | None) -> int:
+        async def isolate(table: str, rows: list[TableRow], known: psycopg.Error | None) -> int:
             """Write `rows` but the refused ones; `known` is their error if they are known to fail.
             Returns how many rows were refused."""
             error = known if known is not None else await attempt(table, rows)

@@ -29,20 +29,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from streaming_service.errors import SinkRejected, SinkUnavailable
-from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
+from streaming_service.models import Batch
 from streaming_service.sinks.base import (
     TABLE_COLUMNS,
     UNIQUE_KEYS,
-    last_per_key,
     option_values,
-    unstorable,
 )
-from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values
+from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values, split_storable
 
 __all__ = ["SQLiteSink"]
 
 _T = TypeVar("_T")
-_Model = EquityRow | IndicatorRow | OptionRow
 #: What a single row can fail with: a constraint, a value SQLite cannot hold.
 _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError)
 #: Error names worth retrying: another process holds the lock; the disk is full or failing.
@@ -185,22 +182,9 @@ class SQLiteSink:
             raise RuntimeError(f"{self.name}: write() before open() or after aclose()")
         if not len(batch):
             return
-        refused: list[Refused] = []
-        tables: list[tuple[str, list[_Model], list[tuple[Any, ...]]]] = []
-        for table, rows in (
-            ("equity_data", batch.equity),
-            ("indicators", batch.indicators),
-            ("option_prices", last_per_key(batch.options)),
-        ):
-            storable: list[_Model] = []
-            for row in rows:
-                if problem := unstorable(row):
-                    refused.append(Refused(table, *problem, row_values(row)))
-                else:
-                    storable.append(row)
-            tables.append((table, storable, [_record(table, row) for row in storable]))
-        failed = await self._run(self._write_sync, [(table, records) for table, _, records in tables])
-        models = {table: rows for table, rows, _ in tables}
+        models, refused = split_storable(batch)
+        records = [(table, [_record(table, row) for row in rows]) for table, rows in models.items()]
+        failed = await self._run(self._write_sync, records)
         refused += [
             Refused(table, code, error, row_values(models[table][i])) for table, i, code, error in failed
         ]

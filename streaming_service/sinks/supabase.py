@@ -38,17 +38,15 @@ from urllib.parse import urlsplit
 import httpx
 
 from streaming_service.errors import SinkRejected, SinkUnavailable
-from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow
+from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow, TableRow
 from streaming_service.sinks.base import (
     TABLE_COLUMNS,
     UNIQUE_KEYS,
     ErrorKind,
     classify_sqlstate,
-    last_per_key,
     option_values,
-    unstorable,
 )
-from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values
+from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values, split_storable
 
 if TYPE_CHECKING:
     from supabase import AsyncClient
@@ -68,7 +66,6 @@ _URL_HELP = "check SUPABASE_URL (https://<project>.supabase.co) and apply supaba
 AUTH_CODES = frozenset({"42501", "PGRST301", "PGRST302", "401", "403"})
 
 Row = dict[str, Any]
-_Model = EquityRow | IndicatorRow | OptionRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,14 +189,11 @@ class SupabaseSink:
         await self.connect()
         done = self._retrying[1] if self._retrying and self._retrying[0] is batch else set()
         self._retrying = (batch, done)
-        tables: dict[str, list[_Model]] = {
-            "equity_data": list(last_per_key(batch.equity)),
-            "indicators": list(last_per_key(batch.indicators)),
-            "option_prices": list(last_per_key(batch.options)),
-        }
+        tables, refused = split_storable(batch)
+        await self.dead_letters.add(refused)
         for table, models in tables.items():
-            if models and table not in done:
-                await self._upsert(table, models)
+            if table not in done:
+                await self._bisect(table, [(model, _ROW[table](model)) for model in models])
                 done.add(table)
         self._retrying = None
 
@@ -237,19 +231,7 @@ class SupabaseSink:
             await response.aread()
             self._failed = response
 
-    async def _upsert(self, table: str, models: list[_Model]) -> None:
-        """Write the rows; isolate and dead-letter the rows the database refuses."""
-        sendable: list[tuple[_Model, Row]] = []
-        refused: list[Refused] = []
-        for model in models:
-            if problem := unstorable(model):
-                refused.append(Refused(table, *problem, row_values(model)))
-            else:
-                sendable.append((model, _ROW[table](model)))
-        await self.dead_letters.add(refused)
-        await self._bisect(table, sendable)
-
-    async def _bisect(self, table: str, rows: list[tuple[_Model, Row]]) -> None:
+    async def _bisect(self, table: str, rows: list[tuple[TableRow, Row]]) -> None:
         if not rows:
             return
         client = await self.connect()
