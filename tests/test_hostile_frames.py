@@ -33,7 +33,7 @@ from streaming_service.sources.frames import BadFrame, FrameDecoder
 from streaming_service.sources.merge import QuoteMerger
 from streaming_service.sources.schwab import SchwabStream
 
-EQUITIES = "LEVELONE_EQUITIES"
+EQUITIES, OPTIONS = "LEVELONE_EQUITIES", "LEVELONE_OPTIONS"
 HOSTILE = 200_000 if os.environ.get("SOAK") else 10_000
 
 #: The single frames that crashed the process before, and why.
@@ -72,11 +72,17 @@ async def running_stream(
     sim: SchwabSimulator, tmp_path: Path, **options: Any
 ) -> AsyncIterator[tuple[SchwabStream, Received, asyncio.Task[None]]]:
     """`SchwabStream.run()` on the real schwab-py client against `sim` (QQQ, with options), as a task
-    the test checks is still running; backoff capped at 50 ms."""
+    the test checks is still running; backoff capped at 50 ms, replies awaited for 1 s."""
     client = simulator_client(sim, tmp_path)
     got = Received()
     stream = SchwabStream(
-        client, ("QQQ",), got.ticks.append, on_option=got.options.append, max_backoff_s=0.05, **options
+        client,
+        ("QQQ",),
+        got.ticks.append,
+        on_option=got.options.append,
+        max_backoff_s=0.05,
+        request_timeout_s=1.0,
+        **options,
     )
     task = asyncio.create_task(stream.run())
     try:
@@ -91,6 +97,10 @@ async def running_stream(
 def contracts(sim: SchwabSimulator, *strikes: float) -> set[str]:
     book = sim.books["QQQ"]
     return {occ_symbol("QQQ", book.expirations[1], "C", strike) for strike in strikes}
+
+
+def logins(sim: SchwabSimulator) -> int:
+    return sum(1 for service, command, _ in sim.stream_requests if (service, command) == ("ADMIN", "LOGIN"))
 
 
 def alive(task: asyncio.Task[None]) -> bool:
@@ -119,19 +129,39 @@ async def test_a_frame_that_crashed_the_process_is_one_bad_frame(tmp_path: Path,
     assert stats.connects == 1 and stats.internal_errors == 0  # a bad frame never forces a reconnect
 
 
-@pytest.mark.parametrize(
-    ("service", "command", "name"),
-    [
-        ("ADMIN", "LOGIN", "invalid JSON"),
-        ("ADMIN", "LOGIN", "bare number"),
-        (EQUITIES, "SUBS", "empty response list"),
-        (EQUITIES, "SUBS", "100k-deep JSON"),
-        ("LEVELONE_OPTIONS", "ADD", "bare number"),
-        ("LEVELONE_OPTIONS", "ADD", "invalid JSON"),
-    ],
-)
-async def test_a_bad_frame_instead_of_a_reply_is_counted_and_the_stream_reconnects(
-    tmp_path: Path, service: str, command: str, name: str
+REPLY_FAULTS = [
+    # (how, service, command, frame): "replace" the reply, or "precede" it while it is awaited
+    ("replace", "ADMIN", "LOGIN", "empty response list"),  # a malformed reply: reconnect at once
+    ("replace", "ADMIN", "LOGIN", "invalid JSON"),  # garbled beyond recognition: the request times out
+    ("replace", EQUITIES, "SUBS", "100k-deep JSON"),
+    ("replace", OPTIONS, "SUBS", "bare number"),
+    ("replace", OPTIONS, "ADD", "bare number"),
+    ("replace", OPTIONS, "ADD", "empty response list"),
+    ("precede", "ADMIN", "LOGIN", "bare number"),  # a stray bad frame: counted, the reply still counts
+    ("precede", EQUITIES, "SUBS", "invalid JSON"),
+    ("precede", OPTIONS, "ADD", "100k-deep JSON"),
+]
+
+
+async def cause(
+    stream: SchwabStream, sim: SchwabSimulator, fault: tuple[str, str, str, str], options: set[str]
+) -> int:
+    """Make a frame replace or precede the reply to the next request as `fault` says. A reconnect
+    sends LOGIN and the SUBS; a new option window (`options`) sends the ADD. Return how many
+    more logins that takes."""
+    how, service, command, name = fault
+    inject = sim.replace_next_reply if how == "replace" else sim.precede_next_reply
+    inject(CRASHERS[name], service=service, command=command)
+    if command == "ADD":
+        await stream.set_option_symbols(options)
+    else:
+        await sim.disconnect_all()
+    return (command != "ADD") + (how == "replace")  # a bad reply costs one more
+
+
+@pytest.mark.parametrize(("how", "service", "command", "name"), REPLY_FAULTS)
+async def test_a_bad_frame_while_a_reply_is_awaited_is_counted_and_never_fatal(
+    tmp_path: Path, how: str, service: str, command: str, name: str
 ) -> None:
     market = SimulatedMarket(["QQQ"], seed=32, trades_per_second=10.0)
     async with (
@@ -141,24 +171,23 @@ async def test_a_bad_frame_instead_of_a_reply_is_counted_and_the_stream_reconnec
         await stream.subscribed.wait()
         await stream.set_option_symbols(contracts(sim, 500.0))
         await wait_until(lambda: alive(task) and bool(got.options) and len(got.ticks) > 3)
-        sim.replace_next_reply(CRASHERS[name], service=service, command=command)
-        if command == "ADD":
-            await stream.set_option_symbols(contracts(sim, 500.0, 501.0))
-        else:
-            await sim.disconnect_all()
+        sessions = 1 + await cause(stream, sim, (how, service, command, name), contracts(sim, 500.0, 501.0))
         await wait_until(lambda: alive(task) and stream.stats.bad_frames == 1)
-        await wait_until(lambda: alive(task) and stream.subscribed.is_set() and stream.stats.connects >= 2)
+        await wait_until(lambda: alive(task) and stream.subscribed.is_set() and logins(sim) == sessions)
         ticks = len(got.ticks)
         await wait_until(lambda: alive(task) and len(got.ticks) > ticks + 3)
         stats = stream.stats
     requests = [(s, c) for s, c, _ in sim.stream_requests]
-    print(f"{name} as the {command} reply: bad_frames={stats.bad_frames} connects={stats.connects}")
-    assert stats.internal_errors == 0
+    print(f"{name} {how}s the {command} reply: bad_frames={stats.bad_frames} connects={stats.connects}")
+    assert stats.internal_errors == 0 and stats.bad_frames == 1
+    assert requests.count(("ADMIN", "LOGIN")) == sessions
+    assert stats.connects == sessions - (service == "ADMIN" and how == "replace")  # logins that went through
     after = requests[len(requests) - 1 - requests[::-1].index(("ADMIN", "LOGIN")) :]  # the last session
-    assert after[:3] == [("ADMIN", "LOGIN"), (EQUITIES, "SUBS"), ("LEVELONE_OPTIONS", "SUBS")]
-    last_options = [p for s, c, p in sim.stream_requests if s == "LEVELONE_OPTIONS" and c == "SUBS"][-1]
-    wanted = contracts(sim, 500.0, 501.0) if command == "ADD" else contracts(sim, 500.0)
-    assert set(last_options["keys"].split(",")) == wanted  # the change that failed was redone
+    assert after[:3] == [("ADMIN", "LOGIN"), (EQUITIES, "SUBS"), (OPTIONS, "SUBS")]
+    options = [set(p["keys"].split(",")) for s, c, p in sim.stream_requests if s == OPTIONS and c != "UNSUBS"]
+    assert set().union(*options) == (
+        contracts(sim, 500.0, 501.0) if command == "ADD" else contracts(sim, 500.0)
+    )
 
 
 # --- hostile frames ----------------------------------------------------------------------------------------
@@ -226,7 +255,7 @@ def test_the_decoder_and_merger_refuse_hostile_frames_with_bad_frame_only() -> N
     """Without a network: every hostile frame raises `BadFrame` (nothing else) from the decoder
     (envelope) or the merger (items), which stays usable."""
     clock = SimulatedMarket(["QQQ"]).open_ms / 1000 + 3_600.0
-    decoder = FrameDecoder([EQUITIES])
+    decoder = FrameDecoder([EQUITIES], on_bad=lambda exc: None)
     merger = QuoteMerger(symbols=("QQQ",), now=lambda: clock)
     merger.apply(
         {"key": "QQQ", "LAST_PRICE": 500.0, "TOTAL_VOLUME": 1_000, "TRADE_TIME_MILLIS": int(clock * 1000)}
@@ -240,7 +269,7 @@ def test_the_decoder_and_merger_refuse_hostile_frames_with_bad_frame_only() -> N
             tick = merger.apply({"key": "QQQ", "TOTAL_VOLUME": total})
             assert tick is not None and tick.volume == 1
         with pytest.raises(BadFrame) as refused:
-            message = decoder.decode_json_string(frame)
+            message = decoder.parse(frame)
             for item in message.get("data", [{}])[0].get("content", []):
                 merger.apply({names.get(k, k): v for k, v in item.items()})
             if "response" in message:
@@ -262,31 +291,21 @@ async def test_ten_thousand_hostile_frames_interleaved_with_real_data(tmp_path: 
                 await stream.subscribed.wait()
                 await stream.set_option_symbols(contracts(sim, 500.0))
                 await wait_until(lambda: alive(task) and len(got.ticks) > 10)
-                # bad frames instead of the replies login, SUBS and ADD await: each one reconnects.
+                # bad frames instead of, or before, the replies login, SUBS and ADD await.
                 # The market waits meanwhile, so that every trade is delivered (sim.sent_trades).
                 sim.pause()
-                replies = [
-                    ("ADMIN", "LOGIN", "invalid JSON"),
-                    (EQUITIES, "SUBS", "100k-deep JSON"),
-                    ("LEVELONE_OPTIONS", "SUBS", "bare number"),
-                    ("LEVELONE_OPTIONS", "ADD", "empty response list"),
-                ]
-                for count, (service, command, name) in enumerate(replies, 1):
-                    before = stream.stats.connects
-                    sim.replace_next_reply(CRASHERS[name], service=service, command=command)
-                    if command == "ADD":
-                        await stream.set_option_symbols(contracts(sim, 500.0, 501.0))
-                    else:
-                        await sim.disconnect_all()
+                sessions = 1
+                for count, fault in enumerate(REPLY_FAULTS, 1):
+                    sessions += await cause(stream, sim, fault, contracts(sim, *range(500, 502 + count)))
                     await wait_until(
-                        lambda n=count, c=before: (
+                        lambda n=count, c=sessions: (
                             alive(task)
                             and stream.stats.bad_frames == n
-                            and stream.stats.connects > c
+                            and logins(sim) == c
                             and stream.subscribed.is_set()
                         )
                     )
-                assert stream.stats.bad_frames == len(replies)
+                replies = REPLY_FAULTS
                 connects = stream.stats.connects
                 sim.resume()
 

@@ -15,7 +15,8 @@ started inside `async with SchwabSimulator(...)` checks trade times against the 
 
 Fault injection: `pause()`/`resume()`, `disconnect_all()`, `drop_next_frames(n)`, `send_raw(frame)`,
 `reject_login`, `reject_logins(n)`, `refresh_token_valid`, `fail_next_market_data(n, status)`,
-`replace_next_reply(frame)`, `silence()`, `heartbeats_only()`, `interleave(frames)`.
+`replace_next_reply(frame)`, `precede_next_reply(frame)`, `silence()`, `heartbeats_only()`,
+`interleave(frames)`.
 Ground truth: `market.trades` (all), `sent_trades` (delivered), `option_truth` (every field of
 each option quote as last delivered), `stream_requests` (every request received).
 """
@@ -27,7 +28,6 @@ import contextlib
 import json
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 from http.server import ThreadingHTTPServer
@@ -44,6 +44,7 @@ from streaming_service.simulator.connection import (
     root,
     wire_fields,
 )
+from streaming_service.simulator.faults import StreamFaults
 from streaming_service.simulator.market import NEW_YORK, Event, SimulatedMarket
 from streaming_service.simulator.options import OptionBook
 from streaming_service.simulator.rest import rest_handler
@@ -73,11 +74,7 @@ class SchwabSimulator:
         self._heartbeat_s = heartbeat_seconds
         self.reject_login = False
         self.refresh_token_valid = True
-        self._login_rejections = 0
-        self._reply_faults: list[tuple[str | None, str | None, Frame]] = []
-        self._interleave: deque[Frame] = deque()
-        self._interleave_per = 1
-        self.interleaved_sent = 0
+        self._faults = StreamFaults()
         self.rest_requests: list[tuple[str, str]] = []
         self.stream_requests: list[tuple[str, str, dict[str, Any]]] = []
         self.sent_trades: list[Event] = []
@@ -202,14 +199,21 @@ class SchwabSimulator:
 
     def reject_logins(self, count: int) -> None:
         """Deny the next `count` logins (response code 3, LOGIN_DENIED), then accept again."""
-        self._login_rejections += count
+        self._faults.logins_to_deny += count
 
     def replace_next_reply(
         self, frame: Frame, *, service: str | None = None, command: str | None = None
     ) -> None:
         """Send `frame` instead of the reply to the next request (of `service`/`command`, if given).
         The request itself still takes effect, as when a reply is garbled on its way."""
-        self._reply_faults.append((service, command, frame))
+        self._faults.add_reply_fault(frame, service, command, replace=True)
+
+    def precede_next_reply(
+        self, frame: Frame, *, service: str | None = None, command: str | None = None
+    ) -> None:
+        """Send `frame` just before the reply to the next request (of `service`/`command`, if
+        given), so that it arrives while the client awaits that reply."""
+        self._faults.add_reply_fault(frame, service, command, replace=False)
 
     def silence(self) -> None:
         """Make every open connection silent: no replies, data or heartbeats, socket left open
@@ -227,13 +231,17 @@ class SchwabSimulator:
         """Send `frames` between real LEVELONE_EQUITIES data frames: after each data frame a
         connection is sent, up to `per_data_frame` of them follow it. `interleaved_sent` counts
         those queued so far; `interleave_pending` those still waiting."""
-        self._interleave.extend(frames)
-        self._interleave_per = per_data_frame
+        self._faults.interleave(frames, per_data_frame)
+
+    @property
+    def interleaved_sent(self) -> int:
+        """Frames given to `interleave` that were sent."""
+        return self._faults.interleaved_sent
 
     @property
     def interleave_pending(self) -> int:
         """Frames given to `interleave` that are not sent yet."""
-        return len(self._interleave)
+        return self._faults.interleave_pending
 
     # --- streamer ---------------------------------------------------------------------------------
 
@@ -266,8 +274,7 @@ class SchwabSimulator:
         self.stream_requests.append((str(service), str(command), params))
         code, message = 0, "success"
         if service == "ADMIN" and command == "LOGIN":
-            if self.reject_login or self._login_rejections or not params.get("Authorization"):
-                self._login_rejections = max(0, self._login_rejections - 1)
+            if self.reject_login or self._faults.deny_login() or not params.get("Authorization"):
                 code, message = 3, "Login denied"
         elif service == "ADMIN" and command == "LOGOUT":
             message = "logged out"
@@ -282,8 +289,8 @@ class SchwabSimulator:
             "timestamp": self._clock_ms(),
             "content": {"code": code, "msg": message},
         }
-        reply = self._take_reply_fault(service, command) or json.dumps({"response": [response]})
-        client.queue(reply, "reply")
+        for frame in self._faults.reply_frames(service, command, json.dumps({"response": [response]})):
+            client.queue(frame, "reply")
         if command in ("SUBS", "ADD") and code == 0:
             keys = self._keys(params)
             if service == EQUITY_SERVICE:
@@ -294,13 +301,6 @@ class SchwabSimulator:
                 self._send_options(client, self._option_quotes(set(keys), trade=False))
         if command == "LOGOUT":
             client.close_after_queued()
-
-    def _take_reply_fault(self, service: Any, command: Any) -> Frame | None:
-        for index, (want_service, want_command, frame) in enumerate(self._reply_faults):
-            if want_service in (None, service) and want_command in (None, command):
-                del self._reply_faults[index]
-                return frame
-        return None
 
     def _subscribe(self, client: Connection, service: str, command: str, params: dict[str, Any]) -> None:
         keys = self._keys(params)
@@ -327,11 +327,8 @@ class SchwabSimulator:
         """Queue `event` for `client` as changed fields only, then any frames to `interleave`;
         return whether the event was queued."""
         sent = bool(self._send(client, EQUITY_SERVICE, {event.symbol: wire_fields(event)}))
-        for _ in range(self._interleave_per if sent else 0):
-            if not self._interleave:
-                break
-            client.queue(self._interleave.popleft(), "raw")
-            self.interleaved_sent += 1
+        for frame in self._faults.after_data_frame() if sent else ():
+            client.queue(frame, "raw")
         return sent
 
     def _send_options(self, client: Connection, quotes: dict[str, dict[str, Any]]) -> None:

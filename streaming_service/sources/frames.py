@@ -2,8 +2,12 @@
 
 `FrameDecoder` replaces schwab-py's `json.loads` (`StreamClient.set_json_decoder`), so every raw
 frame goes through it, including those read while `login()`, SUBS or ADD await their reply. It
-returns only frames whose envelope schwab-py can dispatch without failing; anything else raises
-`BadFrame` (or `StreamSevered` for Schwab's code 12). The envelope it accepts:
+passes on only frames whose envelope schwab-py can dispatch without failing. Any other frame is
+reported to `on_bad` and replaced by `{}`, which schwab-py skips, even while it awaits a reply: a
+stray bad frame there does not abort the request. If the bad frame was the reply, the request
+times out. The exceptions are a malformed "response" section, which is a malformed reply, and
+Schwab's code 12: these raise (`BadFrame`, `StreamSevered`), so the request (or `handle_message`)
+ends at once. The envelope it accepts:
 
     {"response": [{"requestid": "<digits>", "service": str, "command": str,
                    "content": {"code": int, "msg": ...}}, ...]}      (non-empty list)
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import json
 import reprlib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from streaming_service.sources import quiet_library_warnings
@@ -42,6 +46,7 @@ __all__ = [
 EXCERPT_CHARS = 200
 MAX_DEPTH = 8  # data entry → content → item → value is 4; room for nested values, not for 900 levels
 CLOSE_CONNECTION = 12  # Schwab response code: another login took this connection over
+MALFORMED_RESPONSE = "malformed response"
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 80
@@ -78,12 +83,26 @@ def excerpt(value: Any) -> str:
 class FrameDecoder(StreamJsonDecoder):  # type: ignore[misc]  # schwab-py is untyped
     """schwab-py JSON decoder that checks the envelope; see the module docstring.
 
-    `services`: the data services we have handlers for; data for any other is a bad frame."""
+    `services`: the data services we have handlers for; data for any other is a bad frame.
+    `on_bad`: called once with each bad frame that is skipped (not with those it raises)."""
 
-    def __init__(self, services: Collection[str]) -> None:
+    def __init__(self, services: Collection[str], on_bad: Callable[[BadFrame], None]) -> None:
         self._services = frozenset(services)
+        self._on_bad = on_bad
 
     def decode_json_string(self, raw: str | bytes) -> dict[str, Any]:
+        """schwab-py's hook: the parsed frame, or `{}` for a bad one (reported to `on_bad`).
+
+        Raises `BadFrame` (kind "malformed response") and `StreamSevered`; nothing else."""
+        try:
+            return self.parse(raw)
+        except BadFrame as exc:
+            if exc.kind == MALFORMED_RESPONSE:
+                raise
+            self._on_bad(exc)
+            return {}
+
+    def parse(self, raw: str | bytes) -> dict[str, Any]:
         """Return the parsed frame. Raises `BadFrame` or `StreamSevered`; never anything else."""
         try:
             frame = json.loads(raw)
@@ -124,7 +143,7 @@ class FrameDecoder(StreamJsonDecoder):  # type: ignore[misc]  # schwab-py is unt
 
 def _check_responses(responses: Any) -> None:
     if not isinstance(responses, list) or not responses:
-        raise BadFrame(f"response is not a non-empty list: {excerpt(responses)}", kind="malformed response")
+        raise BadFrame(f"response is not a non-empty list: {excerpt(responses)}", kind=MALFORMED_RESPONSE)
     for response in responses:
         content = response.get("content") if isinstance(response, dict) else None
         code = content.get("code") if isinstance(content, dict) else None
@@ -136,7 +155,7 @@ def _check_responses(responses: Any) -> None:
             or not isinstance(response.get("service"), str)
             or not isinstance(response.get("command"), str)
         ):
-            raise BadFrame(f"malformed response: {excerpt(response)}", kind="malformed response")
+            raise BadFrame(f"malformed response: {excerpt(response)}", kind=MALFORMED_RESPONSE)
         if code == CLOSE_CONNECTION:
             raise StreamSevered(f"Schwab closed the stream (code 12): {excerpt(content.get('msg'))}")  # type: ignore[union-attr]
 

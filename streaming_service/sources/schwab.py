@@ -7,9 +7,10 @@ included, must be answered within `request_timeout_s`.
 
 What happens to a frame:
 - It cannot be parsed, or its envelope is wrong (frames.py): a bad frame. It is counted in
-  `stats.bad_frames`, logged (first of each kind at warning, see `stats.Problems`) and skipped. If it
-  arrives while login, SUBS or ADD await their reply, it may have been that reply: it is counted
-  the same way, and the connection is dropped and made again.
+  `stats.bad_frames`, logged (first of each kind at warning, see `stats.Problems`) and skipped,
+  also while login, SUBS or ADD await their reply. A malformed or unexpected reply is counted the
+  same way, and the connection is dropped and made again; so is a reply that does not come
+  within `request_timeout_s` (e.g. because it was garbled beyond recognition).
 - An item fails validation (`QuoteMerger`, or `on_option` raising `BadFrame`): a bad frame, skipped.
 - Our own code raises while handling it (`QuoteMerger`, `on_tick`, or `on_option` raising
   anything but `BadFrame`): an internal error. It is logged with its traceback as `internal
@@ -136,7 +137,6 @@ class SchwabStream:
         self._merger = QuoteMerger(
             symbols=symbols, max_volume_jump=max_volume_jump, now=now or exchange_clock.get()
         )
-        self._decoder = FrameDecoder((_EQUITIES, _OPTIONS) if on_option else (_EQUITIES,))
         self._option_symbols: set[str] = set()
         self._live: StreamClient | None = None  # the subscribed connection, while there is one
         self._options_live: set[str] = set()  # what that connection has subscribed
@@ -145,6 +145,8 @@ class SchwabStream:
         self._data_at = 0.0  # event-loop time of the last data frame
         self.stats = StreamStats()
         self._problems = Problems(self.stats)
+        services = (_EQUITIES, _OPTIONS) if on_option else (_EQUITIES,)
+        self._decoder = FrameDecoder(services, on_bad=self._problems.bad_frame)
         self.subscribed = asyncio.Event()
 
     def use_client(self, client: Any) -> None:
@@ -229,14 +231,14 @@ class SchwabStream:
             self.stats.last_frame_at = loop.time()
 
     async def _request(self, what: str, request: Awaitable[None]) -> None:
-        """Await `request` (login, SUBS, ADD, UNSUBS) within `request_timeout_s`. A bad frame in
-        place of its reply is counted, and raises `_BadReply`."""
+        """Await `request` (login, SUBS, ADD, UNSUBS) within `request_timeout_s` (else TimeoutError).
+        A malformed or unexpected reply is counted as a bad frame, and raises `_BadReply`."""
         try:
             async with asyncio.timeout(self._request_timeout_s):
                 await request
         except BadFrame as exc:
             self._problems.bad_frame(exc)
-            raise _BadReply(f"a bad frame came while the {what} awaited its reply") from exc
+            raise _BadReply(f"the {what} got a malformed reply") from exc
         except UnexpectedResponse as exc:
             self._problems.bad_frame(BadFrame(f"{exc}: {excerpt(exc.response)}", kind="unexpected response"))
             raise _BadReply(f"the {what} got a reply to another request") from exc
@@ -253,7 +255,8 @@ class SchwabStream:
                     raise AuthError(
                         f"Schwab's streamer denied the login {self._denied} times in a row (code "
                         f"{_LOGIN_DENIED}): the access token is not accepted. Check SCHWAB_APP_KEY/"
-                        "SCHWAB_APP_SECRET and create a new token file (README, 'Schwab token')."
+                        "SCHWAB_APP_SECRET, then run `streaming-service auth` to log in again (README, "
+                        "'Schwab token')."
                     ) from exc
             raise
         except (BadFrame, StreamSevered):
@@ -275,7 +278,10 @@ class SchwabStream:
         except UnexpectedResponseCode as exc:
             log.error("Schwab refused the option subscription change", error=str(exc))
         except _ENDS as exc:
-            log.warning("option subscription change failed; reconnecting to redo it", error=str(exc))
+            log.warning(
+                "option subscription change failed; reconnecting to redo it",
+                error=f"{type(exc).__name__}: {exc}"[:EXCERPT_CHARS],
+            )
             live = self._live
             if live is not None and live._socket is not None:
                 await live._socket.close()

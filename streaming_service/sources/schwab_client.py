@@ -73,8 +73,7 @@ def raise_for_auth_status(response: httpx.Response, what: str) -> None:
 def read_token_file(token_path: Path) -> dict[str, Any]:
     """Return the parsed schwab-py token file; raise `AuthError` saying how to create one if unusable."""
     how_to_fix = (
-        "create it with `streaming-service auth` (README, 'Schwab token'), "
-        "or copy one to SCHWAB_TOKEN_PATH"
+        "create it with `streaming-service auth` (README, 'Schwab token'), or copy one to SCHWAB_TOKEN_PATH"
     )
     try:
         data = json.loads(token_path.read_text())
