@@ -8,15 +8,14 @@ kill -9 or a power cut loses at most the rows of one commit window. `take()` rea
 a row replaced meanwhile stays. Delivery is at-least-once; the sinks' upserts make replays harmless.
 
 Disk is bounded by `max_bytes`: past it, the oldest rows are dropped and counted (`dropped`), with an
-error logged at most once a minute. All SQLite work runs in a worker thread, one call at a time.
+error logged at most once a minute. All SQLite work runs in a worker thread, one call at a time
+(`SqliteFile`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import structlog
 
 from streaming_service.errors import StreamerError
 from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow, TableRow
+from streaming_service.sqlite_file import SqliteFile
 
 __all__ = ["Spool", "SpoolError", "Taken"]
 
@@ -79,8 +79,7 @@ class Spool:
         self._buffer: dict[tuple[str, str], TableRow] = {}
         self._buffered_equity = 0  # equity_data rows in the buffer
         self._committing = 0  # rows of a commit in progress (neither buffered nor counted on disk)
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+        self._file = SqliteFile(self.path, _SCHEMA, busy_timeout=10)
         self._seq = 0
         self._depth = 0
         self._equity_depth = 0
@@ -106,7 +105,11 @@ class Spool:
 
     async def open(self) -> int:
         """Create or reopen the file; return how many rows a previous run left. Raises `SpoolError`."""
-        await self._run(self._open_sync)
+        try:
+            await self._file.open()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._error(exc) from exc
+        await self._run(self._load_state)
         return self._depth
 
     def put(self, rows: Iterable[TableRow]) -> None:
@@ -148,43 +151,33 @@ class Spool:
 
     async def aclose(self) -> None:
         """Commit the buffer and close the file; idempotent."""
-        if self._conn is not None:
+        if self._file.is_open:
             await self.commit()
-            await self._run(self._close_sync)
+        try:
+            await self._file.close()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
 
     # --- worker-thread side -------------------------------------------------------------------
 
     async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
+        """`func(connection, *args)` in the file's worker thread."""
         try:
-            return await asyncio.to_thread(self._locked, func, *args)
+            return await self._file.call(func, *args)
         except (sqlite3.Error, OSError) as exc:
-            raise SpoolError(
-                f"spool {self.path}: {type(exc).__name__}: {exc}; check that the directory is writable "
-                "and the disk has room (SPOOL_PATH, SPOOL_MAX_MB)"
-            ) from exc
+            raise self._error(exc) from exc
 
-    def _locked(self, func: Callable[..., _T], *args: Any) -> _T:
-        with self._lock:
-            return func(*args)
+    def _error(self, exc: Exception) -> SpoolError:
+        return SpoolError(
+            f"spool {self.path}: {type(exc).__name__}: {exc}; check that the directory is writable "
+            "and the disk has room (SPOOL_PATH, SPOOL_MAX_MB)"
+        )
 
-    def _open_sync(self) -> None:
-        if self._conn is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a commit survives kill -9
-            conn.executescript(_SCHEMA)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
+    def _load_state(self, conn: sqlite3.Connection) -> None:
         self._seq = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0]
         self._refresh_counts(conn)
 
-    def _commit_sync(self, buffer: dict[tuple[str, str], TableRow]) -> None:
-        conn = self._connection()
+    def _commit_sync(self, conn: sqlite3.Connection, buffer: dict[tuple[str, str], TableRow]) -> None:
         now = time.time()
         records = []
         for (table, key), row in buffer.items():
@@ -200,8 +193,8 @@ class Spool:
         self._refresh_counts(conn)
         self._enforce_limit(conn)
 
-    def _take_sync(self, limit: int) -> Taken:
-        rows = self._connection().execute(
+    def _take_sync(self, conn: sqlite3.Connection, limit: int) -> Taken:
+        rows = conn.execute(
             "SELECT tbl, seq, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
         ).fetchall()
         by_table: dict[str, list[Any]] = {"equity_data": [], "indicators": [], "option_prices": []}
@@ -213,8 +206,7 @@ class Spool:
         )
         return Taken(batch, rows[-1][1] if rows else 0)
 
-    def _confirm_sync(self, last_seq: int) -> None:
-        conn = self._connection()
+    def _confirm_sync(self, conn: sqlite3.Connection, last_seq: int) -> None:
         conn.execute("DELETE FROM outbox WHERE seq <= ?", (last_seq,))  # one statement: atomic
         self._refresh_counts(conn)
 
@@ -247,16 +239,6 @@ class Spool:
             " (SELECT queued_at FROM outbox ORDER BY seq LIMIT 1)"
         ).fetchone()
         self._depth, self._equity_depth, self._oldest = depth, equity, oldest
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise sqlite3.ProgrammingError("the spool is not open")
-        return self._conn
-
-    def _close_sync(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
 
 
 def _key_text(key: tuple[Any, ...]) -> str:

@@ -7,8 +7,7 @@ equity and indicator values are rounded to the Postgres columns' scale before wr
 CHECKs mirror VARCHAR(10) and DECIMAL(10, 2), so for those tables both sinks accept and store the
 same data. Timestamps closer than a millisecond share a key here (Postgres keeps microseconds).
 
-All sqlite3 calls run in a worker thread (`asyncio.to_thread`) on one connection, one call at a
-time (a `threading.Lock`, which also holds if an awaiting task is cancelled).
+All sqlite3 calls run in a worker thread on one connection, one call at a time (`SqliteFile`).
 
 A row SQLite refuses (a CHECK or NOT NULL constraint, an integer beyond 64 bits) does not stop the
 batch: that table's rows are written again one by one within the transaction, the others are
@@ -20,10 +19,8 @@ anything else SQLite refuses is `SinkRejected`.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
-from collections.abc import Callable
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +33,7 @@ from streaming_service.sinks.base import (
     option_values,
 )
 from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values, split_storable
+from streaming_service.sqlite_file import SqliteFile
 
 __all__ = ["SQLiteSink"]
 
@@ -153,10 +151,8 @@ class SQLiteSink:
         self.path = Path(path)
         self.name = f"sqlite:{self.path}"
         self.dead_letters = DeadLetters(dead_letter_path)
-        self._busy_timeout = busy_timeout
-        self._conn: sqlite3.Connection | None = None
+        self._file = SqliteFile(self.path, _SCHEMA, busy_timeout=busy_timeout)
         self._closed = False
-        self._lock = threading.Lock()
 
     async def open(self) -> None:
         """Create the parent directory, the file and the tables (if missing). Idempotent.
@@ -167,7 +163,7 @@ class SQLiteSink:
         if self._closed:
             raise RuntimeError(f"{self.name}: open() after aclose()")
         await self.dead_letters.check()
-        await self._run(self._open_sync)
+        await self._mapped(self._file.open())
 
     async def write(self, batch: Batch) -> None:
         """Upsert the batch's rows in one transaction; replaying a batch changes nothing.
@@ -178,13 +174,13 @@ class SQLiteSink:
         `SinkUnavailable` (database locked or disk full: retry) or `SinkRejected`; after either,
         nothing of the batch is committed.
         """
-        if self._conn is None or self._closed:
+        if not self._file.is_open or self._closed:
             raise RuntimeError(f"{self.name}: write() before open() or after aclose()")
         if not len(batch):
             return
         models, refused = split_storable(batch)
         records = [(table, [_record(table, row) for row in rows]) for table, rows in models.items()]
-        failed = await self._run(self._write_sync, records)
+        failed = await self._mapped(self._file.call(_write_tables, records))
         refused += [
             Refused(table, code, error, row_values(models[table][i])) for table, i, code, error in failed
         ]
@@ -193,11 +189,12 @@ class SQLiteSink:
     async def aclose(self) -> None:
         """Close the database file; idempotent."""
         self._closed = True
-        await self._run(self._close_sync)
+        await self._mapped(self._file.close())
 
-    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
+    async def _mapped(self, call: Awaitable[_T]) -> _T:
+        """Await `call` (work on the file), mapping SQLite's errors to sink errors."""
         try:
-            return await asyncio.to_thread(self._locked, func, *args)
+            return await call
         except sqlite3.Error as exc:
             name = getattr(exc, "sqlite_errorname", "") or ""
             if name.startswith(_TRANSIENT) or "locked" in str(exc) or "busy" in str(exc):
@@ -211,58 +208,33 @@ class SQLiteSink:
         except OSError as exc:
             raise SinkRejected(f"{self.name}: cannot create the database file: {exc}") from exc
 
-    def _locked(self, func: Callable[..., _T], *args: Any) -> _T:
-        with self._lock:
-            return func(*args)
 
-    def _open_sync(self) -> None:
-        if self._conn is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(_SCHEMA)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _write_sync(self, tables: list[tuple[str, list[tuple[Any, ...]]]]) -> list[tuple[str, int, str, str]]:
-        """Upsert every table's records in one transaction; returns (table, index, code, error) for
-        each record SQLite refused (the rest are committed)."""
-        conn = self._conn
-        if conn is None:  # closed while the write was queued
-            raise sqlite3.ProgrammingError("the sink was closed")
-        refused: list[tuple[str, int, str, str]] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for table, records in tables:
-                conn.execute("SAVEPOINT batch_table")
-                try:
-                    conn.executemany(_UPSERTS[table], records)
-                except _ROW_ERRORS:
-                    # Undo this table's rows and write them one by one: a failed statement undoes
-                    # only itself, so the transaction goes on.
-                    conn.execute("ROLLBACK TO batch_table")
-                    for index, record in enumerate(records):
-                        try:
-                            conn.execute(_UPSERTS[table], record)
-                        except _ROW_ERRORS as exc:
-                            code = getattr(exc, "sqlite_errorname", "") or type(exc).__name__
-                            refused.append((table, index, code, str(exc)))
-                conn.execute("RELEASE batch_table")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return refused
-
-    def _close_sync(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+def _write_tables(
+    conn: sqlite3.Connection, tables: list[tuple[str, list[tuple[Any, ...]]]]
+) -> list[tuple[str, int, str, str]]:
+    """Upsert every table's records in one transaction; returns (table, index, code, error) for
+    each record SQLite refused (the rest are committed)."""
+    refused: list[tuple[str, int, str, str]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, records in tables:
+            conn.execute("SAVEPOINT batch_table")
+            try:
+                conn.executemany(_UPSERTS[table], records)
+            except _ROW_ERRORS:
+                # Undo this table's rows and write them one by one: a failed statement undoes
+                # only itself, so the transaction goes on.
+                conn.execute("ROLLBACK TO batch_table")
+                for index, record in enumerate(records):
+                    try:
+                        conn.execute(_UPSERTS[table], record)
+                    except _ROW_ERRORS as exc:
+                        code = getattr(exc, "sqlite_errorname", "") or type(exc).__name__
+                        refused.append((table, index, code, str(exc)))
+            conn.execute("RELEASE batch_table")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return refused
