@@ -88,7 +88,6 @@ class Batcher:
         self._wake = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
-        self._sink_open = False
         self._last_spool_alert = 0.0
         self.stats = WriteStats()
 
@@ -118,7 +117,6 @@ class Batcher:
         committer = asyncio.create_task(self._commit_forever(), name="spool-commit")
         try:
             await self._retrying(self._sink.open, "open")
-            self._sink_open = True
             while not (self._closing and not self.spool.depth):
                 if not self._closing:
                     with contextlib.suppress(TimeoutError):

@@ -1,8 +1,9 @@
 """`streaming-service` commands: run (production), auth (Schwab login), status (/healthz for a
 person), check (pre-flight), demo (local simulator).
 
-Exit codes: 0 done, 1 unexpected error or a failed check, 2 bad configuration or argument, 3 Schwab
-auth problem, 4 database refused or unreachable at shutdown.
+Exit codes: 0 done (rows not yet written wait in the spool), 1 unexpected error or a failed check,
+2 bad configuration or argument, 3 Schwab auth problem, 4 the database refused us (credentials,
+schema, dead-letter file).
 """
 
 from __future__ import annotations
