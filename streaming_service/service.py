@@ -28,7 +28,7 @@ import structlog
 from streaming_service.batcher import Batcher
 from streaming_service.config import Settings
 from streaming_service.errors import AuthError
-from streaming_service.market_hours import MarketHours
+from streaming_service.market_hours import CalendarUnavailable, MarketHours
 from streaming_service.models import Tick
 from streaming_service.pipeline import Pipeline
 from streaming_service.sinks.base import Sink
@@ -143,7 +143,7 @@ class Service:
         )
         self.reauth_needed = False
         self.in_session: bool | None = None  # None: not gated by the calendar
-        self._started_at: float | None = None
+        self._streaming_since: float | None = None  # start of the current streaming stretch
         self._rate_mark = (time.monotonic(), 0)
 
     def _on_tick(self, tick: Tick) -> None:
@@ -156,7 +156,6 @@ class Service:
 
         Raises `SinkRejected` (the database refuses us), `AuthError` (expired login and no way to
         wait for a new one), `SpoolError` (the spool file cannot be used)."""
-        self._started_at = time.time()
         left = await self.spool.open()
         if left:
             log.info("rows from a previous run are in the spool; writing them first", rows=left)
@@ -257,6 +256,7 @@ class Service:
 
     async def _stream_and_options(self) -> None:
         """The stream and, with options, the window keeper (no chain requests outside it)."""
+        self._streaming_since = time.time()
         async with asyncio.TaskGroup() as group:
             group.create_task(self.stream.run(), name="stream")
             if self.options is not None:
@@ -270,7 +270,9 @@ class Service:
             now = time.time()
             session = hours.session_for(now)
             if session is None:
-                raise RuntimeError("the market calendar has no future session")
+                raise CalendarUnavailable(
+                    "the market calendar has no future session; SKIP_MARKET_HOURS=true streams 24/7"
+                )
             opens, closes = session
             if now < opens:
                 self.in_session = False
@@ -312,7 +314,7 @@ class Service:
         ages = self.last_data_age(now)
         stale_after = self.settings.stale_seconds
         in_hours = state in ("streaming", "reconnecting")
-        up_for = now - (self._started_at or now)
+        up_for = now - (self._streaming_since or now)
         freshest = min((age for age in ages.values() if age is not None), default=None)
         stale = in_hours and up_for > stale_after and (freshest is None or freshest > stale_after)
         ok = state in ("streaming", "waiting_for_open", "reconnecting") and not stale

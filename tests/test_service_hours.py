@@ -7,7 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from harness import simulator_client
+from harness import running_service, simulator_client
 from memory_sink import MemorySink
 from polling import wait_until
 
@@ -54,3 +54,20 @@ async def test_closed_market_asks_schwab_nothing_and_the_close_ends_the_stream(t
         await asyncio.wait_for(task, timeout=30)
     print(f"session: {ticks} ticks and {asked} market-data requests, none before the open")
     assert market_data_requests(sim) == asked
+
+
+async def test_health_turns_503_when_no_data_comes_in_market_hours_and_back_to_200(tmp_path: Path) -> None:
+    market = SimulatedMarket(["QQQ"], seed=9, trades_per_second=4.0, session_seconds=3600.0)
+    async with SchwabSimulator(market, speed=10, heartbeat_seconds=0.2) as sim:
+        async with running_service(sim, tmp_path, stale_seconds=5, options_enabled=False) as service:
+            await wait_until(lambda: service.pipeline.ticks > 5)
+            assert service.health()[0] == 200
+            sim.pause()  # heartbeats go on, data stops
+            await wait_until(lambda: service.health()[0] == 503, within=20)
+            body = service.health()[1]
+            assert body["stale"] and body["tickers"]["QQQ"]["last_data_age_s"] > 5
+            sim.resume()
+            await wait_until(lambda: service.health()[0] == 200, within=20)
+        reconnects = service.stream.stats.stale_reconnects
+    print(f"no data for 5 s: /healthz 503, {reconnects} stale reconnect(s); data again: 200")
+    assert reconnects >= 1
