@@ -142,6 +142,7 @@ class Service:
             max_volume_jump=settings.max_volume_jump,
         )
         self.reauth_needed = False
+        self.stopping = False
         self.in_session: bool | None = None  # None: not gated by the calendar
         self._streaming_since: float | None = None  # start of the current streaming stretch
         self._rate_mark = (time.monotonic(), 0)
@@ -177,6 +178,7 @@ class Service:
         stopping: asyncio.Task[bool],
         force: asyncio.Event | None,
     ) -> None:
+        self.stopping = True
         for task in (sources, stopping):
             task.cancel()
         await asyncio.wait({sources, stopping}, timeout=_CLOSE_TIMEOUT_S)
@@ -290,8 +292,11 @@ class Service:
                 self.in_session = False
 
     def state(self) -> str:
-        """streaming, waiting_for_open, reconnecting, sink_down or reauth_needed."""
+        """streaming, waiting_for_open, reconnecting, sink_down, reauth_needed, or stopped (once
+        shutting down)."""
         failing = self.batcher.stats.failing_since
+        if self.stopping:
+            return "stopped"
         if self.reauth_needed:
             return "reauth_needed"
         if failing is not None and time.time() - failing > self.settings.sink_down_alert_s:
