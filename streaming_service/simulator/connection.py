@@ -38,9 +38,13 @@ class Connection:
     )
     sent: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def holds_back(self, kind: Kind) -> bool:
+        """Whether this connection's mode holds back frames of `kind`."""
+        return self.mode == "silent" or (self.mode == "heartbeats" and kind == "data")
+
     def queue(self, frame: Frame, kind: Kind) -> bool:
         """Queue `frame` unless this connection's mode holds back frames of `kind`; return whether queued."""
-        if self.mode == "silent" or (self.mode == "heartbeats" and kind == "data"):
+        if self.holds_back(kind):
             return False
         self.outbox.put_nowait(frame)
         return True
