@@ -106,18 +106,14 @@ class Sink(Protocol):
     async def aclose(self) -> None: ...
 
 
-def option_values(row: OptionRow, *, check_finite: bool = True) -> tuple[Any, ...]:
+def option_values(row: OptionRow) -> tuple[Any, ...]:
     """The row's values in `TABLE_COLUMNS["option_prices"]` order (`timestamp` a datetime,
-    `expiration_date` a date). Raises `ValueError` for a NaN or infinite number if `check_finite`."""
-    values = (
+    `expiration_date` a date), unchecked: `unstorable(row)` is what refuses NaN and infinity."""
+    return (
         row.ticker, row.timestamp, row.option_type, row.strike_price, row.expiration_date,
         row.last_price, row.bid, row.ask, row.volume, row.open_interest, row.implied_volatility,
         row.delta, row.gamma, row.theta, row.vega, row.option_symbol,
     )  # fmt: skip
-    for value in values if check_finite else ():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"option {row.option_symbol}: cannot store {value!r}")
-    return values
 
 
 class _Keyed(Protocol):

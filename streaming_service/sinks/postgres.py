@@ -364,7 +364,7 @@ def _indicator_columns(rows: list[IndicatorRow]) -> list[Any]:
 
 
 def _option_columns(rows: list[OptionRow]) -> list[Any]:
-    records = [option_values(row, check_finite=False) for row in rows]  # unstorable() ran before
+    records = [option_values(row) for row in rows]  # unstorable() ran before
     return [list(column) for column in zip(*records, strict=True)]
 
 

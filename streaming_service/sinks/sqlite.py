@@ -130,7 +130,7 @@ def _record(table: str, row: Any) -> tuple[Any, ...]:
         return (row.ticker, iso_utc(row.timestamp), _scaled(row.price), row.volume)
     if table == "indicators":
         return (row.ticker, iso_utc(row.timestamp), _scaled(row.sma9), _scaled(row.vwap))
-    values = option_values(row, check_finite=False)
+    values = option_values(row)
     return (values[0], iso_utc(values[1]), *values[2:4], values[4].isoformat(), *values[5:])
 
 

@@ -295,7 +295,7 @@ def _indicator(row: IndicatorRow) -> Row:
 
 
 def _option(row: OptionRow) -> Row:
-    values = option_values(row, check_finite=False)  # non-finite values are dead-lettered by _upsert
+    values = option_values(row)  # non-finite values were dead-lettered by split_storable
     record = dict(zip(TABLE_COLUMNS["option_prices"], values, strict=True))
     record["timestamp"] = row.timestamp.isoformat()
     record["expiration_date"] = row.expiration_date.isoformat()
