@@ -40,6 +40,7 @@ __all__ = [
     "BadFrame",
     "FrameDecoder",
     "StreamSevered",
+    "describe",
     "excerpt",
 ]
 
@@ -78,6 +79,11 @@ def excerpt(value: Any) -> str:
     else:
         text = _repr.repr(value)
     return text[:EXCERPT_CHARS]
+
+
+def describe(exc: BaseException | None) -> str:
+    """`exc` as "TypeName: message", at most `EXCERPT_CHARS` long (for logs and `BadFrame`s)."""
+    return f"{type(exc).__name__}: {exc}"[:EXCERPT_CHARS]
 
 
 class FrameDecoder(StreamJsonDecoder):  # type: ignore[misc]  # schwab-py is untyped

@@ -45,7 +45,14 @@ from streaming_service.errors import AuthError
 from streaming_service.models import Tick
 from streaming_service.sources import quiet_library_warnings
 from streaming_service.sources.clock import exchange_clock
-from streaming_service.sources.frames import EXCERPT_CHARS, BadFrame, FrameDecoder, StreamSevered, excerpt
+from streaming_service.sources.frames import (
+    EXCERPT_CHARS,
+    BadFrame,
+    FrameDecoder,
+    StreamSevered,
+    describe,
+    excerpt,
+)
 from streaming_service.sources.merge import QuoteMerger
 from streaming_service.sources.options import OPTION_FIELDS
 from streaming_service.sources.schwab_client import schwab_errors
@@ -224,9 +231,7 @@ class SchwabStream:
                 self._problems.bad_frame(exc)
             except Exception as exc:  # a parse error by construction: our handlers catch their own
                 kind = "unexpected response" if isinstance(exc, UnexpectedResponse) else type(exc).__name__
-                self._problems.bad_frame(
-                    BadFrame(f"{type(exc).__name__}: {str(exc)[:EXCERPT_CHARS]}", kind=kind)
-                )
+                self._problems.bad_frame(BadFrame(describe(exc), kind=kind))
             self.stats.frames += 1
             self.stats.last_frame_at = loop.time()
 
@@ -263,7 +268,8 @@ class SchwabStream:
             raise
         except (ValueError, LookupError, TypeError, AssertionError) as exc:
             # a garbled userPreference answer (schwab-py asserts its status is 200, then indexes it)
-            raise _BadReply(f"userPreference is not usable: {type(exc).__name__}: {exc}"[:200]) from exc
+            unusable = f"userPreference is not usable: {type(exc).__name__}: {exc}"
+            raise _BadReply(unusable[:EXCERPT_CHARS]) from exc
         self._denied = 0
         self.stats.connects += 1
 
@@ -280,7 +286,7 @@ class SchwabStream:
         except _ENDS as exc:
             log.warning(
                 "option subscription change failed; reconnecting to redo it",
-                error=f"{type(exc).__name__}: {exc}"[:EXCERPT_CHARS],
+                error=describe(exc),
             )
             live = self._live
             if live is not None and live._socket is not None:
@@ -357,7 +363,7 @@ def _log_reconnect(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     log.warning(
         "stream disconnected, reconnecting",
-        error=f"{type(exc).__name__}: {exc}"[:EXCERPT_CHARS],
+        error=describe(exc),
         attempt=state.attempt_number,
         retry_in_s=round(state.upcoming_sleep, 2),
     )

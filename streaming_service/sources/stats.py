@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from streaming_service.sources.frames import EXCERPT_CHARS, BadFrame
+from streaming_service.sources.frames import EXCERPT_CHARS, BadFrame, describe
 
 __all__ = ["Problems", "StreamStats"]
 
@@ -65,7 +65,7 @@ class Problems:
         (log.error if loud else log.debug)(
             "internal error",
             where=where,
-            error=f"{type(exc).__name__}: {exc}"[:EXCERPT_CHARS],
+            error=describe(exc),
             count=count,
             internal_errors=self._stats.internal_errors,
             exc_info=exc,
