@@ -193,7 +193,8 @@ class SupabaseSink:
         await self.dead_letters.add(refused)
         for table, models in tables.items():
             if table not in done:
-                await self._bisect(table, [(model, _ROW[table](model)) for model in models])
+                refused = await self._bisect(table, [(model, _ROW[table](model)) for model in models])
+                await self.dead_letters.add(refused)  # before the table counts as done
                 done.add(table)
         self._retrying = None
 
@@ -231,9 +232,9 @@ class SupabaseSink:
             await response.aread()
             self._failed = response
 
-    async def _bisect(self, table: str, rows: list[tuple[TableRow, Row]]) -> None:
-        if not rows:
-            return
+    async def _bisect(self, table: str, rows: list[tuple[TableRow, Row]]) -> list[Refused]:
+        """Upsert `rows` (not empty), halving on `BadRows` until the refused rows are isolated;
+        return them."""
         client = await self.connect()
         request = client.table(table).upsert(
             [row for _, row in rows],
@@ -244,11 +245,10 @@ class SupabaseSink:
             await self.request(table, request)
         except BadRows as exc:
             if len(rows) == 1:
-                await self.dead_letters.add([Refused(table, exc.code, exc.message, row_values(rows[0][0]))])
-                return
+                return [Refused(table, exc.code, exc.message, row_values(rows[0][0]))]
             middle = len(rows) // 2
-            await self._bisect(table, rows[:middle])
-            await self._bisect(table, rows[middle:])
+            return await self._bisect(table, rows[:middle]) + await self._bisect(table, rows[middle:])
+        return []
 
     async def request(self, table: str, request: Any) -> None:
         """Send one request (a supabase-py request builder for `table`) through the one error
