@@ -162,8 +162,7 @@ def _check_responses(responses: Any) -> None:
             or not isinstance(response.get("command"), str)
         ):
             raise BadFrame(f"malformed response: {excerpt(response)}", kind=MALFORMED_RESPONSE)
-        if code == CLOSE_CONNECTION:
-            raise StreamSevered(f"Schwab closed the stream (code 12): {excerpt(content.get('msg'))}")  # type: ignore[union-attr]
+        _raise_if_severed(content)
 
 
 def _check_notify(notices: Any) -> None:
@@ -174,9 +173,13 @@ def _check_notify(notices: Any) -> None:
             "heartbeat" not in notice and not isinstance(notice.get("service"), str)
         ):
             raise BadFrame(f"malformed notify entry: {excerpt(notice)}", kind="malformed notify")
-        content = notice.get("content")
-        if isinstance(content, dict) and content.get("code") == CLOSE_CONNECTION:
-            raise StreamSevered(f"Schwab closed the stream (code 12): {excerpt(content.get('msg'))}")
+        _raise_if_severed(notice.get("content"))
+
+
+def _raise_if_severed(content: Any) -> None:
+    """Raise `StreamSevered` if a response's or notice's `content` carries Schwab's code 12."""
+    if isinstance(content, dict) and content.get("code") == CLOSE_CONNECTION:
+        raise StreamSevered(f"Schwab closed the stream (code 12): {excerpt(content.get('msg'))}")
 
 
 def _request_id(value: Any) -> bool:
