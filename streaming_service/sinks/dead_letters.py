@@ -31,7 +31,7 @@ from streaming_service.errors import SinkRejected, SinkUnavailable
 from streaming_service.models import Batch, TableRow
 from streaming_service.sinks.base import last_per_key, unstorable
 
-__all__ = ["DEFAULT_PATH", "DeadLetters", "Refused", "row_values"]
+__all__ = ["DEFAULT_PATH", "DeadLetters", "Refused", "row_values", "split_storable"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +55,6 @@ class Refused:
 def row_values(row: Any) -> dict[str, Any]:
     """A row model's fields as a dict, in declaration order (what a dead letter's `row` holds)."""
     return {field.name: getattr(row, field.name) for field in dataclasses.fields(row)}
-
-
 
 
 def split_storable(batch: Batch) -> tuple[dict[str, list[TableRow]], list[Refused]]:
