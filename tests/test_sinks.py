@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -585,9 +586,8 @@ async def test_option_rows_upsert_on_their_five_column_key(db: Db, sink: Sink) -
 
 
 async def test_option_rows_with_nan_or_a_bad_type_are_dead_lettered(db: Db, sink: Sink) -> None:
-    nan = OptionRow(**{**{f: getattr(option_row(), f) for f in OptionRow.__slots__}, "delta": float("nan")})
-    fields = {f: getattr(option_row(502.0), f) for f in OptionRow.__slots__}
-    bad_type = OptionRow(**{**fields, "option_type": "BOTH"})  # type: ignore[arg-type]
+    nan = replace(option_row(), delta=float("nan"))
+    bad_type = replace(option_row(502.0), option_type="BOTH")  # type: ignore[arg-type]
     await sink.write(Batch(options=(nan, option_row(501.0), bad_type)))
     assert [r[1] for r in option_rows(db)] == [Decimal("501")]
     letters = db.letters()
