@@ -205,8 +205,7 @@ class SchwabStream:
         finally:
             self.subscribed.clear()
             self._live = None
-            if stream._socket is not None:  # schwab-py has no close(); LOGOUT needs a live socket
-                await stream._socket.close()
+            await _close(stream)
 
     async def _read(self, stream: StreamClient, loop: asyncio.AbstractEventLoop) -> None:
         """Dispatch frames until the connection ends or goes stale (raises)."""
@@ -288,9 +287,7 @@ class SchwabStream:
                 "option subscription change failed; reconnecting to redo it",
                 error=describe(exc),
             )
-            live = self._live
-            if live is not None and live._socket is not None:
-                await live._socket.close()
+            await _close(self._live)
 
     async def _sync_options(self) -> None:
         """Bring the live connection's option subscriptions to `_option_symbols` (one change at a time)."""
@@ -351,6 +348,12 @@ class SchwabStream:
     def _saw_data(self) -> None:
         self._data_at = asyncio.get_running_loop().time()
         self.stats.last_data_at = time.time()
+
+
+async def _close(stream: StreamClient | None) -> None:
+    """Close `stream`'s socket if it has one (schwab-py has no close(); LOGOUT needs a live socket)."""
+    if stream is not None and stream._socket is not None:
+        await stream._socket.close()
 
 
 def _items(message: Mapping[str, Any]) -> list[Mapping[str, Any]]:
