@@ -310,13 +310,7 @@ def _handler(double: PostgrestDouble) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             if isinstance(fault, Answer):
-                data, extra = fault.encoded()
-                self.send_response(fault.status)
-                for name, value in extra:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._send(fault.status, *fault.encoded())
                 return
             try:
                 if fault == "503":
@@ -341,11 +335,17 @@ def _handler(double: PostgrestDouble) -> type[BaseHTTPRequestHandler]:
 
         def _reply(self, status: int, payload: Any, *, error: bool = False) -> None:
             data = b"" if payload is None else json.dumps(payload).encode()
-            self.send_response(status)
+            headers: list[tuple[str, str]] = []
             if data:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
+                headers.append(("Content-Type", "application/json; charset=utf-8"))
             if error:
-                self.send_header("Proxy-Status", f"PostgREST; error={payload['code']}")
+                headers.append(("Proxy-Status", f"PostgREST; error={payload['code']}"))
+            self._send(status, data, headers)
+
+        def _send(self, status: int, data: bytes, headers: list[tuple[str, str]]) -> None:
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
