@@ -113,20 +113,18 @@ class QuoteMerger:
         time_ms = self._time(_number(item, "TRADE_TIME_MILLIS", symbol), now_ms, symbol, "trade time")
 
         old = self._state.get(symbol)
-        fresh = old is None or old.day != day  # first item of the symbol, or of a new exchange date
-        previous = None if old is None or fresh else old.total_volume
-        known_time = None if old is None or fresh else old.trade_time_ms
+        # today's state; a new one at the symbol's first item, or its first of a new exchange date
+        state = old if old is not None and old.day == day else _SymbolState(day)
+        previous, known_time = state.total_volume, state.trade_time_ms
         last_price = price if price is not None else (old.last_price if old is not None else None)
         tick = None
         if total is not None and previous is not None and total != previous:
-            assert old is not None
             if total < previous or total - previous > self._allowed(previous):
-                self._refuse_unless_confirmed(symbol, old, previous, total)
+                self._refuse_unless_confirmed(symbol, state, previous, total)
             else:
                 trade_ms = time_ms if time_ms is not None else known_time
                 tick = self._trade(symbol, last_price, trade_ms, frame_time_ms, now_ms, total - previous)
 
-        state = _SymbolState(day) if old is None or fresh else old
         state.last_price = last_price
         state.trade_time_ms = time_ms if time_ms is not None else known_time
         if total is not None:
