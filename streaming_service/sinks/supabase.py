@@ -189,8 +189,8 @@ class SupabaseSink:
         await self.connect()
         done = self._retrying[1] if self._retrying and self._retrying[0] is batch else set()
         self._retrying = (batch, done)
-        tables, refused = split_storable(batch)
-        await self.dead_letters.add(refused)
+        tables, unstorable = split_storable(batch)
+        await self.dead_letters.add(unstorable)
         for table, models in tables.items():
             if table not in done:
                 refused = await self._bisect(table, [(model, _ROW[table](model)) for model in models])
