@@ -313,7 +313,7 @@ class SchwabStream:
 
     def _handle(self, message: Mapping[str, Any]) -> None:
         """schwab-py handler: one relabelled LEVELONE_EQUITIES data entry. Never raises."""
-        self._saw_data()
+        seen_at = self._saw_data()
         frame_ms = message.get("timestamp")
         frame_ms = frame_ms if isinstance(frame_ms, int | float) and not isinstance(frame_ms, bool) else None
         for item in _items(message):
@@ -325,7 +325,7 @@ class SchwabStream:
             except Exception as exc:
                 self._problems.internal_error(exc, "QuoteMerger.apply")
                 continue
-            self.stats.last_data_at_by_symbol[item["key"]] = time.time()
+            self.stats.last_data_at_by_symbol[item["key"]] = seen_at
             if tick is not None:
                 try:
                     self._on_tick(tick)
@@ -345,9 +345,11 @@ class SchwabStream:
             except Exception as exc:
                 self._problems.internal_error(exc, "on_option")
 
-    def _saw_data(self) -> None:
+    def _saw_data(self) -> float:
+        """Note that a data frame reached a handler; return when (epoch seconds)."""
         self._data_at = asyncio.get_running_loop().time()
-        self.stats.last_data_at = time.time()
+        self.stats.last_data_at = now = time.time()
+        return now
 
 
 async def _close(stream: StreamClient | None) -> None:
