@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from streaming_service.config import load_settings
+from streaming_service.models import Tick
 from streaming_service.service import Service
 from streaming_service.simulator import SchwabSimulator, write_token_file
 from streaming_service.sinks import sink_for
+from streaming_service.sources.schwab import SchwabStream
 from streaming_service.sources.schwab_client import build_schwab_client
 
 
@@ -46,3 +49,58 @@ async def running_service(sim: SchwabSimulator, tmp_path: Path, **settings: Any)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
+
+
+@dataclass
+class Received:
+    """What a stream under test delivered: trades and option items."""
+
+    ticks: list[Tick] = field(default_factory=list)
+    options: list[Mapping[str, Any]] = field(default_factory=list)
+
+    @property
+    def volume(self) -> int:
+        return sum(t.volume for t in self.ticks)
+
+
+def alive(task: asyncio.Task[None]) -> bool:
+    """True while `task` runs; fails the test with the task's exception once it stopped."""
+    if task.done():
+        raise AssertionError(f"the stream stopped: {task.exception()!r}")
+    return True
+
+
+@asynccontextmanager
+async def streaming(
+    sim: SchwabSimulator,
+    tmp_path: Path,
+    *,
+    on_tick: Callable[[Tick], None] | None = None,
+    on_option: Callable[[Mapping[str, Any]], None] | None = None,
+    **options: Any,
+) -> AsyncIterator[tuple[SchwabStream, Received, asyncio.Task[None]]]:
+    """`SchwabStream.run()` for QQQ on the real schwab-py client against `sim`, as a task (backoff
+    capped at 50 ms, `options` passed on); what it delivers is recorded in `Received`, then handed
+    to `on_tick` / `on_option` if given. On exit the task is cancelled and the client closed."""
+    client = simulator_client(sim, tmp_path)
+    got = Received()
+
+    def ticks(tick: Tick) -> None:
+        got.ticks.append(tick)
+        if on_tick is not None:
+            on_tick(tick)
+
+    def items(item: Mapping[str, Any]) -> None:
+        got.options.append(item)
+        if on_option is not None:
+            on_option(item)
+
+    stream = SchwabStream(client, ("QQQ",), ticks, on_option=items, max_backoff_s=0.05, **options)
+    task = asyncio.create_task(stream.run())
+    try:
+        yield stream, got, task
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        await client.close_async_session()

@@ -15,18 +15,16 @@ import json
 import math
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import simulator_client
+from harness import Received, alive, streaming
 from polling import wait_until
 from structlog.testing import capture_logs
 
-from streaming_service.models import Tick
 from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 from streaming_service.simulator.options import occ_symbol
 from streaming_service.sources.frames import BadFrame, FrameDecoder
@@ -58,41 +56,11 @@ CRASHERS = {
 }
 
 
-@dataclass
-class Received:
-    ticks: list[Tick] = field(default_factory=list)
-    options: list[Mapping[str, Any]] = field(default_factory=list)
-
-    @property
-    def volume(self) -> int:
-        return sum(t.volume for t in self.ticks)
-
-
-@asynccontextmanager
-async def running_stream(
+def running_stream(
     sim: SchwabSimulator, tmp_path: Path, **options: Any
-) -> AsyncIterator[tuple[SchwabStream, Received, asyncio.Task[None]]]:
-    """`SchwabStream.run()` on the real schwab-py client against `sim` (QQQ, with options), as a task
-    the test checks is still running; backoff capped at 50 ms, replies awaited for 1 s."""
-    client = simulator_client(sim, tmp_path)
-    got = Received()
-    stream = SchwabStream(
-        client,
-        ("QQQ",),
-        got.ticks.append,
-        on_option=got.options.append,
-        max_backoff_s=0.05,
-        request_timeout_s=1.0,
-        **options,
-    )
-    task = asyncio.create_task(stream.run())
-    try:
-        yield stream, got, task
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
-        await client.close_async_session()
+) -> AbstractAsyncContextManager[tuple[SchwabStream, Received, asyncio.Task[None]]]:
+    """`harness.streaming` with replies awaited for 1 s."""
+    return streaming(sim, tmp_path, request_timeout_s=1.0, **options)
 
 
 def contracts(sim: SchwabSimulator, *strikes: float) -> set[str]:
@@ -102,12 +70,6 @@ def contracts(sim: SchwabSimulator, *strikes: float) -> set[str]:
 
 def logins(sim: SchwabSimulator) -> int:
     return sum(1 for service, command, _ in sim.stream_requests if (service, command) == ("ADMIN", "LOGIN"))
-
-
-def alive(task: asyncio.Task[None]) -> bool:
-    if task.done():
-        raise AssertionError(f"the stream stopped: {task.exception()!r}")
-    return True
 
 
 # --- the frames that used to crash -----------------------------------------------------------------------

@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import simulator_client
+from harness import Received, alive, simulator_client, streaming
 from polling import wait_until
 from structlog.testing import capture_logs
 
@@ -31,62 +30,20 @@ from streaming_service.sources.schwab import SchwabStream
 EQUITIES, OPTIONS = "LEVELONE_EQUITIES", "LEVELONE_OPTIONS"
 
 
-@dataclass
-class Received:
-    ticks: list[Tick] = field(default_factory=list)
-    options: list[Mapping[str, Any]] = field(default_factory=list)
-
-    @property
-    def volume(self) -> int:
-        return sum(t.volume for t in self.ticks)
-
-
 @asynccontextmanager
 async def running_stream(
-    sim: SchwabSimulator,
-    tmp_path: Path,
-    *,
-    on_tick: Callable[[Tick], None] | None = None,
-    on_option: Callable[[Mapping[str, Any]], None] | None = None,
-    **options: Any,
+    sim: SchwabSimulator, tmp_path: Path, **options: Any
 ) -> AsyncIterator[tuple[SchwabStream, Received, asyncio.Task[None]]]:
-    """`SchwabStream.run()` on the real schwab-py client against `sim` (QQQ and two QQQ options),
-    as a task; backoff capped at 50 ms."""
-    client = simulator_client(sim, tmp_path)
-    got = Received()
-
-    def ticks(tick: Tick) -> None:
-        got.ticks.append(tick)
-        if on_tick is not None:
-            on_tick(tick)
-
-    def items(item: Mapping[str, Any]) -> None:
-        got.options.append(item)
-        if on_option is not None:
-            on_option(item)
-
-    stream = SchwabStream(client, ("QQQ",), ticks, on_option=items, max_backoff_s=0.05, **options)
-    task = asyncio.create_task(stream.run())
-    try:
+    """`harness.streaming`, subscribed, with two QQQ options added."""
+    async with streaming(sim, tmp_path, **options) as (stream, got, task):
         await wait_until(lambda: alive(task) and stream.subscribed.is_set())
         await stream.set_option_symbols(contracts(sim))
         yield stream, got, task
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
-        await client.close_async_session()
 
 
 def contracts(sim: SchwabSimulator) -> set[str]:
     book = sim.books["QQQ"]
     return {occ_symbol("QQQ", book.expirations[1], kind, 500.0) for kind in "CP"}
-
-
-def alive(task: asyncio.Task[None]) -> bool:
-    if task.done():
-        raise AssertionError(f"the stream stopped: {task.exception()!r}")
-    return True
 
 
 def sessions(sim: SchwabSimulator) -> list[list[tuple[str, str]]]:
