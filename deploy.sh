@@ -245,7 +245,6 @@ ensure_firewall() {
     my-ip) find_my_ip; cidr=$MY_IP/32 ;;
     *) cidr=$SSH_CIDR ;;
   esac
-  [[ $cidr =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] || die "SSH_CIDR $cidr is not an IPv4 CIDR such as 203.0.113.7/32"
   local rule
   if [ "$cidr" = 0.0.0.0/0 ]; then
     rule='{"fromPort":22,"toPort":22,"protocol":"tcp","cidrs":["0.0.0.0/0"],"ipv6Cidrs":["::/0"]}'
@@ -584,8 +583,8 @@ cmd_restart() {
   check_aws
   ssh_to_instance
   say "restarting $SERVICE"
-  remote "cd $REMOTE_DIR && docker compose restart $SERVICE && docker compose up -d --no-build --pull never" ||
-    die "docker compose restart failed on the box (see above)"
+  remote "cd $REMOTE_DIR && if [ -n \"\$(docker compose ps -a -q $SERVICE)\" ]; then docker compose restart $SERVICE; fi &&
+    docker compose up -d --no-build --pull never" || die "docker compose restart failed on the box (see above)"
   wait_healthy
 }
 
@@ -711,6 +710,9 @@ main() {
   done
   [[ $REMOTE_DIR =~ ^/[A-Za-z0-9._/-]+$ ]] || bad_usage "REMOTE_DIR '$REMOTE_DIR' must be an absolute path of letters, digits, . _ - /"
   [[ $TUNNEL_PORT =~ ^[0-9]+$ ]] || bad_usage "--port '$TUNNEL_PORT' is not a port number"
+  if [ -n "$SSH_CIDR" ] && [ "$SSH_CIDR" != my-ip ] && ! [[ $SSH_CIDR =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]]; then
+    bad_usage "--ssh-cidr '$SSH_CIDR' is neither an IPv4 CIDR such as 203.0.113.7/32 nor my-ip"
+  fi
   SSH_KEY=${SSH_KEY:-$HOME/.ssh/LightsailDefaultKey-$REGION.pem}
   STATIC_IP_NAME=${STATIC_IP_NAME:-$INSTANCE_NAME-ip}
   KNOWN_HOSTS=${KNOWN_HOSTS:-$HOME/.ssh/known_hosts.lightsail-$REGION-$INSTANCE_NAME}

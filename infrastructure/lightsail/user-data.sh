@@ -1,8 +1,10 @@
-#!/bin/bash
-# First boot of the Lightsail instance (Ubuntu 24.04 LTS), run once as root by cloud-init.
-# deploy.sh waits for it with `cloud-init status --wait`; its output is in /var/log/cloud-init-output.log.
+#!/bin/sh
+# First boot of the Lightsail instance (Ubuntu 24.04 LTS), run once as root by cloud-init (the
+# "launch script" deploy.sh passes to create-instances). deploy.sh waits for it with
+# `cloud-init status --wait`; its output is in /var/log/cloud-init-output.log.
 # Everything comes from Ubuntu's own archive: nothing is downloaded from anywhere else.
-set -euo pipefail
+# Plain POSIX sh: Lightsail may run a launch script after lines of its own, under /bin/sh.
+set -eu
 export DEBIAN_FRONTEND=noninteractive
 
 SSH_USER=ubuntu                      # the login user of Lightsail's Ubuntu images
@@ -25,7 +27,6 @@ sysctl -q -p /etc/sysctl.d/90-streaming-service.conf
 # Docker and the compose plugin from Ubuntu's packages (docker.io 24+, docker-compose-v2 2.2x).
 # The lock timeout and the retries wait out the apt run Ubuntu may start by itself at first boot.
 apt_get() {
-  local try
   for try in 1 2 3 4 5; do
     apt-get -o DPkg::Lock::Timeout=300 -y -q "$@" && return 0
     echo "apt-get $* failed (try $try of 5); retrying in 20 s" >&2
