@@ -462,9 +462,12 @@ token_line() {
   fi
 }
 
-# --- Scripts run on the box (bash -s; settings come as environment variables) ------------------------
+# --- Scripts run on the box ---------------------------------------------------------------------------
+# Each is sent to `bash -s` with its settings as environment variables. The body is one { } group
+# with stdin from /dev/null: bash parses it whole first, so no command in it can read the rest.
 box_ready_script() {
   cat <<'BOX'
+{
 rc=0
 timeout "$CLOUD_INIT_TIMEOUT" cloud-init status --wait >/dev/null 2>&1 || rc=$?
 case $rc in
@@ -480,6 +483,7 @@ docker info >/dev/null 2>&1 || { echo "Docker does not answer for $(id -un) (doc
 docker compose version >/dev/null 2>&1 || { echo "the docker compose plugin is missing" >&2; exit 1; }
 [ -d "$REMOTE_DIR" ] || sudo -n install -d -o "$(id -u)" -g "$(id -g)" -m 750 "$REMOTE_DIR" || exit 1
 mkdir -p "$REMOTE_DIR/data"
+} </dev/null
 BOX
 }
 
@@ -487,6 +491,7 @@ BOX
 # "http CODE" (000: no answer) and "body JSON" of /healthz.
 box_report_script() {
   cat <<'BOX'
+{
 cd "$DIR" || exit 1
 echo "image $(docker image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || echo none)"
 if sudo -n test -f "$TOKEN"; then
@@ -504,17 +509,20 @@ fi
 answer=$(curl -s --max-time 5 -w '\n%{http_code}' "http://127.0.0.1:$PORT/healthz")
 echo "http ${answer##*$'\n'}"
 echo "body $(printf '%s' "${answer%$'\n'*}" | tr -d '\n')"
+} </dev/null
 BOX
 }
 
 # Puts DIR/.token.new at DIR/TOKEN (mode 600), owned as the file it replaces or else as data/.
 box_install_token_script() {
   cat <<'BOX'
+{
 set -e
 cd "$DIR"
 owner=$(sudo -n stat -c %u:%g "$TOKEN" 2>/dev/null || stat -c %u:%g data)
 sudo -n install -m 600 -o "${owner%:*}" -g "${owner#*:}" .token.new "$TOKEN"
 rm -f .token.new
+} </dev/null
 BOX
 }
 
