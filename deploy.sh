@@ -236,8 +236,9 @@ ensure_firewall() {
   local open cidr
   open=$(aws_run lightsail get-instance-port-states --instance-name "$INSTANCE_NAME" --output text \
     --query 'portStates[].[fromPort,toPort,protocol,state]') || die "cannot read the firewall: $(aws_error)"
-  open=$(awk -F'\t' '$4 == "open" { print $1 "-" $2 "/" $3 }' <<<"$open" | sort -u | tr '\n' ' ')
-  if [ "$open" = "22-22/tcp " ] && [ -z "$SSH_CIDR" ]; then
+  open=$(awk -F'\t' '$4 == "open" { print ($1 == $2 ? $1 : $1 "-" $2) "/" $3 }' <<<"$open" | sort -u |
+    paste -s -d , -)
+  if [ "$open" = 22/tcp ] && [ -z "$SSH_CIDR" ]; then
     return
   fi
   case $SSH_CIDR in
@@ -447,7 +448,8 @@ duration() { # seconds -> "6 d 23 h" / "5 h 3 min" / "12 min"
 token_line() {
   local left expires
   left=$(json_value seconds_left "$HEALTH_JSON")
-  expires=$(json_value refresh_expires_at "$HEALTH_JSON")
+  expires=$(json_value refresh_expires_at "$HEALTH_JSON")  # ISO 8601 in UTC: 2025-01-08T12:00:00+00:00
+  [ -z "$expires" ] || expires="${expires:0:10} ${expires:11:5} UTC"
   if [ -z "$left" ] && [ "${BOX_TOKEN_CREATED:-none}" != none ] && [ "$BOX_TOKEN_CREATED" != - ]; then
     local end=$(( ${BOX_TOKEN_CREATED%.*} + REFRESH_TOKEN_LIFE_S ))
     left=$((end - $(date +%s)))
@@ -541,7 +543,7 @@ cmd_up() {
   wait_for_box
   box_report
   ship_image
-  say "copying docker-compose.yml and .env (mode 600)"
+  say "copying .env (mode 600) and docker-compose.yml"
   put_file docker-compose.yml docker-compose.yml 644
   put_file .env .env 600
   sync_token
@@ -560,7 +562,11 @@ cmd_status() {
   box_report
   echo "container  $CONTAINER (health: $DOCKER_HEALTH, $RESTARTS restarts)"
   echo "healthz    HTTP $HTTP_CODE: ${HEALTH_STATE:-no answer}"
-  [ -z "$HEALTH_JSON" ] || echo "           $HEALTH_JSON"
+  if [ -n "$HEALTH_JSON" ]; then
+    # the service's own reading of /healthz (tickers, spool, sink, token, stream), else the JSON itself
+    remote "cd $REMOTE_DIR && docker compose exec -T $SERVICE streaming-service status" 2>/dev/null |
+      sed 's/^/           /' | grep . || echo "           $HEALTH_JSON"
+  fi
   echo "token      $(token_line)"
   [ "$HTTP_CODE" = 200 ]
 }

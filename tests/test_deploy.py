@@ -197,6 +197,7 @@ def test_status_and_logs_create_nothing(world: World) -> None:
     assert "equity-options-streamer (us-east-1): running, nano_3_0, ubuntu_24_04" in status.stdout
     assert "container  running (health: healthy, 0 restarts)" in status.stdout
     assert "healthz    HTTP 200: streaming" in status.stdout
+    assert "\n           state: streaming (OK), version 0.1.0\n" in status.stdout  # the service's own words
     assert "Schwab refresh token expires" in status.stdout and "(in 5 d 23 h)" in status.stdout
     logs = world.run("logs")
     assert logs.returncode == 0 and "subscribed" in logs.stdout

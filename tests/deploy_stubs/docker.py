@@ -175,6 +175,15 @@ def compose(b: dict[str, Any], args: list[str], fault: str | None) -> None:
             if c is not None:
                 for line in LOGS.get(fault, LOGS[None]):
                     print(f"streaming-service-1  | {line}")
+        case ["exec", "-T", "streaming-service", "streaming-service", "status"]:
+            if c is None or container_state(c, fault)[0] != "running":
+                st.fail('service "streaming-service" is not running', 1)
+            code, state = (503, "sink_down") if fault == "unhealthy" else (200, "streaming")
+            print(f"state: {state} ({'OK' if code == 200 else 'NOT OK'}), version 0.1.0")
+            print("  QQQ: last data 0.4 s ago")
+            print("spool: 0 rows waiting; 0 dropped")
+            if code != 200:
+                st.fail("unhealthy (HTTP 503)", 1)
         case ["restart", *_]:
             if c is not None:
                 c["restarted"] += 1
