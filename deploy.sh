@@ -56,7 +56,8 @@ Subcommands:
   restart         restart the container, then wait for /healthz
   down            stop the service (docker compose down); the instance and its data stay
   destroy [--yes] delete the instance and release its static IP (asks unless --yes)
-  token           push data/schwab_token.json to the instance even if the instance's is newer
+  token           push data/schwab_token.json to the instance even if the instance's is newer,
+                  restarting the service (it would otherwise keep its old login)
   tunnel          forward 127.0.0.1:\$TUNNEL_PORT here to /healthz on the instance (Ctrl-C ends it)
 
 Options (or the environment variable in brackets):
@@ -379,6 +380,8 @@ token_created() {
 newer() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 > b + 0) }'; }
 
 # sync_token [force]: push the local token unless the box has one at least as new (force: always).
+# The service is stopped around the copy: a running one holds the old login in memory and would
+# write it back over the new file at its next access-token refresh. start_service starts it again.
 sync_token() {
   local force=${1:-}
   if [ ! -f "$TOKEN_FILE" ]; then
@@ -394,7 +397,9 @@ sync_token() {
       "(created $(when "$mine")): kept; './deploy.sh token' replaces it"
     return
   fi
-  say "copying $TOKEN_FILE (created $(when "$mine"), mode 600)"
+  say "stopping $SERVICE to copy $TOKEN_FILE (created $(when "$mine"), mode 600)"
+  remote "cd $REMOTE_DIR && if [ -n \"\$(docker compose ps -a -q $SERVICE)\" ]; then docker compose stop $SERVICE; fi" ||
+    die "docker compose stop failed on the box (see above)"
   put_token
 }
 
@@ -587,7 +592,7 @@ cmd_ssh() {
   check_aws
   ssh_to_instance
   if [ -n "$REMOTE_COMMAND" ]; then
-    exec ssh "${SSH_OPTS[@]}" "$TARGET" "cd $REMOTE_DIR && $REMOTE_COMMAND"
+    exec ssh -o RequestTTY="$(tty_wanted)" "${SSH_OPTS[@]}" "$TARGET" "cd $REMOTE_DIR && $REMOTE_COMMAND"
   fi
   exec ssh -o RequestTTY="$(tty_wanted)" "${SSH_OPTS[@]}" "$TARGET" "cd $REMOTE_DIR && exec \$SHELL -l"
 }
@@ -658,12 +663,8 @@ cmd_token() {
   ssh_to_instance
   box_report
   sync_token force
-  say "the service reads the new token within a minute (no restart needed); $(token_line_of_local)"
-}
-
-token_line_of_local() {
-  local end=$(( $(token_created "$TOKEN_FILE" | cut -d . -f 1) + REFRESH_TOKEN_LIFE_S ))
-  echo "refresh token expires $(when "$end") (in $(duration $((end - $(date +%s)))))"
+  start_service
+  wait_healthy
 }
 
 cmd_tunnel() {

@@ -375,7 +375,9 @@ def test_a_newer_token_on_the_box_is_kept_and_token_forces_the_local_one(world: 
     assert forced.returncode == 0, forced.stderr
     assert world.box_token()["token"]["refresh_token"] == "local"
     assert world.mode(world.remote_dir / "data" / "schwab_token.json") == 0o600
-    assert mutations(forced) == [] and not forced.of("docker", "compose", "up")
+    assert mutations(forced) == [] and not forced.of("docker", "build") and not forced.of("docker", "load")
+    assert_restarted_around_the_copy(forced)
+    assert "healthy: streaming" in forced.stdout
 
 
 def test_a_newer_local_token_replaces_the_box_one(world: World) -> None:
@@ -384,7 +386,17 @@ def test_a_newer_local_token_replaces_the_box_one(world: World) -> None:
     world.write_local_token(created=time.time() - 60)
     run = deployed(world)
     assert world.box_token()["token"]["refresh_token"] == "local"
-    assert "copying data/schwab_token.json" in run.stdout
+    assert "to copy data/schwab_token.json" in run.stdout
+    assert_restarted_around_the_copy(run)
+
+
+def assert_restarted_around_the_copy(run: Run) -> None:
+    """A running service would write its old login back over the new file: stopped, copied, started."""
+    calls = [c for c in run.calls if c["tool"] in ("ssh", "docker")]
+    stop = calls.index(run.of("docker", "compose", "stop", side="box")[0])
+    copy = next(i for i, c in enumerate(calls) if c["tool"] == "ssh" and ".token.new" in c["command"])
+    start = calls.index(run.of("docker", "compose", "up", side="box")[-1])
+    assert stop < copy < start
 
 
 def test_same_token_on_both_sides_keeps_the_box_copy_with_its_refreshed_access_token(world: World) -> None:

@@ -188,6 +188,9 @@ def compose(b: dict[str, Any], args: list[str], fault: str | None) -> None:
             if c is not None:
                 c["restarted"] += 1
                 b["health_probes"] = 0
+        case ["stop", *_]:
+            if c is not None:
+                c["stopped"] = True
         case ["down", *_]:
             b["container"] = None
             print(f" Container {CONTAINER_NAME}  Removed", file=sys.stderr)
