@@ -58,7 +58,7 @@ Subcommands:
   destroy [--yes] delete the instance and release its static IP (asks unless --yes)
   token           push data/schwab_token.json to the instance even if the instance's is newer,
                   restarting the service (it would otherwise keep its old login)
-  tunnel          forward 127.0.0.1:\$TUNNEL_PORT here to /healthz on the instance (Ctrl-C ends it)
+  tunnel          forward 127.0.0.1:PORT here (--port) to /healthz on the instance; Ctrl-C ends it
 
 Options (or the environment variable in brackets):
   --name NAME       instance name [INSTANCE_NAME, default equity-options-streamer]
@@ -725,6 +725,10 @@ main() {
   done
   [[ $REMOTE_DIR =~ ^/[A-Za-z0-9._/-]+$ ]] || bad_usage "REMOTE_DIR '$REMOTE_DIR' must be an absolute path of letters, digits, . _ - /"
   [[ $TUNNEL_PORT =~ ^[0-9]+$ ]] || bad_usage "--port '$TUNNEL_PORT' is not a port number"
+  for name in DEPLOY_STATE_TIMEOUT DEPLOY_IP_TIMEOUT DEPLOY_SSH_TIMEOUT DEPLOY_CLOUD_INIT_TIMEOUT \
+    DEPLOY_HEALTH_TIMEOUT DEPLOY_SSH_CONNECT_TIMEOUT; do
+    [[ ${!name} =~ ^[0-9]+$ ]] || bad_usage "$name '${!name}' is not a whole number of seconds"
+  done
   if [ -n "$SSH_CIDR" ] && [ "$SSH_CIDR" != my-ip ] && ! [[ $SSH_CIDR =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]]; then
     bad_usage "--ssh-cidr '$SSH_CIDR' is neither an IPv4 CIDR such as 203.0.113.7/32 nor my-ip"
   fi
