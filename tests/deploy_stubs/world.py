@@ -20,13 +20,15 @@ LOCAL_TOOLS = {"aws": "aws.py", "ssh": "ssh.py", "scp": "ssh.py", "docker": "doc
 BOX_TOOLS = {"docker": "docker.py", "cloud-init": "box.py", "curl": "box.py"}
 # sudo on the box runs its command as is (the tests run as one user); a shell script, as it is called often
 SUDO = '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n'
-FAST = {  # every wait bounded to 1-2 s (deploy.sh counts whole seconds: a limit of N waits N-1 to N s)
+# Every wait bounded to a few seconds (deploy.sh counts whole seconds: a limit of N waits N-1 to N s);
+# the health wait is longest, as each look at the box costs a few stub processes.
+FAST = {
     "DEPLOY_POLL_INTERVAL": "0.05",
-    "DEPLOY_STATE_TIMEOUT": "2",
-    "DEPLOY_IP_TIMEOUT": "2",
-    "DEPLOY_SSH_TIMEOUT": "2",
+    "DEPLOY_STATE_TIMEOUT": "3",
+    "DEPLOY_IP_TIMEOUT": "3",
+    "DEPLOY_SSH_TIMEOUT": "3",
     "DEPLOY_CLOUD_INIT_TIMEOUT": "1",
-    "DEPLOY_HEALTH_TIMEOUT": "2",
+    "DEPLOY_HEALTH_TIMEOUT": "5",
     "DEPLOY_SSH_CONNECT_TIMEOUT": "2",
 }
 DAY = 86400
