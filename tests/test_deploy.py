@@ -33,6 +33,7 @@ BOUND_S = 15.0  # any failure must be reported within this (the waits are set to
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
+    """Nothing on AWS yet."""
     return World(tmp_path)
 
 
@@ -40,6 +41,19 @@ def deployed(world: World) -> Run:
     run = world.run("up")
     assert run.returncode == 0, run.stderr
     return run
+
+
+@pytest.fixture(scope="module")
+def first_deployment(tmp_path_factory: pytest.TempPathFactory) -> World:
+    world = World(tmp_path_factory.mktemp("first-deployment"))
+    deployed(world)
+    return world
+
+
+@pytest.fixture
+def live(first_deployment: World, tmp_path: Path) -> World:
+    """A copy of a world where `deploy.sh up` has run once: instance, static IP, image, service."""
+    return World.copy_of(first_deployment, tmp_path)
 
 
 def mutations(run: Run) -> list[str]:
@@ -178,30 +192,28 @@ def test_an_ipv6_only_bundle_is_refused_before_anything_is_created(world: World)
     assert mutations(run) == []
 
 
-def test_a_stopped_instance_is_started_not_recreated(world: World) -> None:
-    deployed(world)
-    state = world.state
+def test_a_stopped_instance_is_started_not_recreated(live: World) -> None:
+    state = live.state
     state["instances"]["equity-options-streamer"]["state"] = "stopped"
-    world.state_file.write_text(json.dumps(state))
-    run = deployed(world)
+    live.state_file.write_text(json.dumps(state))
+    run = deployed(live)
     assert mutations(run) == ["start-instance"]
 
 
 # --- read-only subcommands -------------------------------------------------------------------------
 
 
-def test_status_and_logs_create_nothing(world: World) -> None:
-    deployed(world)
-    status = world.run("status")
+def test_status_and_logs_create_nothing(live: World) -> None:
+    status = live.run("status")
     assert status.returncode == 0, status.stderr
     assert "equity-options-streamer (us-east-1): running, nano_3_0, ubuntu_24_04" in status.stdout
     assert "container  running (health: healthy, 0 restarts)" in status.stdout
     assert "healthz    HTTP 200: streaming" in status.stdout
     assert "\n           state: streaming (OK), version 0.1.0\n" in status.stdout  # the service's own words
     assert "Schwab refresh token expires" in status.stdout and "(in 5 d 23 h)" in status.stdout
-    logs = world.run("logs")
+    logs = live.run("logs")
     assert logs.returncode == 0 and "subscribed" in logs.stdout
-    follow = world.run("logs", "-f")
+    follow = live.run("logs", "-f")
     assert follow.returncode == 0 and follow.of("ssh")[-1]["command"].endswith(" -f streaming-service")
     for run in (status, logs, follow):
         assert mutations(run) == []
@@ -212,10 +224,9 @@ def test_status_and_logs_create_nothing(world: World) -> None:
         )
 
 
-def test_status_of_an_unhealthy_service_exits_non_zero(world: World) -> None:
-    deployed(world)
-    world.set("faults", health="unhealthy")
-    run = world.run("status")
+def test_status_of_an_unhealthy_service_exits_non_zero(live: World) -> None:
+    live.set("faults", health="unhealthy")
+    run = live.run("status")
     assert run.returncode == 1
     assert "HTTP 503: sink_down" in run.stdout and "health: unhealthy" in run.stdout
 
@@ -226,51 +237,47 @@ def test_status_without_an_instance_says_so_and_creates_nothing(world: World) ->
     assert mutations(run) == [] and not run.of("ssh")
 
 
-def test_ssh_runs_a_command_in_the_remote_dir_and_tunnel_forwards_the_health_port(world: World) -> None:
-    deployed(world)
-    run = world.run("ssh", "ls", "-a")
+def test_ssh_runs_a_command_in_the_remote_dir_and_tunnel_forwards_the_health_port(live: World) -> None:
+    run = live.run("ssh", "ls", "-a")
     assert run.returncode == 0 and ".env" in run.stdout.split()
-    tunnel = world.run("tunnel", "--port", "9999")
+    tunnel = live.run("tunnel", "--port", "9999")
     assert tunnel.returncode == 0
     (call,) = tunnel.of("ssh")
     assert "-N" in call["argv"] and call["options"]["-L"] == "9999:127.0.0.1:8787"
     assert "http://127.0.0.1:9999/healthz" in tunnel.stdout
 
 
-def test_down_stops_the_service_keeps_the_instance_and_restart_brings_it_back(world: World) -> None:
-    deployed(world)
-    down = world.run("down")
+def test_down_stops_the_service_keeps_the_instance_and_restart_brings_it_back(live: World) -> None:
+    down = live.run("down")
     assert down.returncode == 0, down.stderr
-    assert world.state["box"]["container"] is None and world.state["instances"]
+    assert live.state["box"]["container"] is None and live.state["instances"]
     assert mutations(down) == []
-    restart = world.run("restart")
+    restart = live.run("restart")
     assert restart.returncode == 0, restart.stderr
-    assert world.state["box"]["container"] is not None and "healthy: streaming" in restart.stdout
+    assert live.state["box"]["container"] is not None and "healthy: streaming" in restart.stdout
 
 
 # --- destroy ------------------------------------------------------------------------------------------
 
 
-def test_destroy_yes_deletes_the_instance_and_releases_the_static_ip(world: World) -> None:
-    deployed(world)
-    run = world.run("destroy", "--yes")
+def test_destroy_yes_deletes_the_instance_and_releases_the_static_ip(live: World) -> None:
+    run = live.run("destroy", "--yes")
     assert run.returncode == 0, run.stderr
-    assert world.state["instances"] == {} and world.state["static_ips"] == {}
+    assert live.state["instances"] == {} and live.state["static_ips"] == {}
     assert len(run.of("aws", "lightsail", "delete-instance")) == 1
     assert len(run.of("aws", "lightsail", "release-static-ip")) == 1
-    again = world.run("destroy", "--yes")
+    again = live.run("destroy", "--yes")
     assert again.returncode == 0 and "nothing to destroy" in again.stdout
 
 
-def test_destroy_without_yes_and_no_answer_deletes_nothing(world: World) -> None:
-    deployed(world)
-    run = world.run("destroy")  # stdin is empty
+def test_destroy_without_yes_and_no_answer_deletes_nothing(live: World) -> None:
+    run = live.run("destroy")  # stdin is empty
     assert_fails(run, "Type the instance name to confirm", "nothing was deleted")
-    assert mutations(run) == [] and world.state["instances"] and world.state["static_ips"]
-    wrong = world.run("destroy", stdin="yes\n")
+    assert mutations(run) == [] and live.state["instances"] and live.state["static_ips"]
+    wrong = live.run("destroy", stdin="yes\n")
     assert wrong.returncode != 0 and mutations(wrong) == []
-    confirmed = world.run("destroy", stdin="equity-options-streamer\n")
-    assert confirmed.returncode == 0 and world.state["instances"] == {}
+    confirmed = live.run("destroy", stdin="equity-options-streamer\n")
+    assert confirmed.returncode == 0 and live.state["instances"] == {}
 
 
 # --- failures: named, non-zero, bounded ------------------------------------------------------------
@@ -363,29 +370,27 @@ def test_missing_local_files_and_key_are_named_before_any_call(world: World) -> 
 # --- the Schwab token ------------------------------------------------------------------------------
 
 
-def test_a_newer_token_on_the_box_is_kept_and_token_forces_the_local_one(world: World) -> None:
-    deployed(world)
-    world.write_box_token(created=time.time() - 3600)  # re-authorised on the box since
-    world.write_local_token(created=time.time() - 2 * DAY)
-    run = deployed(world)
-    assert world.box_token()["token"]["refresh_token"] == "box"
+def test_a_newer_token_on_the_box_is_kept_and_token_forces_the_local_one(live: World) -> None:
+    live.write_box_token(created=time.time() - 3600)  # re-authorised on the box since
+    live.write_local_token(created=time.time() - 2 * DAY)
+    run = deployed(live)
+    assert live.box_token()["token"]["refresh_token"] == "box"
     assert "is not older than data/schwab_token.json" in run.stdout
 
-    forced = world.run("token")
+    forced = live.run("token")
     assert forced.returncode == 0, forced.stderr
-    assert world.box_token()["token"]["refresh_token"] == "local"
-    assert world.mode(world.remote_dir / "data" / "schwab_token.json") == 0o600
+    assert live.box_token()["token"]["refresh_token"] == "local"
+    assert live.mode(live.remote_dir / "data" / "schwab_token.json") == 0o600
     assert mutations(forced) == [] and not forced.of("docker", "build") and not forced.of("docker", "load")
     assert_restarted_around_the_copy(forced)
     assert "healthy: streaming" in forced.stdout
 
 
-def test_a_newer_local_token_replaces_the_box_one(world: World) -> None:
-    deployed(world)
-    world.write_box_token(created=time.time() - 3 * DAY)
-    world.write_local_token(created=time.time() - 60)
-    run = deployed(world)
-    assert world.box_token()["token"]["refresh_token"] == "local"
+def test_a_newer_local_token_replaces_the_box_one(live: World) -> None:
+    live.write_box_token(created=time.time() - 3 * DAY)
+    live.write_local_token(created=time.time() - 60)
+    run = deployed(live)
+    assert live.box_token()["token"]["refresh_token"] == "local"
     assert "to copy data/schwab_token.json" in run.stdout
     assert_restarted_around_the_copy(run)
 
@@ -399,12 +404,11 @@ def assert_restarted_around_the_copy(run: Run) -> None:
     assert stop < copy < start
 
 
-def test_same_token_on_both_sides_keeps_the_box_copy_with_its_refreshed_access_token(world: World) -> None:
-    deployed(world)
-    created = json.loads((world.project / "data" / "schwab_token.json").read_text())["creation_timestamp"]
-    world.write_box_token(created=created)  # the service rewrote it with a fresh access token
-    deployed(world)
-    assert world.box_token()["token"]["access_token"] == "b"
+def test_same_token_on_both_sides_keeps_the_box_copy_with_its_refreshed_access_token(live: World) -> None:
+    created = json.loads((live.project / "data" / "schwab_token.json").read_text())["creation_timestamp"]
+    live.write_box_token(created=created)  # the service rewrote it with a fresh access token
+    deployed(live)
+    assert live.box_token()["token"]["access_token"] == "b"
 
 
 # --- static checks of the scripts ------------------------------------------------------------------

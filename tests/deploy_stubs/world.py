@@ -85,12 +85,24 @@ def _operation(argv: list[str]) -> str:
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, empty: bool = True) -> None:
+        """A world in `tmp`: the project's files, stubs, and no AWS resources (unless not `empty`:
+        then `tmp` already holds one, see `copy_of`)."""
         self.tmp = tmp
         self.project = tmp / "project"
         self.home = tmp / "home"
         self.state_file = tmp / "stubs" / "state.json"
         self.remote_dir = tmp / "stubs" / "box" / "opt" / "streaming-service"
+        self.env = {
+            "PATH": f"{tmp / 'stubs' / 'bin'}:{os.environ['PATH']}",
+            "HOME": str(self.home),
+            "LANG": "C.UTF-8",
+            "STUB_STATE": str(self.state_file),
+            "REMOTE_DIR": str(self.remote_dir),
+            **FAST,
+        }
+        if not empty:
+            return
         self._lay_out_project()
         self._install_stubs()
         self.state_file.write_text(
@@ -106,14 +118,16 @@ class World:
                 }
             )
         )
-        self.env = {
-            "PATH": f"{tmp / 'stubs' / 'bin'}:{os.environ['PATH']}",
-            "HOME": str(self.home),
-            "LANG": "C.UTF-8",
-            "STUB_STATE": str(self.state_file),
-            "REMOTE_DIR": str(self.remote_dir),
-            **FAST,
-        }
+
+    @classmethod
+    def copy_of(cls, template: World, tmp: Path) -> World:
+        """A copy of `template` (files, box, AWS state) in `tmp`, with an empty call log: many tests
+        start from one deployment made once by the real deploy.sh."""
+        shutil.copytree(template.tmp, tmp, symlinks=True, dirs_exist_ok=True)
+        world = cls(tmp, empty=False)
+        world.state_file.write_text(world.state_file.read_text().replace(str(template.tmp), str(tmp)))
+        (tmp / "stubs" / "calls.jsonl").unlink(missing_ok=True)
+        return world
 
     def _lay_out_project(self) -> None:
         (self.project / "infrastructure" / "lightsail").mkdir(parents=True)
