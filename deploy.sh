@@ -569,8 +569,9 @@ cmd_status() {
   echo "healthz    HTTP $HTTP_CODE: ${HEALTH_STATE:-no answer}"
   if [ -n "$HEALTH_JSON" ]; then
     # the service's own reading of /healthz (tickers, spool, sink, token, stream), else the JSON itself
-    remote "cd $REMOTE_DIR && docker compose exec -T $SERVICE streaming-service status" 2>/dev/null |
-      sed 's/^/           /' | grep . || echo "           $HEALTH_JSON"
+    local lines
+    lines=$(remote "cd $REMOTE_DIR && docker compose exec -T $SERVICE streaming-service status" 2>/dev/null) || true
+    sed 's/^/           /' <<<"${lines:-$HEALTH_JSON}"
   fi
   echo "token      $(token_line)"
   [ "$HTTP_CODE" = 200 ]

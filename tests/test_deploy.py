@@ -229,6 +229,7 @@ def test_status_of_an_unhealthy_service_exits_non_zero(live: World) -> None:
     run = live.run("status")
     assert run.returncode == 1
     assert "HTTP 503: sink_down" in run.stdout and "health: unhealthy" in run.stdout
+    assert "state: sink_down (NOT OK)" in run.stdout and '"state": "sink_down"' not in run.stdout
 
 
 def test_status_without_an_instance_says_so_and_creates_nothing(world: World) -> None:
