@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -61,8 +62,6 @@ def box_root() -> Path:
 
 def reset_box(state: dict[str, Any]) -> None:
     """A fresh machine: empty disk (but the ssh user's home), no images, no container."""
-    import shutil
-
     root = box_root()
     shutil.rmtree(root, ignore_errors=True)
     (root / HOME_OF_BOX).mkdir(parents=True)
