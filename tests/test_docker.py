@@ -377,6 +377,17 @@ class Compose:
             time.sleep(0.25)
         return time.monotonic() - started
 
+    def wait_for_python(self, within: float = 60) -> int:
+        """The host pid of the service's Python process, once there is one."""
+        started = time.monotonic()
+        while True:
+            top = _run("docker", "top", self.container, "-o", "pid,args", check=False).stdout
+            pids = [line.split()[0] for line in top.splitlines() if "-m streaming_service" in line]
+            if pids:
+                return int(pids[0])
+            assert time.monotonic() - started < within, f"no Python process after {within} s:\n{top}"
+            time.sleep(0.25)
+
     def python_process(self) -> tuple[int, int, int]:
         """(host pid, uid, RSS KiB) of the service's Python process."""
         top = _run("docker", "top", self.container, "-o", "pid,uid,rss,args").stdout.splitlines()
@@ -384,6 +395,21 @@ class Compose:
         assert len(rows) == 1, top
         pid, uid, rss, _ = rows[0]
         return int(pid), int(uid), int(rss)
+
+
+def _get_healthz(port: int) -> tuple[int, bytes]:
+    """(status, body) of GET /healthz on 127.0.0.1:`port`; (0, b"") when nothing answers yet."""
+    reply = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            while chunk := sock.recv(65536):
+                reply += chunk
+    except OSError:
+        return 0, b""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", head)
+    return (int(match[1]) if match else 0), body
 
 
 @pytest.fixture(scope="module")
@@ -412,6 +438,10 @@ def compose(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Co
     try:
         started = time.monotonic()
         handle("up", "-d")
+        while _get_healthz(port)[0] != 200:
+            assert time.monotonic() - started < 60, "/healthz did not answer 200 within 60 s"
+            time.sleep(0.1)
+        FIGURES.values["time from `up -d` to /healthz 200 (s)"] = f"{time.monotonic() - started:.1f}"
         handle.wait_healthy()
         FIGURES.values["time from `up -d` to healthy (s)"] = f"{time.monotonic() - started:.1f}"
         yield handle
@@ -421,13 +451,8 @@ def compose(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Co
 
 @docker_test
 def test_healthy_on_127_0_0_1_only_and_writing_as_the_data_directory_owner(compose: Compose) -> None:
-    with socket.create_connection(("127.0.0.1", compose.port), timeout=5) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), reply
+    status, body = _get_healthz(compose.port)
+    assert status == 200, body
     assert json.loads(body)["state"] == "streaming"
     bindings = json.loads(compose.inspect("{{json .NetworkSettings.Ports}}"))["8787/tcp"]
     assert {binding["HostIp"] for binding in bindings} == {"127.0.0.1"}
@@ -488,15 +513,14 @@ def test_compose_stop_exits_0_within_the_grace_period_with_every_row_kept(compos
 @docker_test
 def test_a_killed_process_is_restarted_by_the_restart_policy(compose: Compose) -> None:
     compose("start")
-    compose.wait_healthy()
     restarts = int(compose.inspect("{{.RestartCount}}"))
-    pid, _, _ = compose.python_process()
+    pid = compose.wait_for_python()
     os.kill(pid, 9)  # the fixture needed root already
     started = time.monotonic()
     while int(compose.inspect("{{.RestartCount}}")) == restarts:
         assert time.monotonic() - started < 60, "not restarted within 60 s"
         time.sleep(0.25)
-    assert compose.python_process()[0] != pid
+    assert compose.wait_for_python() != pid
     compose.wait_healthy()
     FIGURES.values["killed -> healthy again (s)"] = f"{time.monotonic() - started:.1f}"
 
