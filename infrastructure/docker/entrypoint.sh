@@ -60,7 +60,8 @@ if shipped is not None and (present is None or present < shipped):
     os.replace(cache + ".seed", cache)
     until = datetime.fromtimestamp(shipped, UTC).isoformat()
     line = {"event": "calendar copied from the image", "path": cache, "covers_until": until}
-    print(json.dumps({**line, "level": "info", "timestamp": datetime.now(UTC).isoformat()}), file=sys.stderr)
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")  # as structlog writes it
+    print(json.dumps({**line, "level": "info", "timestamp": now}), file=sys.stderr)
 EOF
 fi
 
