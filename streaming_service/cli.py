@@ -156,7 +156,6 @@ async def _run(args: argparse.Namespace) -> None:
     from streaming_service.service import Service
     from streaming_service.sinks import sink_for
     from streaming_service.sources.schwab_client import build_schwab_client
-    from streaming_service.token import TokenWatcher
 
     if settings.schwab_app_key is None or settings.schwab_app_secret is None:
         raise ConfigError(
@@ -179,7 +178,6 @@ async def _run(args: argparse.Namespace) -> None:
         sink_for(settings),
         market_hours=hours,
         new_client=new_client,
-        token_changed=TokenWatcher(settings.schwab_token_path).changed,
         token_path=settings.schwab_token_path,
     )
     await _serve(service, stop_when=None, status_every=60.0, print_status=False)

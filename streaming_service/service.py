@@ -6,9 +6,11 @@ cancel the write in flight → close the sink, the Schwab session and the spool.
 waits in the spool for the next run (the last log line says how many rows). Setting `force` (a
 second signal) cuts the writing short at once. Nothing here waits on the network without a deadline.
 
-An expired Schwab login does not stop the service when it can build a new client (`new_client`):
-it reports `reauth_needed`, keeps writing what is spooled, looks at the token file every
-`token_poll_s` seconds and resumes streaming by itself when a new token file appears.
+The token file is followed (`new_client` + `token_path`): every `token_poll_s` seconds, a file from
+a newer login (`streaming-service auth` ran) replaces the client at once, before the old client's
+next refresh could write its old login back over it. So an expired Schwab login does not stop the
+service: it reports `reauth_needed`, keeps writing what is spooled, asks Schwab nothing, and
+streams again by itself when the new token file appears.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from streaming_service.sinks.base import Sink
 from streaming_service.sources.options import OptionsTracker
 from streaming_service.sources.schwab import SchwabStream
 from streaming_service.spool import Spool
-from streaming_service.token import describe, read_token_info
+from streaming_service.token import TokenWatcher, describe, read_token_info
 
 __all__ = ["Service", "Status"]
 
@@ -90,23 +92,25 @@ class Service:
         *,
         market_hours: Callable[[], MarketHours] | None = None,
         new_client: Callable[[], Any] | None = None,
-        token_changed: Callable[[], bool] | None = None,
-        token_poll_s: float = 60.0,
         token_path: Path | None = None,
+        token_poll_s: float = 60.0,
     ) -> None:
         """`market_hours`: returns the schedule (a `MarketCalendar`: called before every session, it
         rebuilds when due); None streams 24/7.
-        `new_client` + `token_changed`: build a client from the token file, and tell whether the
-        file changed; with both, an expired login waits for a new token instead of stopping.
-        `token_path`: the token file whose expiry /healthz reports and the status line warns about."""
+        `token_path`: the token file `client` was built from (its expiry is reported and warned
+        about); with `new_client` (builds a client from it), the file is followed as the module
+        docstring says."""
         self.settings = settings
         self.sink = sink
         self._client = client
         self._market_hours = market_hours
         self._new_client = new_client
-        self._token_changed = token_changed
         self._token_poll_s = token_poll_s
         self._token_path = token_path
+        self._token_watcher = TokenWatcher(token_path) if token_path else None
+        self._client_login = self._token_created_at()  # creation time of the login `client` uses
+        self._new_login = asyncio.Event()
+        self.token_checks = 0
         self._token_warned_at = 0.0
         self.spool = Spool(settings.spool_path, max_bytes=settings.spool_max_mb * 2**20)
         self.batcher = Batcher(
@@ -163,9 +167,11 @@ class Service:
         writer = asyncio.create_task(self.batcher.run(), name="writer")
         sources = asyncio.create_task(self._sources(), name="sources")
         stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+        following = asyncio.create_task(self._follow_token_file(), name="token-file")
         try:
             await asyncio.wait({writer, sources, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            following.cancel()
             await self._shutdown(writer, sources, stopping, force)
         for task in (sources, writer):
             if task.done() and not task.cancelled() and task.exception() is not None:
@@ -215,46 +221,66 @@ class Service:
                 else:
                     await self._stream_in_sessions()
             except* AuthError as group:
-                if self._new_client is None or self._token_changed is None:
+                if self._new_client is None or self._token_watcher is None:
                     raise
                 await self._wait_for_new_login(group.exceptions[0])
 
     async def _wait_for_new_login(self, error: BaseException) -> None:
-        """Report reauth_needed and look at the token file every `token_poll_s` until a new one
-        gives a client. Schwab is asked nothing meanwhile, except one try with the same file every
-        `_REAUTH_RETRY_S` (a login Schwab denied repeatedly may have been its own trouble)."""
-        assert self._new_client is not None and self._token_changed is not None
+        """Report reauth_needed until the token file gives a new client (`_follow_token_file`), or
+        for `_REAUTH_RETRY_S` at most: then the same login is tried once more (a login Schwab
+        denied repeatedly may have been its own trouble). Schwab is asked nothing meanwhile."""
+        failed = self._client
         self.reauth_needed = True
-        self._token_changed()  # the file as it is now (refreshes rewrote it) is the one that failed
         log.error(
             "Schwab login expired; waiting for a new token file",
             error=str(error),
             fix="run `streaming-service auth` (or copy a new token file to SCHWAB_TOKEN_PATH); "
             "streaming resumes by itself",
         )
-        waited = 0.0
+        try:
+            async with asyncio.timeout(_REAUTH_RETRY_S):
+                while self._client is failed:
+                    self._new_login.clear()
+                    await self._new_login.wait()
+            log.info("new token file found; streaming again")
+        except TimeoutError:
+            log.info("trying the Schwab login again with the same token file")
+        finally:
+            self.reauth_needed = False
+
+    async def _follow_token_file(self) -> None:
+        """Every `token_poll_s`: a token file from a newer login than the client's replaces the
+        client (see the module docstring). Does nothing without `new_client` and `token_path`."""
+        if self._new_client is None or self._token_watcher is None:
+            return
         while True:
             await asyncio.sleep(self._token_poll_s)
-            waited += self._token_poll_s
-            changed = self._token_changed()
-            if not changed and waited < _REAUTH_RETRY_S:
+            self.token_checks += 1
+            if not self._token_watcher.changed():
                 continue
-            waited = 0.0
+            login = self._token_created_at()
+            if login is None or (self._client_login is not None and login <= self._client_login):
+                continue  # our own refresh rewrote the file, or it is gone or older
             try:
                 client = self._new_client()
             except AuthError as exc:
                 log.error("the new token file cannot be used", error=str(exc))
                 continue
-            break
-        old, self._client = self._client, client
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                await old.close_async_session()
-        self.stream.use_client(client)
-        if self.options is not None:
-            self.options.use_client(client)
-        self.reauth_needed = False
-        log.info("new token file found; streaming again" if changed else "trying the Schwab login again")
+            old, self._client, self._client_login = self._client, client, login
+            self.stream.use_client(client)
+            if self.options is not None:
+                self.options.use_client(client)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await old.close_async_session()
+            self._new_login.set()
+            log.info("new token file found; the next connection uses it")
+
+    def _token_created_at(self) -> float | None:
+        try:
+            return read_token_info(self._token_path).created_at if self._token_path else None
+        except AuthError:
+            return None
 
     async def _stream_and_options(self) -> None:
         """The stream and, with options, the window keeper (no chain requests outside it)."""
