@@ -93,7 +93,7 @@ class Service:
         market_hours: Callable[[], MarketHours] | None = None,
         new_client: Callable[[], Any] | None = None,
         token_path: Path | None = None,
-        token_poll_s: float = 60.0,
+        token_poll_s: float = 10.0,
     ) -> None:
         """`market_hours`: returns the schedule (a `MarketCalendar`: called before every session, it
         rebuilds when due); None streams 24/7.
