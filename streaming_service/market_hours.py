@@ -204,8 +204,9 @@ class MarketCalendar:
             f"no NYSE calendar: building it failed ({reason}) and {self.cache_path} holds no future "
             f"session. Fix: make sure pandas-market-calendars is installed (`python -m "
             f"streaming_service.market_hours {date.today().isoformat()} 5` shows the error) and that "
-            f"{self.cache_path.parent} is writable, or set SKIP_MARKET_HOURS=true to stream around "
-            "the clock."
+            f"{self.cache_path.parent} is writable (in Docker, where pandas is not installed: rebuild "
+            "and redeploy the image, which ships a fresh schedule), or set SKIP_MARKET_HOURS=true to "
+            "stream around the clock."
         )
 
 
