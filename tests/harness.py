@@ -41,7 +41,13 @@ async def running_service(sim: SchwabSimulator, tmp_path: Path, **settings: Any)
     }
     config = load_settings(**{**defaults, **settings})
     client = simulator_client(sim, tmp_path)
-    service = Service(config, client, sink_for(config))
+    async with serving(Service(config, client, sink_for(config))) as service:
+        yield service
+
+
+@asynccontextmanager
+async def serving(service: Service) -> AsyncIterator[Service]:
+    """`service.run()` as a task; on exit it is stopped and awaited (30 s at most)."""
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     try:

@@ -4,12 +4,12 @@ before expiry replaces the client at once, before its next refresh could write t
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from harness import serving
 from memory_sink import MemorySink
 from polling import wait_until
 
@@ -52,13 +52,8 @@ async def service_following(sim: SchwabSimulator, tmp_path: Path) -> AsyncIterat
     service = Service(
         settings, new_client(), MemorySink(), new_client=new_client, token_path=token, token_poll_s=0.05
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    try:
+    async with serving(service):
         yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 async def test_expired_refresh_token_waits_for_a_new_token_file_then_streams_again(tmp_path: Path) -> None:
