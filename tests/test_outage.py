@@ -37,6 +37,20 @@ _OURS = ("STREAM_", "BATCH_", "ROW_", "SMA_", "OPTIONS_", "SCHWAB_", "SUPABASE_"
          "SKIP_", "LOG_", "SPOOL_", "SHUTDOWN_", "SINK_", "STALE_", "HEALTH_", "MAX_VOLUME")  # fmt: skip
 
 
+#: Every `run` process a test started: killed after the test if it is still running (a failed test).
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def no_process_left() -> Iterator[None]:
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def outage_cluster() -> Iterator[PgCluster]:
     """A crash-safe Postgres server of this module's own: the tests stop it at once and start it."""
@@ -73,6 +87,7 @@ class ServiceProcess:
             [sys.executable, str(RUNNER), sim.api_base_url, str(token), *clock],
             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=self._log,
         )  # fmt: skip
+        _STARTED.append(self.proc)
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
