@@ -37,7 +37,7 @@ from streaming_service.sinks.base import Sink
 from streaming_service.sources.options import OptionsTracker
 from streaming_service.sources.schwab import SchwabStream
 from streaming_service.spool import Spool
-from streaming_service.token import TokenWatcher, describe, read_token_info
+from streaming_service.token import TokenInfo, TokenWatcher, describe, read_token_info
 
 __all__ = ["Service", "Status"]
 
@@ -277,8 +277,13 @@ class Service:
             log.info("new token file found; the next connection uses it")
 
     def _token_created_at(self) -> float | None:
+        info = self._token_info()
+        return None if info is None else info.created_at
+
+    def _token_info(self) -> TokenInfo | None:
+        """The token file's expiry information; None without `token_path` or a readable file."""
         try:
-            return read_token_info(self._token_path).created_at if self._token_path else None
+            return read_token_info(self._token_path) if self._token_path else None
         except AuthError:
             return None
 
@@ -376,10 +381,7 @@ class Service:
         return (200 if ok else 503), body
 
     def _token_health(self, now: float) -> dict[str, Any] | None:
-        try:
-            info = read_token_info(self._token_path) if self._token_path else None
-        except AuthError:
-            return None
+        info = self._token_info()
         if info is None:
             return None
         return {
@@ -390,13 +392,10 @@ class Service:
     def warn_if_token_expires_soon(self) -> None:
         """Log a warning (at most hourly) from 24 h before the refresh token expires."""
         now = time.time()
-        if self._token_path is None or now - self._token_warned_at < 3600:
+        if now - self._token_warned_at < 3600:
             return
-        try:
-            info = read_token_info(self._token_path)
-        except AuthError:
-            return
-        if info.expiring_soon(now):
+        info = self._token_info()
+        if info is not None and info.expiring_soon(now):
             self._token_warned_at = now
             log.warning(
                 "Schwab refresh token expires soon",
