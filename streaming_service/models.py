@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Literal
 
-__all__ = ["Batch", "EquityRow", "IndicatorRow", "OptionContract", "OptionRow", "TableRow", "Tick"]
+__all__ = [
+    "Batch", "EquityRow", "GapRow", "IndicatorRow", "OptionContract", "OptionRow", "TableRow", "Tick"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +93,35 @@ class OptionRow:
         return (self.ticker, self.timestamp, self.option_type, self.strike_price, self.expiration_date)
 
 
-#: A row of any of the three tables.
-TableRow = EquityRow | IndicatorRow | OptionRow
+GapCause = Literal["restart", "disconnect", "stale", "sink"]
+
+
+@dataclass(frozen=True, slots=True)
+class GapRow:
+    """A row of `stream_gaps`: a stretch of market hours in which `ticker` was not streamed.
+
+    The gap ran from `started_at` (the key is `(ticker, started_at)`) to `ended_at`, when
+    streaming resumed. `equity_backfilled_rows`: minute rows written from Schwab's price history
+    for it; `volume_missing`: shares TOTAL_VOLUME says were traded in the gap that no row holds
+    (negative: the candles held more); `options_missed`: option quotes of the gap are lost (there
+    is no option history)."""
+
+    ticker: str
+    started_at: datetime
+    ended_at: datetime
+    cause: GapCause
+    equity_backfilled_rows: int
+    volume_missing: int
+    options_missed: bool
+
+    @property
+    def key(self) -> tuple[str, datetime]:
+        """The table's UNIQUE key."""
+        return (self.ticker, self.started_at)
+
+
+#: A row of any of the four tables.
+TableRow = EquityRow | IndicatorRow | OptionRow | GapRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +131,7 @@ class Batch:
     equity: tuple[EquityRow, ...] = ()
     indicators: tuple[IndicatorRow, ...] = ()
     options: tuple[OptionRow, ...] = ()
+    gaps: tuple[GapRow, ...] = ()
 
     def __len__(self) -> int:
-        return len(self.equity) + len(self.indicators) + len(self.options)
+        return len(self.equity) + len(self.indicators) + len(self.options) + len(self.gaps)
