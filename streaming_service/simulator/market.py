@@ -2,22 +2,25 @@
 
 No I/O and no wall clock: `events_until(offset_s)` returns every event up to `offset_s` seconds after
 09:30 America/New_York on the session date. The same seed gives the same events however the calls
-are sliced. `trades` is the ground truth of every trade generated so far.
+are sliced. `trades` is the ground truth of every trade generated so far; `candles` and
+`daily_candles` aggregate it into Schwab's price-history candles.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, time
+from bisect import bisect_left
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-__all__ = ["Event", "SimulatedMarket"]
+__all__ = ["Candle", "Event", "SimulatedMarket"]
 
 NEW_YORK = ZoneInfo("America/New_York")
+CHICAGO = ZoneInfo("America/Chicago")  # Schwab stamps daily candles at midnight Central time
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,19 @@ class Event:
     ask: float
 
 
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """Open, high, low, close (dollars) and volume (shares) of the trades in the candle's period,
+    which starts at `start_ms` (epoch ms; Schwab's `datetime`)."""
+
+    start_ms: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: int
+
+
 @dataclass(slots=True)
 class _Symbol:
     name: str
@@ -41,8 +57,10 @@ class _Symbol:
     price_cents: int
     bid_cents: int
     ask_cents: int
+    previous_close: float = 0.0
     total_volume: int = 0
     last_ms: int = 0
+    trades: list[Event] = field(default_factory=list)  # the same objects as `market.trades`, in time order
 
 
 class SimulatedMarket:
@@ -67,14 +85,16 @@ class SimulatedMarket:
         self.session_seconds = session_seconds
         self._event_rate = trades_per_second / (1 - quote_ratio)
         self._quote_ratio = quote_ratio
+        self.session_date = session_date
         self._symbols: list[_Symbol] = []
         self._queue: list[tuple[float, int]] = []
         for index, name in enumerate(symbols):
             rng = random.Random(f"{seed}:{name}")
             default = 500.0 if name == "QQQ" else rng.uniform(20, 500)
             cents = round((start_prices or {}).get(name, default) * 100)
-            self._symbols.append(_Symbol(name, rng, cents, cents - 1, cents + 1))
+            self._symbols.append(_Symbol(name, rng, cents, cents - 1, cents + 1, cents / 100))
             heapq.heappush(self._queue, (rng.expovariate(self._event_rate), index))
+        self._by_name = {s.name: s for s in self._symbols}
         self.trades: list[Event] = []
 
     @property
@@ -89,6 +109,59 @@ class SimulatedMarket:
     def total_volume(self, symbol: str) -> int:
         """Shares traded so far (cumulative, like Schwab's TOTAL_VOLUME)."""
         return next(s.total_volume for s in self._symbols if s.name == symbol)
+
+    def previous_close(self, symbol: str) -> tuple[float, int] | None:
+        """The previous session's close of `symbol` (the price it opened this session at) and that
+        session's day as Schwab stamps it (00:00 Central time of the weekday before), or None for a
+        symbol not in this market."""
+        s = self._by_name.get(symbol)
+        if s is None:
+            return None
+        day = self.session_date - timedelta(days=1)
+        while day.weekday() >= 5:  # holidays are not simulated
+            day -= timedelta(days=1)
+        return s.previous_close, _midnight_central_ms(day)
+
+    def candles(
+        self, symbol: str, start_ms: int | None = None, end_ms: int | None = None, *, minutes: int = 1
+    ) -> list[Candle]:
+        """`minutes`-minute candles of the trades of `symbol` generated so far, in time order.
+
+        Periods are aligned to the session open (09:30 New York), so they start on whole multiples
+        of `minutes` minutes of the clock. A period without trades has no candle; the last candle
+        may be a period still under way (the trades of it so far). A candle belongs to the window
+        when its start is in it: `start_ms <= candle.start_ms <= end_ms` (None: unbounded), so a
+        candle starting before `start_ms` is left out even if some of its trades are after it.
+        Volume is the exact sum of the trades' sizes. Unknown symbol: []. Raises ValueError if
+        `minutes` < 1. Reads only: safe beside the thread generating events, which only appends.
+        O(log n + k) for n trades of the symbol and k in the window.
+        """
+        if minutes < 1:
+            raise ValueError(f"minutes must be >= 1, not {minutes}")
+        s = self._by_name.get(symbol)
+        if s is None:
+            return []
+        period = minutes * 60_000
+        # the window's trades run from the first period starting at or after start_ms to the end
+        # of the last period starting at or before end_ms
+        open_ms = self.open_ms
+        first = None if start_ms is None else open_ms - (open_ms - start_ms) // period * period
+        stop = None if end_ms is None else open_ms + ((end_ms - open_ms) // period + 1) * period
+        return _aggregate(s.trades, first, stop, lambda ms: ms - (ms - open_ms) % period)
+
+    def daily_candles(
+        self, symbol: str, start_ms: int | None = None, end_ms: int | None = None
+    ) -> list[Candle]:
+        """The session's daily candle of `symbol` (all its trades so far), stamped 00:00 Central
+        time of the session date like Schwab's daily candles, if that stamp is within
+        `start_ms`..`end_ms` (inclusive; None: unbounded) and the symbol has traded; else []."""
+        s = self._by_name.get(symbol)
+        day_ms = _midnight_central_ms(self.session_date)
+        after_start = start_ms is None or day_ms >= start_ms
+        before_end = end_ms is None or day_ms <= end_ms
+        if s is None or not (after_start and before_end):
+            return []
+        return _aggregate(s.trades, None, None, lambda ms: day_ms)
 
     def snapshot(self, symbol: str) -> Event:
         """The symbol's current state, as a quote event stamped with its last event time."""
@@ -127,6 +200,7 @@ class SimulatedMarket:
         s.total_volume += size
         event = self._event(s, "trade", size, ms)
         self.trades.append(event)
+        s.trades.append(event)
         return event
 
     @staticmethod
@@ -134,6 +208,37 @@ class SimulatedMarket:
         return Event(
             s.name, ms, kind, s.price_cents / 100, size, s.total_volume, s.bid_cents / 100, s.ask_cents / 100
         )
+
+
+def _aggregate(
+    trades: list[Event], start_ms: int | None, stop_ms: int | None, period_of: Callable[[int], int]
+) -> list[Candle]:
+    """Candles of `trades` (time-ordered) with `start_ms <= timestamp < stop_ms`, grouped by
+    `period_of(timestamp)` (a candle's start); found by bisection, read in place (no copy)."""
+    lo = 0 if start_ms is None else bisect_left(trades, start_ms, key=_timestamp)
+    hi = len(trades) if stop_ms is None else bisect_left(trades, stop_ms, key=_timestamp)
+    candles: list[Candle] = []
+    index = lo
+    while index < hi:
+        first = trades[index]
+        start = period_of(first.timestamp_ms)
+        high = low = close = first.price
+        volume = 0
+        while index < hi and period_of(trades[index].timestamp_ms) == start:
+            trade = trades[index]
+            high, low, close = max(high, trade.price), min(low, trade.price), trade.price
+            volume += trade.size
+            index += 1
+        candles.append(Candle(start, first.price, high, low, close, volume))
+    return candles
+
+
+def _timestamp(event: Event) -> int:
+    return event.timestamp_ms
+
+
+def _midnight_central_ms(day: date) -> int:
+    return int(datetime.combine(day, time(0, 0), CHICAGO).timestamp() * 1000)
 
 
 def _trade_size(rng: random.Random) -> int:
