@@ -1,8 +1,10 @@
 """The writer: rows go into the durable spool at once and out to the sink in batches.
 
-`add()` / `add_options()` put rows into the spool's buffer (never waiting for anything); a
-committer commits that buffer to disk every `commit_every` seconds (group commit), first pulling
-in the pipeline's open rows (`drain`), so a row received is on disk within about that time. The
+`add()` / `add_options()` / `add_gap()` put rows into the spool's buffer (never waiting for
+anything); a committer commits that buffer to disk every `commit_every` seconds (group commit),
+first pulling in the pipeline's open rows (`drain`), so a row received is on disk within about that
+time. Each commit with rows also writes `checkpoint()` (the state those rows leave the pipeline in)
+in the same transaction; without rows, at most every `checkpoint_every` seconds. The
 writer takes the oldest rows from the spool when `size` equity rows wait, an option snapshot
 arrived, or `interval` seconds passed, writes them (up to `batch_rows` per write) and deletes them
 from the spool only after the sink committed them. A write that fails with `SinkUnavailable` is
@@ -23,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 from tenacity import (
@@ -34,7 +37,7 @@ from tenacity import (
 )
 
 from streaming_service.errors import SinkUnavailable
-from streaming_service.models import Batch, OptionRow
+from streaming_service.models import Batch, GapRow, OptionRow
 from streaming_service.pipeline import RowPair
 from streaming_service.sinks.base import Sink
 from streaming_service.spool import Spool, SpoolError
@@ -71,6 +74,8 @@ class Batcher:
         interval: float,
         spool: Spool | None = None,
         drain: Callable[[], list[RowPair]] = list,
+        checkpoint: Callable[[], dict[str, Any] | None] = lambda: None,
+        checkpoint_every: float = 5.0,
         max_retry_wait: float = 60.0,
         commit_every: float = 0.25,
         batch_rows: int = MAX_BATCH_ROWS,
@@ -82,6 +87,9 @@ class Batcher:
         self._size = size
         self._interval = interval
         self._drain = drain
+        self._checkpoint = checkpoint
+        self._checkpoint_every = checkpoint_every
+        self._checkpointed_at = 0.0
         self._max_retry_wait = max_retry_wait
         self._commit_every = commit_every
         self._batch_rows = batch_rows
@@ -107,6 +115,10 @@ class Batcher:
         self.spool.put(rows)
         if rows:
             self._wake.set()
+
+    def add_gap(self, row: GapRow) -> None:
+        """Queue a `stream_gaps` row (a later version of the same gap replaces it). Never blocks."""
+        self.spool.put((row,))
 
     async def run(self) -> None:
         """Open the spool and the sink, then write until `close()`. Returns when closed and either
@@ -159,8 +171,12 @@ class Batcher:
         raised: its rows stay buffered for the next try."""
         for pair in self._drain():
             self.spool.put(pair)
+        now = time.monotonic()
+        checkpoint = None
+        if self.spool.buffered or now - self._checkpointed_at >= self._checkpoint_every:
+            checkpoint, self._checkpointed_at = self._checkpoint(), now
         try:
-            await self.spool.commit()
+            await self.spool.commit(checkpoint)
         except SpoolError as exc:
             now = time.monotonic()
             if now - self._last_spool_alert >= _SPOOL_ALERT_EVERY_S or not self._last_spool_alert:

@@ -9,16 +9,18 @@
   one day never leak into the next morning.
 
 Trades are expected in time order; one older than the current bar or segment is counted in the
-current one (it is never dropped).
+current one (it is never dropped). `state()` and `restore()` carry both across a restart (values
+are JSON-compatible).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from datetime import datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-__all__ = ["MovingAverage", "SessionVwap", "session_segment"]
+__all__ = ["MovingAverage", "SessionVwap", "exchange_day", "session_segment"]
 
 EXCHANGE_TZ = ZoneInfo("America/New_York")
 PRE_MARKET_OPEN = time(4, 0)
@@ -53,6 +55,18 @@ class MovingAverage:
             return None
         return (self._closed_sum + price) / self.period
 
+    def state(self) -> dict[str, Any]:
+        """What `restore()` needs to continue exactly from here."""
+        return {"bar": self._bar, "close": self._close, "closed": list(self._closed)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a `state()` of an average with the same period and bar length."""
+        self._closed.clear()
+        self._closed.extend(float(c) for c in state["closed"])
+        self._closed_sum = sum(self._closed)
+        self._bar = None if state["bar"] is None else int(state["bar"])
+        self._close = float(state["close"])
+
 
 class SessionVwap:
     """Volume-weighted average price of the current session segment; see the module docstring."""
@@ -74,6 +88,20 @@ class SessionVwap:
         self._volume += volume
         return self._notional / self._volume if self._volume else None
 
+    def state(self) -> dict[str, Any]:
+        """What `restore()` needs to continue exactly from here."""
+        return {
+            "start": self._segment_start_ms,
+            "end": self._segment_end_ms,
+            "notional": self._notional,
+            "volume": self._volume,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a `state()`."""
+        self._segment_start_ms, self._segment_end_ms = int(state["start"]), int(state["end"])
+        self._notional, self._volume = float(state["notional"]), int(state["volume"])
+
 
 def session_segment(timestamp_ms: int) -> tuple[int, int]:
     """Return [start, end) in epoch ms of the VWAP segment containing `timestamp_ms`."""
@@ -88,4 +116,12 @@ def session_segment(timestamp_ms: int) -> tuple[int, int]:
     else:
         start = datetime.combine(day - timedelta(days=1), REGULAR_OPEN, EXCHANGE_TZ)
         end = datetime.combine(day, PRE_MARKET_OPEN, EXCHANGE_TZ)
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def exchange_day(timestamp_ms: int) -> tuple[int, int]:
+    """Return [start, end) in epoch ms of the America/New_York date containing `timestamp_ms`."""
+    day = datetime.fromtimestamp(timestamp_ms / 1000, EXCHANGE_TZ).date()
+    start = datetime.combine(day, time(0), EXCHANGE_TZ)
+    end = datetime.combine(day + timedelta(days=1), time(0), EXCHANGE_TZ)
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)

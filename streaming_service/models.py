@@ -102,16 +102,17 @@ class GapRow:
 
     The gap ran from `started_at` (the key is `(ticker, started_at)`) to `ended_at`, when
     streaming resumed. `equity_backfilled_rows`: minute rows written from Schwab's price history
-    for it; `volume_missing`: shares TOTAL_VOLUME says were traded in the gap that no row holds
-    (negative: the candles held more); `options_missed`: option quotes of the gap are lost (there
-    is no option history)."""
+    for it; `volume_missing`: shares TOTAL_VOLUME says were traded in the gap beyond what the
+    backfilled rows hold — they are counted in the first live row after it (negative: the candles
+    held more; None: unknown, no TOTAL_VOLUME from before the gap); `options_missed`: option
+    quotes of the gap are lost (there is no option history)."""
 
     ticker: str
     started_at: datetime
     ended_at: datetime
     cause: GapCause
     equity_backfilled_rows: int
-    volume_missing: int
+    volume_missing: int | None
     options_missed: bool
 
     @property

@@ -8,15 +8,21 @@ never silently drop volume.
 A row is *emitted* (handed to the batcher) when a trade of a later interval arrives, and also by
 `drain()` while it is still open; an open row keeps accumulating and is emitted again, whole, when
 it changes, so the upsert of the latest emission always holds the row's full totals.
+
+Days: the indicators restart at each exchange date (America/New_York); VWAP also at each session
+segment (see `indicators`). Continuity: `state()`/`restore()` carry a builder across a restart, so
+the open row continues (it is never overwritten by a smaller one) and the indicators go on exactly;
+`replay()` rebuilds a builder from rows already recorded, without emitting them again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from streaming_service.indicators import MovingAverage, SessionVwap
+from streaming_service.indicators import MovingAverage, SessionVwap, exchange_day
 from streaming_service.models import EquityRow, IndicatorRow, Tick
 
 __all__ = ["Pipeline", "RowBuilder", "RowPair"]
@@ -42,14 +48,29 @@ class RowBuilder:
     ) -> None:
         self.ticker = ticker
         self._resolution_ms = resolution_s * 1000
+        self._sma_args = (sma_period, sma_bar_seconds)
         self._sma = MovingAverage(sma_period, sma_bar_seconds)
         self._vwap = SessionVwap()
         self._row: _OpenRow | None = None
+        self._day_end_ms = -1  # end of the exchange date of the last trade
+        self.last_ms: int | None = None  # time of the last trade, epoch ms
+        self.minute_ms = 0  # the minute (epoch ms) of the last trade added …
+        self.minute_volume = 0  # … and the shares added in it
         self.last_indicators: tuple[float | None, float | None] = (None, None)
 
     def add(self, tick: Tick) -> list[RowPair]:
         """Account for one trade; return the row it closed, if any (at most one)."""
         ts_ms = _epoch_ms(tick.timestamp)
+        if ts_ms >= self._day_end_ms:  # a new exchange date: yesterday's bars do not count
+            if self._day_end_ms != -1:
+                self._sma = MovingAverage(*self._sma_args)
+            self._day_end_ms = exchange_day(ts_ms)[1]
+        minute = ts_ms - ts_ms % 60_000
+        if minute == self.minute_ms:
+            self.minute_volume += tick.volume
+        else:
+            self.minute_ms, self.minute_volume = minute, tick.volume
+        self.last_ms = ts_ms if self.last_ms is None else max(self.last_ms, ts_ms)
         sma = self._sma.update(ts_ms, tick.price)
         vwap = self._vwap.update(ts_ms, tick.price, tick.volume)
         self.last_indicators = (sma, vwap)
@@ -77,6 +98,43 @@ class RowBuilder:
             )
         ]
 
+    def replay(self, recorded: Iterable[tuple[EquityRow, IndicatorRow | None]]) -> None:
+        """Rebuild from rows already recorded (oldest first), emitting nothing: each row counts as
+        one trade at its timestamp. The session VWAP then continues from the last recorded VWAP."""
+        last_vwap = None
+        for equity, indicators in recorded:
+            self.add(Tick(self.ticker, equity.timestamp, equity.price, equity.volume))
+            last_vwap = indicators.vwap if indicators is not None else last_vwap
+        if self._row is not None:
+            self._row.dirty = False
+        vwap = self._vwap.state()
+        if last_vwap is not None and vwap["volume"]:
+            self._vwap.restore({**vwap, "notional": last_vwap * vwap["volume"]})
+
+    def state(self) -> dict[str, Any]:
+        """What `restore()` needs to continue exactly from here (JSON-compatible)."""
+        return {
+            "sma": self._sma.state(),
+            "vwap": self._vwap.state(),
+            "row": None if self._row is None else list(astuple(self._row))[:5],
+            "day_end": self._day_end_ms,
+            "last_ms": self.last_ms,
+            "minute": [self.minute_ms, self.minute_volume],
+            "last_indicators": list(self.last_indicators),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a `state()`: the open row is not emitted again until it changes."""
+        self._sma.restore(state["sma"])
+        self._vwap.restore(state["vwap"])
+        row = state["row"]
+        self._row = None if row is None else _OpenRow(int(row[0]), row[1], int(row[2]), row[3], row[4], False)
+        self._day_end_ms = int(state["day_end"])
+        self.last_ms = state["last_ms"]
+        self.minute_ms, self.minute_volume = (int(v) for v in state["minute"])
+        sma, vwap = state["last_indicators"]
+        self.last_indicators = (sma, vwap)
+
 
 class Pipeline:
     """Routes ticks to a `RowBuilder` per ticker and hands emitted rows to `emit`."""
@@ -96,7 +154,7 @@ class Pipeline:
             )
             for t in tickers
         }
-        self._emit = emit
+        self.emit = emit
         self.ticks = 0
         self.volume = 0
         self.last_tick: Tick | None = None
@@ -110,7 +168,12 @@ class Pipeline:
         self.volume += tick.volume
         self.last_tick = tick
         for pair in builder.add(tick):
-            self._emit(pair)
+            self.emit(pair)
+
+    def backfill(self, tick: Tick) -> None:
+        """Add a trade that was not streamed (price history) to its builder; not counted as a tick."""
+        for pair in self.builders[tick.symbol].add(tick):
+            self.emit(pair)
 
     def drain(self) -> list[RowPair]:
         """Open rows that changed since last emitted (see module docstring)."""

@@ -7,6 +7,10 @@ kill -9 or a power cut loses at most the rows of one commit window. `take()` rea
 `confirm()` deletes them once the sink has committed them — but only the versions that were taken, so
 a row replaced meanwhile stays. Delivery is at-least-once; the sinks' upserts make replays harmless.
 
+The same file holds the service's checkpoint (`commit(checkpoint=...)`, `checkpoint`): the state
+the indicators and open rows need to continue after a restart, written in the same transaction as
+the rows it covers, so the two always agree.
+
 Disk is bounded by `max_bytes`: past it, the oldest rows are dropped and counted (`dropped`), with an
 error logged at most once a minute. All SQLite work runs in a worker thread, one call at a time
 (`SqliteFile`).
@@ -26,7 +30,7 @@ from typing import Any, TypeVar
 import structlog
 
 from streaming_service.errors import StreamerError
-from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow, TableRow
+from streaming_service.models import Batch, EquityRow, GapRow, IndicatorRow, OptionRow, TableRow
 from streaming_service.sqlite_file import SqliteFile
 
 __all__ = ["Spool", "SpoolError", "Taken"]
@@ -35,7 +39,7 @@ log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 _TABLES: dict[type[Any], str] = {
-    EquityRow: "equity_data", IndicatorRow: "indicators", OptionRow: "option_prices"
+    EquityRow: "equity_data", IndicatorRow: "indicators", OptionRow: "option_prices", GapRow: "stream_gaps"
 }
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -47,6 +51,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (tbl, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outbox_seq ON outbox (seq);
+CREATE TABLE IF NOT EXISTS checkpoint (name TEXT PRIMARY KEY, state TEXT NOT NULL);
 """
 _PUT = """
 INSERT INTO outbox (tbl, key, seq, queued_at, payload) VALUES (?, ?, ?, ?, ?)
@@ -86,11 +91,17 @@ class Spool:
         self._oldest: float | None = None
         self._last_drop_alert = 0.0
         self.dropped = 0
+        self.checkpoint: dict[str, Any] | None = None  # as last committed (or found by `open()`)
 
     @property
     def depth(self) -> int:
         """Rows waiting (committed to the spool or still buffered; a replaced row counts once)."""
         return self._depth + len(self._buffer) + self._committing
+
+    @property
+    def buffered(self) -> int:
+        """Rows waiting for the next `commit()`."""
+        return len(self._buffer)
 
     @property
     def equity_depth(self) -> int:
@@ -120,20 +131,23 @@ class Spool:
                 self._buffered_equity += 1
             self._buffer[key] = row
 
-    async def commit(self) -> int:
-        """Write the buffer to disk in one transaction; return the rows committed. Raises `SpoolError`."""
-        if not self._buffer:
+    async def commit(self, checkpoint: dict[str, Any] | None = None) -> int:
+        """Write the buffer, and `checkpoint` if given (JSON-compatible: it replaces the previous
+        one), to disk in one transaction; return the rows committed. Raises `SpoolError`."""
+        if not self._buffer and checkpoint is None:
             return 0
         buffer, self._buffer, self._buffered_equity = self._buffer, {}, 0
         self._committing = len(buffer)
         try:
-            await self._run(self._commit_sync, buffer)
+            await self._run(self._commit_sync, buffer, checkpoint)
         except BaseException:
             self._buffer = {**buffer, **self._buffer}  # nothing was committed: keep it for the next try
             self._buffered_equity = sum(1 for table, _ in self._buffer if table == "equity_data")
             raise
         finally:
             self._committing = 0
+        if checkpoint is not None:
+            self.checkpoint = checkpoint
         return len(buffer)
 
     async def take(self, limit: int) -> Taken:
@@ -175,9 +189,16 @@ class Spool:
 
     def _load_state(self, conn: sqlite3.Connection) -> None:
         self._seq = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0]
+        saved = conn.execute("SELECT state FROM checkpoint WHERE name = 'service'").fetchone()
+        self.checkpoint = json.loads(saved[0]) if saved else None
         self._refresh_counts(conn)
 
-    def _commit_sync(self, conn: sqlite3.Connection, buffer: dict[tuple[str, str], TableRow]) -> None:
+    def _commit_sync(
+        self,
+        conn: sqlite3.Connection,
+        buffer: dict[tuple[str, str], TableRow],
+        checkpoint: dict[str, Any] | None,
+    ) -> None:
         now = time.time()
         records = []
         for (table, key), row in buffer.items():
@@ -186,6 +207,11 @@ class Spool:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(_PUT, records)
+            if checkpoint is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO checkpoint (name, state) VALUES ('service', ?)",
+                    (json.dumps(checkpoint, separators=(",", ":")),),
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -197,12 +223,15 @@ class Spool:
         rows = conn.execute(
             "SELECT tbl, seq, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
         ).fetchall()
-        by_table: dict[str, list[Any]] = {"equity_data": [], "indicators": [], "option_prices": []}
+        by_table: dict[str, list[Any]] = {table: [] for table in _TABLES.values()}
         values = json.loads(f"[{','.join(payload for _, _, payload in rows)}]")  # one parse per take
         for (table, _, _), row_values in zip(rows, values, strict=True):
             by_table[table].append(_decode(table, row_values))
         batch = Batch(
-            tuple(by_table["equity_data"]), tuple(by_table["indicators"]), tuple(by_table["option_prices"])
+            tuple(by_table["equity_data"]),
+            tuple(by_table["indicators"]),
+            tuple(by_table["option_prices"]),
+            tuple(by_table["stream_gaps"]),
         )
         return Taken(batch, rows[-1][1] if rows else 0)
 
@@ -255,5 +284,8 @@ def _decode(table: str, values: list[Any]) -> TableRow:
         return EquityRow(values[0], datetime.fromisoformat(values[1]), values[2], values[3])
     if table == "indicators":
         return IndicatorRow(values[0], datetime.fromisoformat(values[1]), values[2], values[3])
+    if table == "stream_gaps":
+        values[1], values[2] = datetime.fromisoformat(values[1]), datetime.fromisoformat(values[2])
+        return GapRow(*values)
     values[1], values[4] = datetime.fromisoformat(values[1]), date.fromisoformat(values[4])
     return OptionRow(*values)

@@ -33,6 +33,10 @@ each other (each at or above the one before, and not a jump from it), the last o
 baseline and nothing is counted. This way a real change of level cannot stall the symbol for the
 rest of the day: for example after an outage longer than the jump limit allows, or when Schwab
 corrects its total.
+
+Gaps. `state()`/`restore()` carry a symbol's state across a restart (within its exchange date).
+After a time without streaming, `expect_total()` says how much of TOTAL_VOLUME the recorded rows
+already account for (see there): the next TOTAL_VOLUME closes the gap.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class _SymbolState:
     trade_time_ms: int | None = None
     suspect: int | None = None  # the last refused TOTAL_VOLUME, and how many agreeing ones in a row
     suspects: int = 0
+    on_gap_closed: Callable[[str, int], None] | None = None  # set by expect_total()
 
 
 class QuoteMerger:
@@ -118,7 +123,15 @@ class QuoteMerger:
         previous, known_time = state.total_volume, state.trade_time_ms
         last_price = price if price is not None else (old.last_price if old is not None else None)
         tick = None
-        if total is not None and previous is not None and total != previous:
+        closing = state.on_gap_closed if total is not None else None
+        if closing is not None:
+            state.on_gap_closed = None
+        if closing is not None and previous is not None and total is not None and total < previous:
+            log.warning(
+                "TOTAL_VOLUME after a gap is below what the rows hold; nothing counted",
+                symbol=symbol, rows_hold=previous, total_volume=total,
+            )  # fmt: skip
+        elif total is not None and previous is not None and total != previous:
             if total < previous or total - previous > self._allowed(previous):
                 self._refuse_unless_confirmed(symbol, state, previous, total)
             else:
@@ -131,7 +144,47 @@ class QuoteMerger:
             state.total_volume = total
             state.suspect, state.suspects = None, 0
         self._state[symbol] = state
+        if closing is not None and previous is not None and total is not None:
+            closing(symbol, total - previous)
         return tick
+
+    def expect_total(self, symbol: str, total: int, on_closed: Callable[[str, int], None]) -> None:
+        """Close a gap in streaming `symbol` with its next TOTAL_VOLUME.
+
+        `total`: the TOTAL_VOLUME today's recorded rows account for: the last one seen plus the
+        shares backfilled since (or, with no state today, the day's volume by price history). The
+        next TOTAL_VOLUME's rise over `total` is one trade, as usual (shares of the gap that were
+        not backfilled, counted at the trade time the item gives); a value below `total` counts
+        nothing and becomes the baseline. `on_closed(symbol, rise)` is then called once (a
+        negative rise: the backfill held more shares than TOTAL_VOLUME says were traded)."""
+        today = self._today(self._now() * 1000)
+        state = self._state.get(symbol)
+        if state is None or state.day != today:
+            state = self._state[symbol] = _SymbolState(today)
+        state.total_volume, state.suspect, state.suspects = total, None, 0
+        state.on_gap_closed = on_closed
+
+    def state(self, symbol: str) -> dict[str, Any] | None:
+        """`symbol`'s state for `restore()` (JSON-compatible); None if nothing was seen yet."""
+        state = self._state.get(symbol)
+        if state is None:
+            return None
+        return {
+            "day": state.day,
+            "last_price": state.last_price,
+            "total_volume": state.total_volume,
+            "trade_time_ms": state.trade_time_ms,
+        }
+
+    def restore(self, symbol: str, saved: Mapping[str, Any]) -> bool:
+        """Continue from a `state()` if it belongs to the current exchange date; return whether
+        it did (a state of an earlier date is ignored: its baseline would count yesterday)."""
+        if int(saved["day"]) != self._today(self._now() * 1000):
+            return False
+        self._state[symbol] = _SymbolState(
+            int(saved["day"]), saved["last_price"], saved["total_volume"], saved["trade_time_ms"]
+        )
+        return True
 
     def _allowed(self, previous: int) -> float:
         return self._max_jump * max(previous, self._floor)

@@ -21,6 +21,10 @@ Watchdog: while subscribed, a data frame must reach our handlers at least every 
 (heartbeats are not data). Otherwise (heartbeats only, or a socket gone silent) the connection is
 dropped and made again: `stream stale, reconnecting`, counted in `stats.stale_reconnects`.
 
+Gaps: `receiving_until_ms` is the exchange time of the last data frame and `end_cause` why the last
+connection ended ("disconnect" or "stale"); `before_subscribe`, if given, is awaited after each
+login and before the subscriptions (the service fills the gap there, before live data flows).
+
 Reconnecting uses capped exponential backoff with jitter, reset after a healthy session (one that
 received data and lasted `healthy_after_s`). It is triggered by network errors, timeouts, a stale
 stream, a malformed reply, Schwab's code 12 (another login took the connection) and refused
@@ -131,6 +135,7 @@ class SchwabStream:
         login_denied_attempts: int = 5,
         max_volume_jump: float = 10.0,
         now: Callable[[], float] | None = None,
+        before_subscribe: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._client = client
         self._symbols = symbols
@@ -141,9 +146,11 @@ class SchwabStream:
         self._healthy_after_s = healthy_after_s
         self._request_timeout_s = request_timeout_s
         self._login_denied_attempts = login_denied_attempts
-        self._merger = QuoteMerger(
-            symbols=symbols, max_volume_jump=max_volume_jump, now=now or exchange_clock.get()
-        )
+        self._now = now or exchange_clock.get()
+        self.merger = QuoteMerger(symbols=symbols, max_volume_jump=max_volume_jump, now=self._now)
+        self._before_subscribe = before_subscribe
+        self.receiving_until_ms: int | None = None
+        self.end_cause = "disconnect"
         self._option_symbols: set[str] = set()
         self._live: StreamClient | None = None  # the subscribed connection, while there is one
         self._options_live: set[str] = set()  # what that connection has subscribed
@@ -186,6 +193,9 @@ class SchwabStream:
         loop = asyncio.get_running_loop()
         try:
             await self._request("login", self._login(stream))
+            if self._before_subscribe is not None:
+                await self._before_subscribe()
+            self.end_cause = "disconnect"
             subs = stream.level_one_equity_subs(list(self._symbols), fields=list(EQUITY_FIELDS))
             await self._request(f"{_EQUITIES} SUBS", subs)
             self._live, self._options_live = stream, set()
@@ -218,6 +228,7 @@ class SchwabStream:
                 if loop.time() < deadline:
                     raise  # not the watchdog's: a network timeout
                 self.stats.stale_reconnects += 1
+                self.end_cause = "stale"
                 log.warning(
                     "stream stale, reconnecting",
                     no_data_for_s=round(loop.time() - self._data_at, 1),
@@ -318,7 +329,7 @@ class SchwabStream:
         frame_ms = frame_ms if isinstance(frame_ms, int | float) and not isinstance(frame_ms, bool) else None
         for item in _items(message):
             try:
-                tick = self._merger.apply(item, frame_ms)
+                tick = self.merger.apply(item, frame_ms)
             except BadFrame as exc:
                 self._problems.bad_frame(exc)
                 continue
@@ -349,6 +360,7 @@ class SchwabStream:
         """Note that a data frame reached a handler; return when (epoch seconds)."""
         self._data_at = asyncio.get_running_loop().time()
         self.stats.last_data_at = now = time.time()
+        self.receiving_until_ms = int(self._now() * 1000)
         return now
 
 
