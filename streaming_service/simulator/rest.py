@@ -1,8 +1,9 @@
 """The simulator's REST side: the endpoints schwab-py calls, served by a stdlib HTTP server thread.
 
 `GET /trader/v1/userPreference` (streamer URL and ids), `POST /v1/oauth/token` (refresh),
-`GET /marketdata/v1/chains` and `/marketdata/v1/expirationchain` (see `options.py`); anything else
-is a 404 naming the path. `write_token_file` makes a token file these endpoints accept.
+`GET /marketdata/v1/chains` and `/marketdata/v1/expirationchain` (see `options.py`),
+`GET /marketdata/v1/pricehistory` (candles of the simulated trades, see `_price_history`); anything
+else is a 404 naming the path. `write_token_file` makes a token file these endpoints accept.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
+    from streaming_service.simulator.market import SimulatedMarket
     from streaming_service.simulator.server import SchwabSimulator
 
 __all__ = ["rest_handler", "write_token_file"]
@@ -57,6 +59,8 @@ def rest_handler(sim: SchwabSimulator) -> type[BaseHTTPRequestHandler]:
                 self._reply(200, book.chain(spot.price, spot.timestamp_ms, query))
             elif url.path == "/marketdata/v1/expirationchain" and book is not None:
                 self._reply(200, book.expiration_chain())
+            elif url.path == "/marketdata/v1/pricehistory":
+                self._reply(*_price_history(sim.market, query))
             else:
                 self._reply(404, {"errors": [{"status": 404, "title": f"not simulated: {self.path}"}]})
 
@@ -108,3 +112,80 @@ def _preferences(streamer_url: str) -> dict[str, Any]:
         ],
         "offers": [{"level2Permissions": False, "mktDataPermission": "NP"}],
     }
+
+
+# periodType → (default frequencyType, the frequencyTypes Schwab accepts with it)
+_FREQUENCY_TYPES = {
+    "day": ("minute", ("minute",)),
+    "month": ("weekly", ("daily", "weekly")),
+    "year": ("monthly", ("daily", "weekly", "monthly")),
+    "ytd": ("weekly", ("daily", "weekly")),
+}
+_MINUTES = (1, 5, 10, 15, 30)
+
+
+def _price_history(market: SimulatedMarket, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """Status and body of `GET /marketdata/v1/pricehistory` for `query`, from `market.trades`.
+
+    Candles `{"open","high","low","close","volume","datetime"}` in time order, one per period with
+    trades (`datetime`: the period's start, epoch ms; `volume`: the exact sum of its trades'
+    sizes), then `"symbol"` and `"empty"` (no candles); with `needPreviousClose=true` also
+    `"previousClose"` and `"previousCloseDate"` (see `SimulatedMarket.previous_close`).
+    - frequencyType `minute` (the default for periodType `day`, the default) with frequency 1, 5,
+      10, 15 or 30: candles of that many minutes from the 09:30 open; `daily` with frequency 1:
+      one candle for the session, stamped 00:00 Central time. The combinations Schwab refuses
+      (e.g. periodType=day with daily) and the ones it allows but the simulator lacks (weekly,
+      monthly) are a 400 `{"errors": [{"status": 400, "title": ...}]}`, as is a missing symbol or a
+      non-integer frequency/startDate/endDate.
+    - startDate/endDate (epoch ms, either optional): a candle is included when its start is in
+      `startDate <= datetime <= endDate`. Without them every candle so far (the simulator has one
+      session, so any `period` covers it; `period` and `needExtendedHoursData` are ignored).
+    - Only trades generated so far, i.e. up to the simulator's clock: the candle of the period
+      still under way is included with the trades it has so far, as Schwab's current candle is.
+    - A symbol the market does not trade: 200 with no candles and `"empty": true`, as Schwab
+      answers for a symbol without data.
+    """
+    symbol = query.get("symbol")
+    period_type = query.get("periodType", "day")
+    if not symbol:
+        return _bad_request("symbol is required")
+    if period_type not in _FREQUENCY_TYPES:
+        return _bad_request(f"periodType {period_type!r} is not one of {', '.join(_FREQUENCY_TYPES)}")
+    default, allowed = _FREQUENCY_TYPES[period_type]
+    frequency_type = query.get("frequencyType", default)
+    if frequency_type not in allowed:
+        return _bad_request(f"frequencyType {frequency_type!r} is not valid for periodType {period_type!r}")
+    try:
+        frequency = int(query.get("frequency", "1"))
+        start_ms, end_ms = (int(query[k]) if k in query else None for k in ("startDate", "endDate"))
+    except ValueError as exc:
+        return _bad_request(f"frequency, startDate and endDate must be integers ({exc})")
+    if frequency_type == "minute" and frequency in _MINUTES:
+        candles = market.candles(symbol, start_ms, end_ms, minutes=frequency)
+    elif frequency_type == "daily" and frequency == 1:
+        candles = market.daily_candles(symbol, start_ms, end_ms)
+    else:
+        return _bad_request(f"frequency {frequency} of {frequency_type!r} is not simulated")
+    body: dict[str, Any] = {
+        "candles": [
+            {
+                "open": c.open,
+                "high": c.high,
+                "low": c.low,
+                "close": c.close,
+                "volume": c.volume,
+                "datetime": c.start_ms,
+            }
+            for c in candles
+        ],
+        "symbol": symbol,
+        "empty": not candles,
+    }
+    previous = market.previous_close(symbol)
+    if query.get("needPreviousClose") == "true" and previous is not None:
+        body["previousClose"], body["previousCloseDate"] = previous
+    return 200, body
+
+
+def _bad_request(title: str) -> tuple[int, dict[str, Any]]:
+    return 400, {"errors": [{"status": 400, "title": title}]}

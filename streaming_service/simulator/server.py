@@ -2,10 +2,12 @@
 
 REST (`rest.py`, a stdlib HTTP server in a thread): `GET /trader/v1/userPreference` (streamer URL and ids),
 `POST /v1/oauth/token` (refresh), `GET /marketdata/v1/chains` and `/marketdata/v1/expirationchain`
-(see `options.py`). Streamer (websockets, on the event loop): ADMIN LOGIN/LOGOUT and
-LEVELONE_EQUITIES / LEVELONE_OPTIONS SUBS/ADD/UNSUBS answered once each with Schwab's response
-envelope; heartbeats; one data frame per market event (options: one frame per re-pricing, at most
-once per simulated second), a full snapshot per symbol first and then only changed fields.
+(see `options.py`), `GET /marketdata/v1/pricehistory` (candles of `market.trades` so far, the
+current period's partial candle included). Streamer (websockets, on the event loop): ADMIN
+LOGIN/LOGOUT and LEVELONE_EQUITIES / LEVELONE_OPTIONS SUBS/ADD/UNSUBS answered once each with
+Schwab's response envelope; heartbeats; one data frame per market event (options: one frame per
+re-pricing, at most once per simulated second), a full snapshot per symbol first and then only
+changed fields.
 
 The market clock starts at the first subscription: simulated offset = elapsed wall time * `speed`.
 `clock()` is that market time; every timestamp the simulator sends (trade times, frame timestamps,
@@ -180,7 +182,8 @@ class SchwabSimulator:
         self._drop += count
 
     def fail_next_market_data(self, count: int, status: int = 429) -> None:
-        """Answer the next `count` market-data GETs (chains, expiration chain) with HTTP `status`."""
+        """Answer the next `count` market-data GETs (chains, expiration chain, price history) with
+        HTTP `status`."""
         self._rest_faults += [status] * count
 
     def take_market_data_fault(self) -> int | None:
