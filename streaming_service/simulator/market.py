@@ -147,7 +147,7 @@ class SimulatedMarket:
         open_ms = self.open_ms
         first = None if start_ms is None else open_ms - (open_ms - start_ms) // period * period
         stop = None if end_ms is None else open_ms + ((end_ms - open_ms) // period + 1) * period
-        return _aggregate(s.trades, first, stop, lambda ms: ms - (ms - open_ms) % period)
+        return _aggregate(s.trades, first, stop, lambda ms: (ms - (ms - open_ms) % period, period))
 
     def daily_candles(
         self, symbol: str, start_ms: int | None = None, end_ms: int | None = None
@@ -161,7 +161,7 @@ class SimulatedMarket:
         before_end = end_ms is None or day_ms <= end_ms
         if s is None or not (after_start and before_end):
             return []
-        return _aggregate(s.trades, None, None, lambda ms: day_ms)
+        return _aggregate(s.trades, None, None, lambda ms: (day_ms, 86_400_000))
 
     def snapshot(self, symbol: str) -> Event:
         """The symbol's current state, as a quote event stamped with its last event time."""
@@ -211,25 +211,34 @@ class SimulatedMarket:
 
 
 def _aggregate(
-    trades: list[Event], start_ms: int | None, stop_ms: int | None, period_of: Callable[[int], int]
+    trades: list[Event],
+    start_ms: int | None,
+    stop_ms: int | None,
+    period_of: Callable[[int], tuple[int, int]],
 ) -> list[Candle]:
-    """Candles of `trades` (time-ordered) with `start_ms <= timestamp < stop_ms`, grouped by
-    `period_of(timestamp)` (a candle's start); found by bisection, read in place (no copy)."""
+    """Candles of `trades` (time-ordered) with `start_ms <= timestamp < stop_ms`, one per period;
+    `period_of(timestamp)` is (start, length in ms) of the period holding `timestamp`. The trades
+    are found by bisection and read in place (no copy)."""
     lo = 0 if start_ms is None else bisect_left(trades, start_ms, key=_timestamp)
     hi = len(trades) if stop_ms is None else bisect_left(trades, stop_ms, key=_timestamp)
     candles: list[Candle] = []
     index = lo
     while index < hi:
         first = trades[index]
-        start = period_of(first.timestamp_ms)
-        high = low = close = first.price
+        start, length = period_of(first.timestamp_ms)
+        high = low = first.price
         volume = 0
-        while index < hi and period_of(trades[index].timestamp_ms) == start:
-            trade = trades[index]
-            high, low, close = max(high, trade.price), min(low, trade.price), trade.price
-            volume += trade.size
-            index += 1
-        candles.append(Candle(start, first.price, high, low, close, volume))
+        end = index
+        while end < hi and trades[end].timestamp_ms < start + length:
+            price = trades[end].price
+            if price > high:
+                high = price
+            elif price < low:
+                low = price
+            volume += trades[end].size
+            end += 1
+        candles.append(Candle(start, first.price, high, low, trades[end - 1].price, volume))
+        index = end
     return candles
 
 
