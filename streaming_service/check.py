@@ -1,11 +1,14 @@
 """`streaming-service check`: a ✓/✗ checklist of what `run` needs, each ✗ with its fix.
 
 Checks, in order: configuration; the Schwab token file (present, readable, refresh-token age
-against its 7-day life); the database (reachable; the three tables with their columns and UNIQUE
-keys; the credentials can write, proven by an upsert that is rolled back). Nothing is left behind.
+against its 7-day life); the database (reachable; the three required tables with their columns and
+UNIQUE keys; the credentials can write, proven by an upsert that is rolled back). Nothing is left
+behind. The optional `stream_gaps` table is checked the same way, but its absence is a warning
+(⚠, still a pass): `run` records everything else and drops gap rows.
 
 Supabase's REST API has no transactions to roll back, so there the write probe is an upsert of one
-deliberately invalid row per table (NULL `volume`, NULL `timestamp`, `option_type` 'ZZZZ'), sent
+deliberately invalid row per table (NULL `volume`, NULL `timestamp`, `option_type` 'ZZZZ', `cause`
+'zzzz'), sent
 with the table's `on_conflict` key. The database must refuse it with a NOT NULL or CHECK violation
 (23502/23514), which proves that the key may write, the columns exist and the UNIQUE key matches
 (else 42501, 42703/PGRST204 or 42P10), and nothing is written.
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from streaming_service.config import Settings
 from streaming_service.errors import AuthError, SinkRejected, SinkUnavailable, StreamerError
-from streaming_service.sinks.base import TABLE_COLUMNS, UNIQUE_KEYS
+from streaming_service.sinks.base import GAPS_MIGRATION, REQUIRED_TABLES, TABLE_COLUMNS, UNIQUE_KEYS
 from streaming_service.token import describe, read_token_info
 
 __all__ = ["CheckResult", "check_database", "check_token"]
@@ -37,16 +40,25 @@ _PROBE = (
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
-    """One line of the checklist; `fix` says what to do when `ok` is false."""
+    """One line of the checklist; `fix` says what to do when `ok` is false or `warn` true (a
+    problem that `run` survives: the check still passes)."""
 
     name: str
     ok: bool
     detail: str
     fix: str = ""
+    warn: bool = False
 
     def line(self) -> str:
-        mark = "✓" if self.ok else "✗"
-        return f"{mark} {self.name}: {self.detail}" + ("" if self.ok else f"\n    fix: {self.fix}")
+        mark = "✗" if not self.ok else "⚠" if self.warn else "✓"
+        shown = not self.ok or self.warn
+        return f"{mark} {self.name}: {self.detail}" + (f"\n    fix: {self.fix}" if shown else "")
+
+
+def _no_gaps_table(fix: str) -> CheckResult:
+    return CheckResult(
+        "table stream_gaps", True, "missing: gap rows are not recorded (the other tables are)", fix, warn=True
+    )
 
 
 def check_token(path: Path, *, now: float | None = None) -> CheckResult:
@@ -82,6 +94,9 @@ def _schema_results(
 ) -> list[CheckResult]:
     results = []
     for table, expected in TABLE_COLUMNS.items():
+        if table not in REQUIRED_TABLES and table not in columns:
+            results.append(_no_gaps_table(f"`run` creates it (or apply {GAPS_MIGRATION})"))
+            continue
         missing = sorted(set(expected) - columns.get(table, set()))
         key = UNIQUE_KEYS[table]
         problems = []
@@ -207,6 +222,12 @@ _REST_PROBES: dict[str, dict[str, object]] = {
         "strike_price": 1,
         "expiration_date": "2000-01-21",
     },
+    "stream_gaps": {
+        "ticker": "ZZCHECK",
+        "started_at": "2000-01-03T14:30:00+00:00",
+        "ended_at": "2000-01-03T14:31:00+00:00",
+        "cause": "zzzz",
+    },
 }
 
 
@@ -214,7 +235,7 @@ _FIX_SCHEMA = "apply supabase/migrations to the project (README, 'Supabase')"
 
 
 async def _check_supabase(url: str, key: str) -> list[CheckResult]:
-    from streaming_service.sinks.supabase import BadRows, SupabaseSink
+    from streaming_service.sinks.supabase import BadRows, SupabaseSink, TableMissing
 
     sink = SupabaseSink(url, key, dead_letter_path=Path("/dev/null"))
     try:
@@ -234,6 +255,9 @@ async def _check_supabase(url: str, key: str) -> list[CheckResult]:
             except SinkUnavailable as exc:
                 return [CheckResult("Supabase", False, f"unreachable: {exc}", "check SUPABASE_URL")]
             except SinkRejected as exc:
+                if isinstance(exc, TableMissing) and table not in REQUIRED_TABLES:
+                    results.append(_no_gaps_table(f"apply {GAPS_MIGRATION} (`supabase db push`)"))
+                    continue
                 message, _, fix = str(exc).partition("; ")
                 results.append(CheckResult(f"table {table}", False, message, fix))
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -37,15 +38,19 @@ async def test_postgres_without_tables_fails_then_passes_after_open(postgres_dsn
     settings = load_settings(database_url=postgres_dsn)
     before = await check_database(settings)
     assert before[0].ok  # reachable
-    assert [r.ok for r in before[1:]] == [False, False, False]
-    assert all("table missing" in r.detail and "migrations" in r.fix for r in before[1:])
+    *required, gaps = before[1:]
+    assert [r.ok for r in required] == [False, False, False]
+    assert all("table missing" in r.detail and "migrations" in r.fix for r in required)
+    assert (gaps.name, gaps.ok, gaps.warn) == ("table stream_gaps", True, True)  # a warning, not a failure
+    assert "20251120000000_create_stream_gaps_table.sql" in gaps.fix and "`run` creates it" in gaps.fix
+    assert gaps.line().startswith("⚠ table stream_gaps: missing") and "fix:" in gaps.line()
 
     sink = sink_from_url(postgres_dsn)
     await sink.open()
     await sink.aclose()
     after = await check_database(settings)
-    assert all(r.ok for r in after), [r.line() for r in after]
-    assert after[-1].name == "write"
+    assert all(r.ok and not r.warn for r in after), [r.line() for r in after]
+    assert [r.name for r in after[-2:]] == ["table stream_gaps", "write"]
     with psycopg.connect(postgres_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM equity_data").fetchone() == (0,)  # probe rolled back
 
@@ -60,6 +65,25 @@ async def test_postgres_missing_unique_key_is_reported(postgres_dsn: str) -> Non
     assert not results["table indicators"].ok
     assert "no UNIQUE (ticker, timestamp)" in results["table indicators"].detail
     assert results["table equity_data"].ok
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+async def test_a_missing_stream_gaps_table_is_a_warning_and_the_write_probe_still_runs(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = request.getfixturevalue("postgres_dsn") if kind == "postgres" else f"sqlite:///{tmp_path / 'x.db'}"
+    sink = sink_from_url(url)
+    await sink.open()
+    await sink.aclose()
+    if kind == "postgres":
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE stream_gaps")
+    else:
+        with contextlib.closing(sqlite3.connect(tmp_path / "x.db")) as lite:
+            lite.execute("DROP TABLE stream_gaps")
+    results = {r.name: r for r in await check_database(load_settings(database_url=url))}
+    assert results["table stream_gaps"].ok and results["table stream_gaps"].warn
+    assert results["write"].ok and all(r.ok for r in results.values())
 
 
 async def test_unreachable_postgres_names_the_fix() -> None:

@@ -22,12 +22,17 @@ ROWS = {
     "VALUES ('QQQ', '2026-11-24T14:30:00Z', 500.1, 500.2)",
     "option_prices": "INSERT INTO option_prices (ticker, timestamp, option_type, strike_price, "
     "expiration_date, bid, ask) VALUES ('QQQ', '2026-11-24T14:30:00Z', 'CALL', 500, '2026-11-27', 1.5, 1.6)",
+    "stream_gaps": "INSERT INTO stream_gaps (ticker, started_at, ended_at, cause, volume_missing) "
+    "VALUES ('QQQ', '2026-11-24T14:30:00Z', '2026-11-24T14:30:00Z', 'restart', 1200)",
 }
 KEYS = {
     "equity_data": "ticker, timestamp",
     "indicators": "ticker, timestamp",
     "option_prices": "ticker, timestamp, option_type, strike_price, expiration_date",
+    "stream_gaps": "ticker, started_at",
 }
+#: The tables retention.sql prunes (stream_gaps is not market data: it is kept).
+PRUNED = ("equity_data", "indicators", "option_prices")
 
 
 @contextmanager
@@ -66,7 +71,8 @@ def test_rls_enabled_with_indexes(supabase_dsn: str, table: str) -> None:
         found = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", [table])
         indexes = [r[0] for r in found]
     assert rls is True
-    assert any("(ticker, \"timestamp\" DESC)" in d for d in indexes), indexes
+    time_column = "started_at" if table == "stream_gaps" else '"timestamp"'
+    assert any(f"(ticker, {time_column} DESC)" in d for d in indexes), indexes
 
 
 @pytest.mark.parametrize("role", ["anon", "authenticated"])
@@ -109,6 +115,27 @@ def test_option_type_check_rejects_both(supabase_dsn: str) -> None:
         conn.execute(ROWS["option_prices"].replace("'CALL'", "'BOTH'").encode())
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("'restart'", "'crash'"), ("'2026-11-24T14:30:00Z', 'restart'", "'2026-11-24T14:29:59Z', 'restart'")],
+)
+def test_stream_gaps_checks_refuse_an_unknown_cause_and_an_end_before_the_start(
+    supabase_dsn: str, old: str, new: str
+) -> None:
+    with as_role(supabase_dsn, "service_role") as conn, pytest.raises(errors.CheckViolation):
+        conn.execute(ROWS["stream_gaps"].replace(old, new).encode())
+
+
+def test_stream_gaps_defaults_and_a_null_volume_missing(supabase_dsn: str) -> None:
+    with as_role(supabase_dsn, "service_role") as conn:
+        conn.execute(ROWS["stream_gaps"].replace("1200", "NULL").encode())
+        stored = conn.execute(
+            "SELECT equity_backfilled_rows, volume_missing, options_missed, created_at IS NOT NULL "
+            "FROM stream_gaps"
+        ).fetchall()
+    assert stored == [(0, None, False, True)]
+
+
 def test_plain_postgres_without_supabase_roles_applies_them_too(postgres_dsn: str) -> None:
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(
@@ -148,8 +175,8 @@ def test_prune_market_data_deletes_only_older_rows(supabase_dsn: str) -> None:
     insert_aged_rows(supabase_dsn)
     with as_role(supabase_dsn, "service_role") as conn:
         deleted = conn.execute("SELECT * FROM prune_market_data(interval '90 days')").fetchall()
-    assert sorted(deleted) == [(t, 1) for t in sorted(ROWS)]
-    assert [count(supabase_dsn, t) for t in sorted(ROWS)] == [1, 1, 1]
+    assert sorted(deleted) == [(t, 1) for t in PRUNED]
+    assert [count(supabase_dsn, t) for t in sorted(ROWS)] == [1, 1, 1, 2]
 
 
 @pytest.mark.parametrize("keep", ["1 hour", "0 days", "-5 days"])

@@ -333,6 +333,7 @@ def test_migration_files_are_found() -> None:
     assert files == [
         "20251015151016_create_equity_and_indicators_tables.sql",
         "20251019000000_create_option_prices_table.sql",
+        "20251120000000_create_stream_gaps_table.sql",
     ]
 
 
@@ -357,7 +358,7 @@ async def test_postgres_tables_columns_constraints_and_indexes(db: Db, sink: Sin
         "SELECT table_name, column_default FROM information_schema.columns"
         " WHERE table_schema = 'public' AND column_name IN ('created_at') ORDER BY 1"
     )
-    assert {d[1] for d in defaults} == {"now()"} and len(defaults) == 3
+    assert {d[1] for d in defaults} == {"now()"} and len(defaults) == 4
     constraints = db.query(
         "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint"
         " WHERE contype IN ('u', 'c') AND connamespace = 'public'::regnamespace ORDER BY 1, 2"
@@ -368,10 +369,16 @@ async def test_postgres_tables_columns_constraints_and_indexes(db: Db, sink: Sin
         ("option_prices", "CHECK (((option_type)::text = ANY ((ARRAY['CALL'::character varying, "
          "'PUT'::character varying])::text[])))"),
         ("option_prices", 'UNIQUE (ticker, "timestamp", option_type, strike_price, expiration_date)'),
+        ("stream_gaps", "CHECK (((cause)::text = ANY ((ARRAY['restart'::character varying, "
+         "'disconnect'::character varying, 'stale'::character varying, "
+         "'sink'::character varying])::text[])))"),
+        ("stream_gaps", "CHECK ((ended_at >= started_at))"),
+        ("stream_gaps", "UNIQUE (ticker, started_at)"),
     ]  # fmt: skip
     indexes = db.query("SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = 'public'")
     for table in ("equity_data", "indicators", "option_prices"):
         assert any(t == table and 'btree (ticker, "timestamp" DESC)' in d for t, d in indexes), table
+    assert any(t == "stream_gaps" and "btree (ticker, started_at DESC)" in d for t, d in indexes)
 
 
 @pytest.mark.parametrize("db", ["postgres"], indirect=True)

@@ -1,32 +1,47 @@
 """The contract every sink fulfils, and what every sink shares: the tables' keys and columns, the
-one classification of database errors (`classify_sqlstate`), and which rows cannot be stored at all
-(`unstorable`)."""
+one classification of database errors (`classify_sqlstate`), which rows cannot be stored at all
+(`unstorable`), and what a sink does without the optional `stream_gaps` table (`warn_no_gaps_table`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable
-from datetime import datetime
+from collections.abc import Callable, Hashable, Iterable
+from datetime import UTC, date, datetime
 from typing import Any, Literal, Protocol, TypeVar
 
-from streaming_service.models import Batch, OptionRow, TableRow
+import structlog
+
+from streaming_service.models import Batch, EquityRow, IndicatorRow, TableRow
 
 __all__ = [
+    "GAPS_MIGRATION",
+    "RECORDED_ROWS_SQL",
+    "REQUIRED_TABLES",
+    "ROUNDED_COLUMNS",
     "TABLE_COLUMNS",
     "UNIQUE_KEYS",
     "ErrorKind",
+    "RecordedRow",
     "Sink",
+    "check_window",
     "classify_sqlstate",
+    "column_values",
+    "encoded_values",
     "last_per_key",
-    "option_values",
+    "recorded_row",
     "unstorable",
+    "upsert_conflict",
+    "warn_no_gaps_table",
 ]
+
+log = structlog.get_logger(__name__)
 
 #: The UNIQUE key of each table: what every upsert conflicts on.
 UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
     "equity_data": ("ticker", "timestamp"),
     "indicators": ("ticker", "timestamp"),
     "option_prices": ("ticker", "timestamp", "option_type", "strike_price", "expiration_date"),
+    "stream_gaps": ("ticker", "started_at"),
 }
 #: The columns the service writes (besides `id` and `created_at`), per table.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -37,7 +52,32 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         *("last_price", "bid", "ask", "volume", "open_interest", "implied_volatility"),
         *("delta", "gamma", "theta", "vega", "option_symbol"),
     ),
+    "stream_gaps": (
+        *UNIQUE_KEYS["stream_gaps"],
+        *("ended_at", "cause", "equity_backfilled_rows", "volume_missing", "options_missed"),
+    ),
 }
+#: The tables the service cannot run without. `stream_gaps` is optional: a sink that finds it
+#: missing (and cannot create it) warns once and drops gap rows (`gaps_dropped`).
+REQUIRED_TABLES = ("equity_data", "indicators", "option_prices")
+#: The migration that creates `stream_gaps`, for messages telling what to apply.
+GAPS_MIGRATION = "supabase/migrations/20251120000000_create_stream_gaps_table.sql"
+#: Columns the sinks round to the Postgres column's scale themselves (DECIMAL(10, 2)), where the
+#: database would not (SQLite) or before JSON carries them (Supabase).
+ROUNDED_COLUMNS: dict[str, dict[str, int]] = {
+    "equity_data": {"price": 2},
+    "indicators": {"sma9": 2, "vwap": 2},
+}
+
+#: What `Sink.recorded_rows` returns, per row: the equity row and its indicators row (None if absent).
+RecordedRow = tuple[EquityRow, IndicatorRow | None]
+#: `recorded_rows` in SQL (parameters: ticker, since, until): the values `recorded_row` takes.
+RECORDED_ROWS_SQL = """
+SELECT e.timestamp, e.price, e.volume, i.id IS NOT NULL, i.sma9, i.vwap
+FROM equity_data e LEFT JOIN indicators i ON i.ticker = e.ticker AND i.timestamp = e.timestamp
+WHERE e.ticker = %s AND e.timestamp >= %s AND e.timestamp < %s
+ORDER BY e.timestamp
+"""
 
 
 ErrorKind = Literal["bad_rows", "unavailable", "rejected"]
@@ -63,11 +103,12 @@ def classify_sqlstate(code: str) -> ErrorKind:
 
 
 def unstorable(row: TableRow) -> tuple[str, str] | None:
-    """(code, message) if no database should be sent `row`: a NaN or infinite number
-    (`non-finite`), or a timestamp without a timezone (`naive-timestamp`); else None."""
-    ts: datetime = row.timestamp
-    if ts.tzinfo is None or ts.utcoffset() is None:
-        return "naive-timestamp", f"timestamp {ts.isoformat()} has no timezone; rows must be aware UTC"
+    """(code, message) if no database should be sent `row`: a datetime field without a timezone
+    (`naive-timestamp`), or a NaN or infinite number (`non-finite`); else None."""
+    for name in row.__slots__:
+        value = getattr(row, name)
+        if isinstance(value, datetime) and _naive(value):
+            return "naive-timestamp", f"{name} {value.isoformat()} has no timezone; rows must be aware UTC"
     for name in row.__slots__:
         value = getattr(row, name)
         if isinstance(value, float) and not math.isfinite(value):
@@ -75,12 +116,52 @@ def unstorable(row: TableRow) -> tuple[str, str] | None:
     return None
 
 
+def check_window(since: datetime, until: datetime) -> None:
+    """Raise `ValueError` unless both bounds of a `recorded_rows` window are timezone-aware."""
+    for name, value in (("since", since), ("until", until)):
+        if _naive(value):
+            raise ValueError(f"{name} {value.isoformat()} has no timezone; pass aware UTC datetimes")
+
+
+def recorded_row(
+    ticker: str, timestamp: datetime, price: Any, volume: Any, indicators: bool, sma9: Any, vwap: Any
+) -> RecordedRow:
+    """One `recorded_rows` item from a database's values (numbers as Decimal, float or int; an
+    aware `timestamp`, returned in UTC); `indicators` false: no indicators row (None)."""
+    ts = timestamp.astimezone(UTC)
+    equity = EquityRow(ticker, ts, float(price), int(volume))
+    if not indicators:
+        return equity, None
+    return equity, IndicatorRow(ticker, ts, _float(sma9), _float(vwap))
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _naive(value: datetime) -> bool:
+    return value.tzinfo is None or value.utcoffset() is None
+
+
+def warn_no_gaps_table(sink: str, reason: str) -> None:
+    """Log, once per sink start, that `stream_gaps` is missing and gap rows will be dropped."""
+    log.warning(
+        "stream_gaps table missing: gap rows will be dropped; the other tables are written",
+        sink=sink,
+        reason=reason,
+        fix=f"apply {GAPS_MIGRATION} (Supabase: `supabase db push`, or paste the file into the SQL "
+        "editor), then restart the service",
+    )
+
+
 class Sink(Protocol):
     """Somewhere rows are stored.
 
-    - `open()` connects and makes sure the three tables exist (creating them only where the sink owns
-      the schema); raises `SinkUnavailable` if the database cannot be reached, `SinkRejected` if it can
-      be reached but not used (bad credentials, wrong schema, an unwritable dead-letter file).
+    - `open()` connects and makes sure the three required tables exist (creating them only where the
+      sink owns the schema), and `stream_gaps` if it can: without it the sink warns once
+      (`warn_no_gaps_table`), writes the other tables and drops gap rows. Raises `SinkUnavailable`
+      if the database cannot be reached, `SinkRejected` if it can be reached but not used (bad
+      credentials, wrong schema, an unwritable dead-letter file).
     - `write(batch)` stores the batch's rows as upserts on each table's UNIQUE key: replaying a batch
       changes nothing. It never raises because of the data: a row the database refuses (SQLSTATE class
       22 or 23, or 21000; a CHECK or NOT NULL failure), or that cannot be stored at all (NaN, infinity,
@@ -90,11 +171,17 @@ class Sink(Protocol):
       `retry_after` set when the server said how long to wait), and `SinkRejected` when retrying
       cannot help (credentials, permissions, a missing table or column): the service stops.
       After either, the batch is to be written again whole; rows it already committed are upserts.
+    - `recorded_rows(ticker, since, until)` reads back what was recorded: the `equity_data` rows of
+      `ticker` with `since <= timestamp < until` (aware datetimes, else `ValueError`), ascending by
+      timestamp, each paired with the `indicators` row of the same key or None. Values as stored:
+      aware UTC timestamps, floats (rounded to the columns' scale), int volumes. Raises
+      `SinkUnavailable` / `SinkRejected` as `write` does. Reads only; safe to cancel.
     - `aclose()` releases connections; idempotent.
     - `name` is a short label for logs and the status line; it never contains credentials.
 
     The sinks of this package also have `dead_letters` (a `DeadLetters`): `dead_letters.count` is how
-    many refused rows they have written to the dead-letter file (not part of the protocol).
+    many refused rows they have written to the dead-letter file, and `gaps_dropped`: how many gap
+    rows they dropped for want of the `stream_gaps` table (not part of the protocol).
     """
 
     name: str
@@ -103,17 +190,40 @@ class Sink(Protocol):
 
     async def write(self, batch: Batch) -> None: ...
 
+    async def recorded_rows(self, ticker: str, since: datetime, until: datetime) -> list[RecordedRow]: ...
+
     async def aclose(self) -> None: ...
 
 
-def option_values(row: OptionRow) -> tuple[Any, ...]:
-    """The row's values in `TABLE_COLUMNS["option_prices"]` order (`timestamp` a datetime,
-    `expiration_date` a date), unchecked: `unstorable(row)` is what refuses NaN and infinity."""
-    return (
-        row.ticker, row.timestamp, row.option_type, row.strike_price, row.expiration_date,
-        row.last_price, row.bid, row.ask, row.volume, row.open_interest, row.implied_volatility,
-        row.delta, row.gamma, row.theta, row.vega, row.option_symbol,
-    )  # fmt: skip
+def column_values(table: str, row: TableRow) -> tuple[Any, ...]:
+    """The row's values in `TABLE_COLUMNS[table]` order (the models' fields are named after the
+    columns), as the model holds them: datetimes, dates, None; unchecked: `unstorable(row)` is what
+    refuses NaN, infinity and naive timestamps."""
+    return tuple(getattr(row, column) for column in TABLE_COLUMNS[table])
+
+
+def encoded_values(table: str, row: TableRow, timestamp: Callable[[datetime], str]) -> tuple[Any, ...]:
+    """`column_values` for a database that takes text for times (SQLite, JSON): datetimes as
+    `timestamp(value)`, dates ISO, the `ROUNDED_COLUMNS` rounded."""
+    scales = ROUNDED_COLUMNS.get(table, {})
+    values = []
+    for column, value in zip(TABLE_COLUMNS[table], column_values(table, row), strict=True):
+        if isinstance(value, datetime):
+            value = timestamp(value)
+        elif isinstance(value, date):
+            value = value.isoformat()
+        elif value is not None and column in scales:
+            value = round(value, scales[column])
+        values.append(value)
+    return tuple(values)
+
+
+def upsert_conflict(table: str) -> str:
+    """`ON CONFLICT (<UNIQUE key>) DO UPDATE SET` every other column from EXCLUDED (Postgres and
+    SQLite spell it alike)."""
+    key = UNIQUE_KEYS[table]
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in TABLE_COLUMNS[table] if c not in key)
+    return f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
 
 
 class _Keyed(Protocol):

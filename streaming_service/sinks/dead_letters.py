@@ -64,7 +64,8 @@ def split_storable(batch: Batch) -> tuple[dict[str, list[TableRow]], list[Refuse
     storable: dict[str, list[TableRow]] = {}
     refused: list[Refused] = []
     tables: tuple[tuple[str, tuple[TableRow, ...]], ...] = (
-        ("equity_data", batch.equity), ("indicators", batch.indicators), ("option_prices", batch.options)
+        ("equity_data", batch.equity), ("indicators", batch.indicators), ("option_prices", batch.options),
+        ("stream_gaps", batch.gaps),
     )  # fmt: skip
     for table, rows in tables:
         for row in last_per_key(rows):

@@ -13,12 +13,17 @@ classification the Supabase sink applies to PostgREST's codes):
 - credentials, privileges, a missing table or column (classes 28 and 42, 3D000, …) →
   `SinkRejected`, with the SQLSTATE and the server's message.
 
+A missing table is created at `open()` by applying the migrations. If `stream_gaps` alone is
+missing and the migrations cannot create it (the user does not own the tables), the sink warns
+once, writes the other tables and drops gap rows (`gaps_dropped`).
+
 Names and messages never contain the password.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,42 +31,45 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from streaming_service.errors import ConfigError, SinkRejected, SinkUnavailable
-from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow, TableRow
+from streaming_service.models import Batch, TableRow
 from streaming_service.sinks.base import (
+    RECORDED_ROWS_SQL,
+    REQUIRED_TABLES,
     TABLE_COLUMNS,
-    UNIQUE_KEYS,
+    RecordedRow,
+    check_window,
     classify_sqlstate,
-    option_values,
+    column_values,
+    recorded_row,
+    upsert_conflict,
+    warn_no_gaps_table,
 )
 from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values, split_storable
 
 __all__ = ["PostgresSink", "migrations_dir"]
 
-_TABLES = ("equity_data", "indicators", "option_prices")
+#: The Postgres type of each column of `TABLE_COLUMNS`, for the arrays an upsert unnests.
+_COLUMN_TYPES: dict[str, tuple[str, ...]] = {
+    "equity_data": ("varchar", "timestamptz", "numeric", "bigint"),
+    "indicators": ("varchar", "timestamptz", "numeric", "numeric"),
+    "option_prices": (
+        "varchar", "timestamptz", "varchar", "numeric", "date", "numeric", "numeric", "numeric",
+        "bigint", "bigint", "numeric", "numeric", "numeric", "numeric", "numeric", "varchar",
+    ),
+    "stream_gaps": ("varchar", "timestamptz", "timestamptz", "varchar", "integer", "bigint", "boolean"),
+}  # fmt: skip
 
-_UPSERT_EQUITY = """
-INSERT INTO equity_data (ticker, timestamp, price, volume)
-SELECT * FROM unnest(%s::varchar[], %s::timestamptz[], %s::numeric[], %s::bigint[])
-ON CONFLICT (ticker, timestamp) DO UPDATE SET price = EXCLUDED.price, volume = EXCLUDED.volume
-"""
 
-_UPSERT_INDICATORS = """
-INSERT INTO indicators (ticker, timestamp, sma9, vwap)
-SELECT * FROM unnest(%s::varchar[], %s::timestamptz[], %s::numeric[], %s::numeric[])
-ON CONFLICT (ticker, timestamp) DO UPDATE SET sma9 = EXCLUDED.sma9, vwap = EXCLUDED.vwap
-"""
+def _upsert_sql(table: str) -> str:
+    """INSERT of one array per column (unnest), updating the non-key columns on the UNIQUE key."""
+    return (
+        f"INSERT INTO {table} ({', '.join(TABLE_COLUMNS[table])})\n"
+        f"SELECT * FROM unnest({', '.join(f'%s::{t}[]' for t in _COLUMN_TYPES[table])})\n"
+        + upsert_conflict(table)
+    )
 
-_OPTION_TYPES = (
-    "varchar", "timestamptz", "varchar", "numeric", "date", "numeric", "numeric", "numeric", "bigint",
-    "bigint", "numeric", "numeric", "numeric", "numeric", "numeric", "varchar",
-)  # fmt: skip
-_OPTION_COLUMNS = TABLE_COLUMNS["option_prices"]
-_UPSERT_OPTIONS = f"""
-INSERT INTO option_prices ({", ".join(_OPTION_COLUMNS)})
-SELECT * FROM unnest({", ".join(f"%s::{t}[]" for t in _OPTION_TYPES)})
-ON CONFLICT ({", ".join(UNIQUE_KEYS["option_prices"])}) DO UPDATE SET
-{", ".join(f"{c} = EXCLUDED.{c}" for c in _OPTION_COLUMNS[5:])}
-"""
+
+_UPSERTS = {table: _upsert_sql(table) for table in TABLE_COLUMNS}
 
 _MISSING_TABLES = "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass('public.' || t) IS NULL"
 
@@ -116,6 +124,9 @@ class PostgresSink:
         self.dead_letters = DeadLetters(dead_letter_path)
         #: Round trips to the server made by `write` (a cost measure for benchmarks and tests).
         self.round_trips = 0
+        #: Gap rows dropped because `stream_gaps` is missing and could not be created.
+        self.gaps_dropped = 0
+        self._gaps_table = True
         self._dsn = dsn
         self._timeout = timeout
         self._conn: _Connection | None = None
@@ -127,7 +138,8 @@ class PostgresSink:
 
         Each migration file runs in its own transaction, in filename order; they are written to be
         safe to re-run. Idempotent. Raises `SinkUnavailable` if the server cannot be reached (or
-        times out), `SinkRejected` if it refuses the login, a migration fails or the dead-letter
+        times out), `SinkRejected` if it refuses the login, a migration fails (unless only
+        `stream_gaps` was missing: then a warning, and gap rows are dropped) or the dead-letter
         file cannot be written.
         """
         if self._closed:
@@ -135,15 +147,25 @@ class PostgresSink:
         await self.dead_letters.check()
         conn = await self._connection()
         try:
-            if await self._missing_tables(conn):
-                await self._apply_migrations(conn)
-                if missing := await self._missing_tables(conn):
+            if missing := await self._missing_tables(conn):
+                failure = ""
+                try:
+                    await self._apply_migrations(conn)
+                except SinkRejected as exc:
+                    if missing != ["stream_gaps"]:
+                        raise
+                    failure = str(exc)
+                missing = await self._missing_tables(conn)
+                if required := [t for t in missing if t in REQUIRED_TABLES]:
                     raise SinkRejected(
-                        f"{self.name}: tables {', '.join(missing)} are still missing after "
+                        f"{self.name}: tables {', '.join(required)} are still missing after "
                         f"applying the migrations in {migrations_dir()}"
                     )
         except psycopg.Error as exc:
             raise await self._fail(exc, "checking the tables") from exc
+        self._gaps_table = "stream_gaps" not in missing
+        if not self._gaps_table:
+            warn_no_gaps_table(self.name, failure or f"not created by the migrations in {migrations_dir()}")
         self._opened = True
 
     async def write(self, batch: Batch) -> None:
@@ -166,9 +188,30 @@ class PostgresSink:
         if not len(batch):
             return
         tables, refused = split_storable(batch)
+        dropped = [] if self._gaps_table else tables.pop("stream_gaps", [])
         if tables:
             refused += await self._write_tables(list(tables.items()))
         await self.dead_letters.add(refused)
+        self.gaps_dropped += len(dropped)
+
+    async def recorded_rows(self, ticker: str, since: datetime, until: datetime) -> list[RecordedRow]:
+        """The `Sink.recorded_rows` contract, in one query (equity_data LEFT JOIN indicators).
+
+        Raises `ValueError` for naive bounds, `SinkUnavailable` (the next call reconnects) or
+        `SinkRejected`, and `RuntimeError` before `open()` or after `aclose()`."""
+        check_window(since, until)
+        if not self._opened or self._closed:
+            raise RuntimeError(f"{self.name}: recorded_rows() before open() or after aclose()")
+        conn = await self._connection()
+        try:
+            async with asyncio.timeout(self._timeout):
+                records = await (await conn.execute(RECORDED_ROWS_SQL, [ticker, since, until])).fetchall()
+        except (psycopg.Error, TimeoutError) as exc:
+            raise await self._fail(exc, "reading recorded rows") from exc
+        except BaseException:  # cancelled mid-query: the connection's state is unknown
+            await self._drop()
+            raise
+        return [recorded_row(ticker, *record) for record in records]
 
     async def _write_tables(self, tables: list[tuple[str, list[TableRow]]]) -> list[Refused]:
         """Commit `tables` in one transaction; return the rows the server refused."""
@@ -276,7 +319,7 @@ class PostgresSink:
         return self._conn
 
     async def _missing_tables(self, conn: _Connection) -> list[str]:
-        rows = await (await conn.execute(_MISSING_TABLES, [list(_TABLES)])).fetchall()
+        rows = await (await conn.execute(_MISSING_TABLES, [list(TABLE_COLUMNS)])).fetchall()
         return [str(row[0]) for row in rows]
 
     async def _apply_migrations(self, conn: _Connection) -> None:
@@ -337,35 +380,10 @@ def _refuses_rows(exc: psycopg.Error) -> bool:
     return exc.sqlstate is not None and classify_sqlstate(exc.sqlstate) == "bad_rows"
 
 
-def _upsert(table: str, rows: list[Any]) -> _Query:
-    if table == "equity_data":
-        return _UPSERT_EQUITY, _equity_columns(rows)
-    if table == "indicators":
-        return _UPSERT_INDICATORS, _indicator_columns(rows)
-    return _UPSERT_OPTIONS, _option_columns(rows)
-
-
-def _equity_columns(rows: list[EquityRow]) -> list[Any]:
-    return [
-        [row.ticker for row in rows],
-        [row.timestamp for row in rows],
-        [row.price for row in rows],
-        [row.volume for row in rows],
-    ]
-
-
-def _indicator_columns(rows: list[IndicatorRow]) -> list[Any]:
-    return [
-        [row.ticker for row in rows],
-        [row.timestamp for row in rows],
-        [row.sma9 for row in rows],
-        [row.vwap for row in rows],
-    ]
-
-
-def _option_columns(rows: list[OptionRow]) -> list[Any]:
-    records = [option_values(row) for row in rows]  # unstorable() ran before
-    return [list(column) for column in zip(*records, strict=True)]
+def _upsert(table: str, rows: list[TableRow]) -> _Query:
+    """The table's upsert with one array per column (`unstorable` ran before)."""
+    records = [column_values(table, row) for row in rows]
+    return _UPSERTS[table], [list(column) for column in zip(*records, strict=True)]
 
 
 def _oneline(exc: BaseException) -> str:

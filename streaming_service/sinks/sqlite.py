@@ -1,6 +1,6 @@
 """Embedded SQLite sink: the default for demos and single-box use, no server needed.
 
-The three tables mirror the Postgres schema (same names, columns and UNIQUE keys). SQLite has no
+The four tables mirror the Postgres schema (same names, columns, UNIQUE keys and CHECKs). SQLite has no
 TIMESTAMPTZ or DECIMAL, so timestamps are ISO-8601 UTC text with milliseconds
 ('2026-11-24T14:30:00.123+00:00', which sorts chronologically) and numbers are REAL/INTEGER;
 equity and indicator values are rounded to the Postgres columns' scale before writing, and
@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from streaming_service.errors import SinkRejected, SinkUnavailable
-from streaming_service.models import Batch
+from streaming_service.models import Batch, TableRow
 from streaming_service.sinks.base import (
+    RECORDED_ROWS_SQL,
     TABLE_COLUMNS,
-    UNIQUE_KEYS,
-    option_values,
+    RecordedRow,
+    check_window,
+    encoded_values,
+    recorded_row,
+    upsert_conflict,
 )
 from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values, split_storable
 from streaming_service.sqlite_file import SqliteFile
@@ -83,30 +87,33 @@ CREATE TABLE IF NOT EXISTS option_prices (
     created_at TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')),
     UNIQUE (ticker, timestamp, option_type, strike_price, expiration_date)
 );
+CREATE TABLE IF NOT EXISTS stream_gaps (
+    id INTEGER PRIMARY KEY,
+    ticker TEXT NOT NULL CHECK (length(ticker) <= 10),
+    started_at TEXT NOT NULL,
+    ended_at TEXT NOT NULL,
+    cause TEXT NOT NULL CHECK (cause IN ('restart', 'disconnect', 'stale', 'sink')),
+    equity_backfilled_rows INTEGER NOT NULL DEFAULT 0
+        CHECK (equity_backfilled_rows BETWEEN -2147483648 AND 2147483647),
+    volume_missing INTEGER,
+    options_missed INTEGER NOT NULL DEFAULT 0 CHECK (options_missed IN (0, 1)),
+    created_at TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')),
+    UNIQUE (ticker, started_at),
+    CHECK (ended_at >= started_at)
+);
 CREATE INDEX IF NOT EXISTS idx_equity_data_ticker_timestamp ON equity_data (ticker, timestamp DESC);
 CREATE INDEX IF NOT EXISTS idx_indicators_ticker_timestamp ON indicators (ticker, timestamp DESC);
 CREATE INDEX IF NOT EXISTS idx_option_prices_ticker_timestamp
     ON option_prices (ticker, timestamp DESC);
+CREATE INDEX IF NOT EXISTS idx_stream_gaps_ticker_started_at ON stream_gaps (ticker, started_at DESC);
 """
 
-_UPSERT_EQUITY = """
-INSERT INTO equity_data (ticker, timestamp, price, volume) VALUES (?, ?, ?, ?)
-ON CONFLICT (ticker, timestamp) DO UPDATE SET price = excluded.price, volume = excluded.volume
-"""
-
-_UPSERT_INDICATORS = """
-INSERT INTO indicators (ticker, timestamp, sma9, vwap) VALUES (?, ?, ?, ?)
-ON CONFLICT (ticker, timestamp) DO UPDATE SET sma9 = excluded.sma9, vwap = excluded.vwap
-"""
-
-_UPSERT_OPTIONS = f"""
-INSERT INTO option_prices ({", ".join(TABLE_COLUMNS["option_prices"])})
-VALUES ({", ".join("?" * len(TABLE_COLUMNS["option_prices"]))})
-ON CONFLICT ({", ".join(UNIQUE_KEYS["option_prices"])}) DO UPDATE SET
-{", ".join(f"{c} = excluded.{c}" for c in TABLE_COLUMNS["option_prices"][5:])}
-"""
-
-_PRICE_SCALE = 2  # DECIMAL(10, 2) in the Postgres schema
+_UPSERTS = {
+    table: f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+    + upsert_conflict(table)
+    for table, columns in TABLE_COLUMNS.items()
+}
+_RECORDED = RECORDED_ROWS_SQL.replace("%s", "?")
 
 
 def iso_utc(ts: datetime) -> str:
@@ -119,22 +126,16 @@ def iso_utc(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
-def _scaled(value: float | None) -> float | None:
-    """Round to the Postgres columns' scale."""
-    return None if value is None else round(value, _PRICE_SCALE)
-
-
-def _record(table: str, row: Any) -> tuple[Any, ...]:
+def _record(table: str, row: TableRow) -> tuple[Any, ...]:
     """The row's parameters for its table's upsert (`unstorable(row)` must be None)."""
-    if table == "equity_data":
-        return (row.ticker, iso_utc(row.timestamp), _scaled(row.price), row.volume)
-    if table == "indicators":
-        return (row.ticker, iso_utc(row.timestamp), _scaled(row.sma9), _scaled(row.vwap))
-    values = option_values(row)
-    return (values[0], iso_utc(values[1]), *values[2:4], values[4].isoformat(), *values[5:])
+    return encoded_values(table, row, iso_utc)
 
 
-_UPSERTS = {"equity_data": _UPSERT_EQUITY, "indicators": _UPSERT_INDICATORS, "option_prices": _UPSERT_OPTIONS}
+def _bound(ts: datetime) -> str:
+    """`ts` as stored, rounded up to the millisecond: a stored (millisecond) time t is >= ts, or
+    < ts, exactly when it is so compared with this."""
+    extra = ts.microsecond % 1000
+    return iso_utc(ts + timedelta(microseconds=1000 - extra) if extra else ts)
 
 
 class SQLiteSink:
@@ -153,6 +154,8 @@ class SQLiteSink:
         self.dead_letters = DeadLetters(dead_letter_path)
         self._file = SqliteFile(self.path, _SCHEMA, busy_timeout=busy_timeout)
         self._closed = False
+        #: Always 0: `open()` creates `stream_gaps` like the other tables.
+        self.gaps_dropped = 0
 
     async def open(self) -> None:
         """Create the parent directory, the file and the tables (if missing). Idempotent.
@@ -186,6 +189,17 @@ class SQLiteSink:
         ]
         await self.dead_letters.add(refused)
 
+    async def recorded_rows(self, ticker: str, since: datetime, until: datetime) -> list[RecordedRow]:
+        """The `Sink.recorded_rows` contract, in one query (equity_data LEFT JOIN indicators); prices
+        as stored (rounded to cents). Raises `ValueError` for naive bounds, `SinkUnavailable`
+        (locked), `SinkRejected`, and `RuntimeError` before `open()` or after `aclose()`."""
+        check_window(since, until)
+        if not self._file.is_open or self._closed:
+            raise RuntimeError(f"{self.name}: recorded_rows() before open() or after aclose()")
+        params = (ticker, _bound(since), _bound(until))
+        records = await self._mapped(self._file.call(_fetch_all, _RECORDED, params))
+        return [recorded_row(ticker, datetime.fromisoformat(ts), *rest) for ts, *rest in records]
+
     async def aclose(self) -> None:
         """Close the database file; idempotent."""
         self._closed = True
@@ -207,6 +221,10 @@ class SQLiteSink:
             raise SinkRejected(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         except OSError as exc:
             raise SinkRejected(f"{self.name}: cannot create the database file: {exc}") from exc
+
+
+def _fetch_all(conn: sqlite3.Connection, query: str, params: tuple[Any, ...]) -> list[Any]:
+    return conn.execute(query, params).fetchall()
 
 
 def _write_tables(

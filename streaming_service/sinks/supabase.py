@@ -9,7 +9,8 @@ gives supabase-py keeps the last failed answer (one request at a time per sink).
 
 - 401/403 → `SinkRejected` naming SUPABASE_SERVICE_ROLE_KEY (also the gateway's
   `{"message":"Invalid API key"}`, which has no code);
-- 404, or a PGRST2xx code (unknown table or column) → `SinkRejected` saying to apply the migrations;
+- 404, or a PGRST2xx code (unknown table or column) → `SinkRejected` saying to apply the migrations
+  (`TableMissing` when the table does not exist);
 - 408, 429, 5xx, network errors, timeouts → `SinkUnavailable`, with `retry_after` from a
   `Retry-After` header (seconds or an HTTP date): the batcher retries the batch. Tables of that
   batch already written are not sent again;
@@ -18,6 +19,15 @@ gives supabase-py keeps the last failed answer (one request at a time per sink).
   dead-letter file (`sinks.dead_letters`) once. Rows with NaN, infinity or a naive timestamp are
   dead-lettered without a request;
 - any other refusal (42xxx, PGRST1xx, …) → `SinkRejected`.
+
+The sink does not own the schema: a project without `stream_gaps` (its migration not applied) gets
+one warning, at `open()` or at the first gap row, and its gap rows are dropped (`gaps_dropped`)
+while the other tables are written.
+
+`recorded_rows` reads with GETs (`ticker=eq.`, `timestamp=gte./lt.`, `order=timestamp.asc`,
+`limit`), a page at a time: each next page starts after the last timestamp seen (keyset), and
+reading stops at an empty page, so a server whose max-rows cap is below the page size (which
+makes a full page look short) still gives every row.
 
 The key never appears in names, logs or reprs.
 """
@@ -38,20 +48,24 @@ from urllib.parse import urlsplit
 import httpx
 
 from streaming_service.errors import SinkRejected, SinkUnavailable
-from streaming_service.models import Batch, EquityRow, IndicatorRow, OptionRow, TableRow
+from streaming_service.models import Batch, TableRow
 from streaming_service.sinks.base import (
     TABLE_COLUMNS,
     UNIQUE_KEYS,
     ErrorKind,
+    RecordedRow,
+    check_window,
     classify_sqlstate,
-    option_values,
+    encoded_values,
+    recorded_row,
+    warn_no_gaps_table,
 )
 from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values, split_storable
 
 if TYPE_CHECKING:
     from supabase import AsyncClient
 
-__all__ = ["AUTH_CODES", "Answer", "BadRows", "SupabaseSink", "classify_answer"]
+__all__ = ["AUTH_CODES", "Answer", "BadRows", "SupabaseSink", "TableMissing", "classify_answer"]
 
 _KEY_HELP = (
     "check SUPABASE_SERVICE_ROLE_KEY: it must be the project's service_role key "
@@ -64,6 +78,8 @@ _SCHEMA_HELP = (
 _URL_HELP = "check SUPABASE_URL (https://<project>.supabase.co) and apply supabase/migrations"
 #: Codes meaning the key may not do this: permission denied, bad JWT, HTTP 401/403.
 AUTH_CODES = frozenset({"42501", "PGRST301", "PGRST302", "401", "403"})
+#: Codes meaning the table does not exist (PostgREST's schema cache; Postgres).
+_NO_TABLE_CODES = frozenset({"PGRST205", "42P01"})
 
 Row = dict[str, Any]
 
@@ -153,12 +169,20 @@ class BadRows(Exception):
         self.code, self.message = code, message
 
 
+class TableMissing(SinkRejected):
+    """The project has no such table (PGRST205 or 42P01): its migration was not applied."""
+
+
 class SupabaseSink:
     """Writes batches to a Supabase project's tables over REST. See the module docstring.
 
     `timeout` bounds each request, in seconds. `dead_letter_path` is the dead-letter file
-    (None: `data/dead_letters.jsonl`); `dead_letters.count` counts the rows written there.
+    (None: `data/dead_letters.jsonl`); `dead_letters.count` counts the rows written there;
+    `gaps_dropped` the gap rows dropped for want of `stream_gaps`. `page_size` is how many rows
+    `recorded_rows` asks for per request.
     """
+
+    page_size = 1000
 
     def __init__(
         self, url: str, key: str, *, dead_letter_path: Path | None = None, timeout: float = 10.0
@@ -172,17 +196,25 @@ class SupabaseSink:
         self._session: httpx.AsyncClient | None = None
         self._failed: httpx.Response | None = None  # the last failed answer (see _keep_failed)
         self._retrying: tuple[Batch, set[str]] | None = None  # a batch being retried, tables done
+        self._gaps_table = True  # False once stream_gaps was found missing
+        self.gaps_dropped = 0
 
     def __repr__(self) -> str:
         return f"SupabaseSink({self.name!r})"
 
     async def open(self) -> None:
         """Create the client and check that the tables and columns exist, and that the dead-letter
-        file can be written. Raises `SinkError`s."""
+        file can be written. Raises `SinkError`s; a missing `stream_gaps` only warns (see the
+        module docstring)."""
         await self.dead_letters.check()
         client = await self.connect()
         for table, columns in TABLE_COLUMNS.items():
-            await self.request(table, client.table(table).select(",".join(columns)).limit(1))
+            try:
+                await self.request(table, client.table(table).select(",".join(columns)).limit(1))
+            except TableMissing as exc:
+                if table != "stream_gaps":
+                    raise
+                self._no_gaps_table(exc)
 
     async def write(self, batch: Batch) -> None:
         """Upsert the batch, one request per table; see the module docstring for errors."""
@@ -193,10 +225,32 @@ class SupabaseSink:
         await self.dead_letters.add(unstorable)
         for table, models in tables.items():
             if table not in done:
-                refused = await self._bisect(table, [(model, _ROW[table](model)) for model in models])
-                await self.dead_letters.add(refused)  # before the table counts as done
+                await self.dead_letters.add(await self._write_table(table, models))  # before `done`
                 done.add(table)
         self._retrying = None
+
+    async def recorded_rows(self, ticker: str, since: datetime, until: datetime) -> list[RecordedRow]:
+        """The `Sink.recorded_rows` contract: equity_data and indicators read a page at a time (see
+        the module docstring) and joined here. Raises `ValueError` for naive bounds,
+        `SinkUnavailable` or `SinkRejected` (a refused filter value too)."""
+        check_window(since, until)
+        equity = await self._select_window("equity_data", ("price", "volume"), ticker, since, until)
+        indicators = {
+            datetime.fromisoformat(row["timestamp"]): row
+            for row in await self._select_window("indicators", ("sma9", "vwap"), ticker, since, until)
+        }
+        recorded = []
+        for row in equity:
+            ts = datetime.fromisoformat(row["timestamp"])
+            found = indicators.get(ts)
+            values = found or {}
+            recorded.append(
+                recorded_row(
+                    ticker, ts, row["price"], row["volume"], found is not None, values.get("sma9"),
+                    values.get("vwap"),
+                )
+            )  # fmt: skip
+        return recorded
 
     async def aclose(self) -> None:
         session, self._session, self._client = self._session, None, None
@@ -232,6 +286,53 @@ class SupabaseSink:
             await response.aread()
             self._failed = response
 
+    def _no_gaps_table(self, exc: TableMissing) -> None:
+        if self._gaps_table:
+            self._gaps_table = False
+            warn_no_gaps_table(self.name, str(exc).partition("; ")[0])
+
+    async def _write_table(self, table: str, models: list[TableRow]) -> list[Refused]:
+        """Upsert one table's rows; return those refused. Gap rows are dropped (and counted) if
+        `stream_gaps` is missing."""
+        if table != "stream_gaps" or self._gaps_table:
+            try:
+                return await self._bisect(table, [(model, _row(table, model)) for model in models])
+            except TableMissing as exc:
+                if table != "stream_gaps":
+                    raise
+                self._no_gaps_table(exc)
+        self.gaps_dropped += len(models)
+        return []
+
+    async def _select_window(
+        self, table: str, columns: tuple[str, ...], ticker: str, since: datetime, until: datetime
+    ) -> list[Row]:
+        """`table`'s rows of `ticker` with since <= timestamp < until, ascending, with `timestamp`
+        and `columns`: keyset pages of `page_size` until an empty one."""
+        client = await self.connect()
+        rows: list[Row] = []
+        while True:
+            request = (
+                client.table(table)
+                .select(",".join(("timestamp", *columns)))
+                .eq("ticker", ticker)
+                .lt("timestamp", until.isoformat())
+                .order("timestamp")
+                .limit(self.page_size)
+            )
+            if rows:
+                request = request.gt("timestamp", rows[-1]["timestamp"])
+            else:
+                request = request.gte("timestamp", since.isoformat())
+            try:
+                page: list[Row] = (await self.request(table, request)).data
+            except BadRows as exc:
+                reason = f"reading refused: [{exc.code}] {exc.message}"
+                raise SinkRejected(f"{self.name}: {table}: {reason}") from None
+            if not page:
+                return rows
+            rows += page
+
     async def _bisect(self, table: str, rows: list[tuple[TableRow, Row]]) -> list[Refused]:
         """Upsert `rows` (not empty), halving on `BadRows` until the refused rows are isolated;
         return them."""
@@ -250,14 +351,16 @@ class SupabaseSink:
             return await self._bisect(table, rows[:middle]) + await self._bisect(table, rows[middle:])
         return []
 
-    async def request(self, table: str, request: Any) -> None:
+    async def request(self, table: str, request: Any) -> Any:
         """Send one request (a supabase-py request builder for `table`) through the one error
-        mapping; raise `BadRows`, `SinkUnavailable` or `SinkRejected` if it failed."""
+        mapping and return its answer (an `APIResponse`: `.data` holds a select's rows); raise
+        `BadRows`, `SinkUnavailable` or `SinkRejected` (`TableMissing` for an unknown table) if it
+        failed."""
         from postgrest import APIError
 
         self._failed = None
         try:
-            await request.execute()
+            return await request.execute()
         except APIError as exc:
             failed, self._failed = self._failed, None
             if failed is not None:
@@ -270,36 +373,14 @@ class SupabaseSink:
                 raise SinkUnavailable(
                     f"{self.name}: {table}: {answer.message}", retry_after=answer.retry_after
                 ) from None
-            raise SinkRejected(f"{self.name}: {table}: {answer.message}; {answer.fix}") from None
+            rejected = TableMissing if answer.code in _NO_TABLE_CODES else SinkRejected
+            raise rejected(f"{self.name}: {table}: {answer.message}; {answer.fix}") from None
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise SinkUnavailable(f"{self.name}: {table}: {reason}") from None
 
 
-def _equity(row: EquityRow) -> Row:
-    return {
-        "ticker": row.ticker,
-        "timestamp": row.timestamp.isoformat(),
-        "price": round(row.price, 2),
-        "volume": row.volume,
-    }
-
-
-def _indicator(row: IndicatorRow) -> Row:
-    return {
-        "ticker": row.ticker,
-        "timestamp": row.timestamp.isoformat(),
-        "sma9": None if row.sma9 is None else round(row.sma9, 2),
-        "vwap": None if row.vwap is None else round(row.vwap, 2),
-    }
-
-
-def _option(row: OptionRow) -> Row:
-    values = option_values(row)  # non-finite values were dead-lettered by split_storable
-    record = dict(zip(TABLE_COLUMNS["option_prices"], values, strict=True))
-    record["timestamp"] = row.timestamp.isoformat()
-    record["expiration_date"] = row.expiration_date.isoformat()
-    return record
-
-
-_ROW: dict[str, Any] = {"equity_data": _equity, "indicators": _indicator, "option_prices": _option}
+def _row(table: str, model: TableRow) -> Row:
+    """The row's JSON object: timestamps and dates ISO, prices rounded to the columns' scale
+    (non-finite values were dead-lettered by split_storable)."""
+    return dict(zip(TABLE_COLUMNS[table], encoded_values(table, model, datetime.isoformat), strict=True))
