@@ -105,6 +105,10 @@ class Continuity:
             log.info("no checkpoint to resume: starting cold", reason="none" if not saved else "unusable")
             return []
         until = int(saved["receiving_until_ms"])
+        if until > self._now() * 1000:
+            log.warning("the checkpoint is from the future (was the clock changed?): starting cold",
+                        receiving_until=_iso(until))  # fmt: skip
+            return []
         resumed = []
         for ticker, state in (saved.get("tickers") or {}).items():
             builder = self._pipeline.builders.get(ticker)

@@ -29,12 +29,15 @@ import structlog
 
 from streaming_service.batcher import Batcher
 from streaming_service.config import Settings
+from streaming_service.continuity import Continuity
 from streaming_service.errors import AuthError
 from streaming_service.market_hours import CalendarUnavailable, MarketHours
 from streaming_service.models import Tick
 from streaming_service.pipeline import Pipeline
 from streaming_service.sinks.base import Sink
+from streaming_service.sources.clock import exchange_clock
 from streaming_service.sources.options import OptionsTracker
+from streaming_service.sources.price_history import Candle, minute_candles
 from streaming_service.sources.schwab import SchwabStream
 from streaming_service.spool import Spool
 from streaming_service.token import TokenInfo, TokenWatcher, describe, read_token_info
@@ -119,6 +122,7 @@ class Service:
             interval=settings.batch_interval,
             spool=self.spool,
             drain=lambda: self.pipeline.drain(),
+            checkpoint=lambda: self.continuity.checkpoint(),
         )
         self.pipeline = Pipeline(
             settings.stream_ticker,
@@ -144,12 +148,27 @@ class Service:
             on_option=self.options.on_item if self.options else None,
             stale_after_s=settings.stale_seconds,
             max_volume_jump=settings.max_volume_jump,
+            before_subscribe=lambda: self.continuity.before_subscribe(),
+        )
+        self.continuity = Continuity(
+            self.pipeline,
+            self.stream.merger,
+            now=exchange_clock.get(),
+            receiving_until=lambda: self.stream.receiving_until_ms,
+            end_cause=lambda: self.stream.end_cause,
+            add_gap=self.batcher.add_gap,
+            fetch_candles=self._minute_candles,
+            recorded_rows=getattr(sink, "recorded_rows", None),
+            options_missed=settings.options_enabled,
         )
         self.reauth_needed = False
         self.stopping = False
         self.in_session: bool | None = None  # None: not gated by the calendar
         self._streaming_since: float | None = None  # start of the current streaming stretch
         self._rate_mark = (time.monotonic(), 0)
+
+    async def _minute_candles(self, symbol: str, start_ms: int, end_ms: int) -> list[Candle]:
+        return await minute_candles(self._client, symbol, start_ms, end_ms)
 
     def _on_tick(self, tick: Tick) -> None:
         self.pipeline.on_tick(tick)
@@ -162,6 +181,7 @@ class Service:
         Raises `SinkRejected` (the database refuses us), `AuthError` (expired login and no way to
         wait for a new one), `SpoolError` (the spool file cannot be used)."""
         left = await self.spool.open()
+        self.continuity.restore(self.spool.checkpoint)
         if left:
             log.info("rows from a previous run are in the spool; writing them first", rows=left)
         writer = asyncio.create_task(self.batcher.run(), name="writer")

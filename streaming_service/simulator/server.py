@@ -117,12 +117,16 @@ class SchwabSimulator:
             offset = (self._loop.time() - self._clock_started) * self.speed
         return self.market.open_ms / 1000 + offset
 
-    def start_clock(self) -> tuple[float, float]:
-        """Start the market clock now if no subscription has yet; return (wall time, market time)
-        of that moment, epoch seconds, so another process can follow the same clock."""
+    def start_clock(self, at_offset_s: float = 0.0) -> tuple[float, float]:
+        """Start the market clock now if no subscription has yet, `at_offset_s` simulated seconds
+        after the open (the market's events before that happen at once, to nobody: a service
+        started then finds a session under way); return (wall time, market time) of that moment,
+        epoch seconds, so another process can follow the same clock."""
         assert self._loop is not None, "start() first"
         if self._clock_started is None:
-            self._clock_started = self._loop.time()
+            self._clock_started = self._loop.time() - at_offset_s / self.speed
+            for event in self.market.events_until(at_offset_s):
+                self._current[event.symbol] = event
         return time.time(), self.clock()
 
     def _clock_ms(self) -> int:
