@@ -7,7 +7,10 @@ It speaks the subset supabase-py uses, as captured in shared/reference/supabase-
   json_to_recordset(body) ON CONFLICT (...) DO UPDATE|DO NOTHING` in one transaction (all or nothing);
   201, or 200 when merge-duplicates inserted no row. (`missing=default` is accepted and ignored:
   a key absent from a row inserts NULL.)
-- `GET /rest/v1/<table>?select=a,b&limit=n`: rows as a JSON array.
+- `GET /rest/v1/<table>?select=a,b&<column>=<op>.<value>&order=a.asc,b.desc&limit=n&offset=m`: rows
+  as a JSON array, the filters ANDed (`eq`, `neq`, `gt`, `gte`, `lt`, `lte`; a column may have
+  several), at most `max_rows` of them (PostgREST's `db-max-rows`; Supabase's default is 1000)
+  whatever `limit` asks for.
 
 Each request runs as the role named by the JWT in `Authorization: Bearer` (HS256, `JWT_SECRET`):
 the double logs in as `authenticator` and `SET LOCAL ROLE`s, so grants and RLS are Postgres's own.
@@ -39,6 +42,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 __all__ = ["JWT_SECRET", "Answer", "PostgrestDouble", "Recorded", "make_key"]
 
 JWT_SECRET = "test-secret-with-at-least-32-characters!!"
+#: Query parameters that are not filters.
+_NOT_FILTERS = frozenset({"select", "order", "limit", "offset", "on_conflict", "columns"})
+_OPERATORS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +107,14 @@ def status_for(sqlstate: str, role: str) -> int:
 
 class PostgrestDouble:
     """Serve the REST subset on 127.0.0.1 over the database at `dsn` (a superuser DSN; requests log
-    in as `authenticator` on the same server). Use as a context manager; `url` is the project URL."""
+    in as `authenticator` on the same server). Use as a context manager; `url` is the project URL.
+    `max_rows` caps the rows of a GET (None: no cap)."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, max_rows: int | None = 1000) -> None:
         params = conninfo_to_dict(dsn)
         params["user"] = "authenticator"
         self._dsn = make_conninfo(**params)  # type: ignore[arg-type]
+        self.max_rows = max_rows
         self.requests: list[Recorded] = []
         self._faults: list[tuple[Fault, str | None]] = []
         self._lock = threading.Lock()
@@ -251,7 +259,10 @@ class PostgrestDouble:
 
     def select(self, role: str, table: str, query: dict[str, list[str]]) -> list[Any]:
         wanted = [c for c in (query.get("select") or ["*"])[0].split(",") if c]
-        limit = int((query.get("limit") or ["1000"])[0])
+        caps = [int(query["limit"][0])] if "limit" in query else []
+        if self.max_rows is not None:
+            caps.append(self.max_rows)
+        offset = int((query.get("offset") or ["0"])[0])
 
         def work(conn: psycopg.Connection) -> list[Any]:
             types = self._columns(conn, table)
@@ -259,13 +270,56 @@ class PostgrestDouble:
                 if name != "*" and name not in types:
                     raise _ApiError(400, "42703", f"column {table}.{name} does not exist")
             cols = sql.SQL("*") if wanted == ["*"] else sql.SQL(", ").join(sql.Identifier(c) for c in wanted)
-            statement = sql.SQL("SELECT row_to_json(t) FROM (SELECT {} FROM {} LIMIT %s) t").format(
-                cols, sql.Identifier("public", table)
-            )
-            return [r[0] for r in conn.execute(statement, [limit]).fetchall()]
+            where, params = _filters(table, types, query)
+            statement = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+                cols, sql.Identifier("public", table), where
+            ) + _order(table, types, query)
+            if caps:
+                statement += sql.SQL(" LIMIT %s")
+                params.append(min(caps))
+            statement += sql.SQL(" OFFSET %s")
+            params.append(offset)
+            wrapped = sql.SQL("SELECT row_to_json(t) FROM ({}) t").format(statement)
+            return [r[0] for r in conn.execute(wrapped, params).fetchall()]
 
         result: list[Any] = self._run(role, work)
         return result
+
+
+def _filters(
+    table: str, types: dict[str, str], query: dict[str, list[str]]
+) -> tuple[sql.Composable, list[Any]]:
+    """The WHERE condition (`true` without filters) and its parameters, each value cast to its
+    column's type as PostgREST does."""
+    conditions: list[sql.Composable] = [sql.SQL("true")]
+    params: list[Any] = []
+    for column, values in query.items():
+        if column in _NOT_FILTERS:
+            continue
+        if column not in types:
+            raise _ApiError(400, "42703", f"column {table}.{column} does not exist")
+        for value in values:
+            op, _, operand = value.partition(".")
+            if op not in _OPERATORS:
+                raise _ApiError(400, "PGRST100", f'"failed to parse filter ({value})" (line 1, column 1)')
+            operator, kind = sql.SQL(_OPERATORS[op]), sql.SQL(types[column])
+            conditions.append(sql.SQL("{} {} %s::{}").format(sql.Identifier(column), operator, kind))
+            params.append(operand)
+    return sql.SQL(" AND ").join(conditions), params
+
+
+def _order(table: str, types: dict[str, str], query: dict[str, list[str]]) -> sql.Composable:
+    """` ORDER BY ...` from `order=a.asc,b.desc` (empty without it)."""
+    terms: list[sql.Composable] = []
+    for term in (query.get("order") or [""])[0].split(","):
+        if not term:
+            continue
+        column, _, direction = term.partition(".")
+        if column not in types:
+            raise _ApiError(400, "42703", f"column {table}.{column} does not exist")
+        descending = direction.split(".")[0] == "desc"
+        terms.append(sql.Identifier(column) + sql.SQL(" DESC" if descending else " ASC"))
+    return sql.SQL(" ORDER BY ") + sql.SQL(", ").join(terms) if terms else sql.SQL("")
 
 
 def _sql_error(exc: psycopg.Error, role: str) -> _ApiError:
