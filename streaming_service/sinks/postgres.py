@@ -146,9 +146,9 @@ class PostgresSink:
             raise RuntimeError(f"{self.name}: open() after aclose()")
         await self.dead_letters.check()
         conn = await self._connection()
+        failure = ""  # why the migrations could not create stream_gaps
         try:
             if missing := await self._missing_tables(conn):
-                failure = ""
                 try:
                     await self._apply_migrations(conn)
                 except SinkRejected as exc:
@@ -164,7 +164,7 @@ class PostgresSink:
         except psycopg.Error as exc:
             raise await self._fail(exc, "checking the tables") from exc
         self._gaps_table = "stream_gaps" not in missing
-        if not self._gaps_table:
+        if not self._gaps_table and not self._opened:  # once, not at every open()
             warn_no_gaps_table(self.name, failure or f"not created by the migrations in {migrations_dir()}")
         self._opened = True
 
