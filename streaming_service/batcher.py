@@ -98,6 +98,7 @@ class Batcher:
         self._writer: asyncio.Task[None] | None = None
         self._last_spool_alert = 0.0
         self.stats = WriteStats()
+        self.sink_open = asyncio.Event()  # set once the sink's open() succeeded
 
     @property
     def pending(self) -> int:
@@ -129,6 +130,7 @@ class Batcher:
         committer = asyncio.create_task(self._commit_forever(), name="spool-commit")
         try:
             await self._retrying(self._sink.open, "open")
+            self.sink_open.set()
             while not (self._closing and not self.spool.depth):
                 if not self._closing:
                     with contextlib.suppress(TimeoutError):

@@ -33,7 +33,6 @@ from typing import Any
 
 import structlog
 
-from streaming_service.errors import SinkRejected, SinkUnavailable
 from streaming_service.indicators import EXCHANGE_TZ, REGULAR_OPEN, exchange_day, session_segment
 from streaming_service.models import EquityRow, GapCause, GapRow, IndicatorRow, Tick
 from streaming_service.pipeline import Pipeline
@@ -205,9 +204,12 @@ class Continuity:
         gap = GapRow(ticker, _dt(start_ms), _dt(now_ms), cause, rows, None, self._options_missed)
         self._record(gap)
         if expected is not None:
-            self._merger.expect_total(
-                ticker, expected, lambda _symbol, rise: self._record(replace(gap, volume_missing=rise))
-            )
+
+            def closed(_symbol: str, rise: int) -> None:  # the first TOTAL_VOLUME: streaming resumed
+                ended = max(now_ms, int(self._now() * 1000))
+                self._record(replace(gap, ended_at=_dt(ended), volume_missing=rise))
+
+            self._merger.expect_total(ticker, expected, closed)
         log.info(
             "gap filled" if rows or credited else "gap recorded",
             ticker=ticker,
@@ -225,8 +227,12 @@ class Continuity:
             return None
         try:
             recorded = await self._recorded_rows(ticker, _dt(since_ms), _dt(now_ms))
-        except (SinkUnavailable, SinkRejected) as exc:
-            log.warning("the sink's rows of the session cannot be read", ticker=ticker, error=str(exc))
+        except Exception as exc:  # the sink is down or not open yet: price history alone then
+            log.warning(
+                "the sink's rows of the session cannot be read; rebuilding from price history",
+                ticker=ticker,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             return None
         if not recorded:
             return None
@@ -239,14 +245,15 @@ class Continuity:
 
 
 def _overlaps_regular_hours(start_ms: int, end_ms: int) -> bool:
-    """Whether [start, end) overlaps 09:30-16:00 New York time of a weekday (gaps outside the
-    regular session, e.g. quiet nights when streaming around the clock, are not recorded)."""
+    """Whether [start, end) overlaps 09:30-16:00 New York time of some date: gaps outside it (quiet
+    nights when streaming around the clock) are not recorded. With the market calendar on, the
+    service streams in sessions only, so weekends and holidays never come here."""
     day_start = exchange_day(start_ms)[0]
     while day_start < end_ms:
-        day = datetime.fromtimestamp(day_start / 1000 + 43_200, EXCHANGE_TZ)  # noon of that date
-        opens = datetime.combine(day.date(), REGULAR_OPEN, EXCHANGE_TZ).timestamp() * 1000
-        closes = datetime.combine(day.date(), _REGULAR_CLOSE, EXCHANGE_TZ).timestamp() * 1000
-        if day.weekday() < 5 and start_ms < closes and end_ms > opens:
+        day = datetime.fromtimestamp(day_start / 1000 + 43_200, EXCHANGE_TZ).date()  # noon: that date
+        opens = datetime.combine(day, REGULAR_OPEN, EXCHANGE_TZ).timestamp() * 1000
+        closes = datetime.combine(day, _REGULAR_CLOSE, EXCHANGE_TZ).timestamp() * 1000
+        if start_ms < closes and end_ms > opens:
             return True
         day_start = exchange_day(day_start)[1]
     return False

@@ -34,7 +34,7 @@ from streaming_service.errors import AuthError
 from streaming_service.market_hours import CalendarUnavailable, MarketHours
 from streaming_service.models import Tick
 from streaming_service.pipeline import Pipeline
-from streaming_service.sinks.base import Sink
+from streaming_service.sinks.base import RecordedRow, Sink
 from streaming_service.sources.clock import exchange_clock
 from streaming_service.sources.options import OptionsTracker
 from streaming_service.sources.price_history import Candle, minute_candles
@@ -46,6 +46,7 @@ __all__ = ["Service", "Status"]
 
 log = structlog.get_logger(__name__)
 _CLOSE_TIMEOUT_S = 5.0  # closing the sink or the Schwab session never takes longer than this
+_SINK_READ_WAIT_S = 5.0  # a cold start reads the session's rows if the sink opens within this
 _REAUTH_RETRY_S = 1800.0  # while waiting for a new token file, try the current one this often
 
 
@@ -158,7 +159,7 @@ class Service:
             end_cause=lambda: self.stream.end_cause,
             add_gap=self.batcher.add_gap,
             fetch_candles=self._minute_candles,
-            recorded_rows=getattr(sink, "recorded_rows", None),
+            recorded_rows=self._recorded_rows,
             options_missed=settings.options_enabled,
         )
         self.reauth_needed = False
@@ -166,6 +167,12 @@ class Service:
         self.in_session: bool | None = None  # None: not gated by the calendar
         self._streaming_since: float | None = None  # start of the current streaming stretch
         self._rate_mark = (time.monotonic(), 0)
+
+    async def _recorded_rows(self, ticker: str, since: datetime, until: datetime) -> list[RecordedRow]:
+        """The sink's rows of `ticker` in [since, until), once the sink is open (5 s at most)."""
+        async with asyncio.timeout(_SINK_READ_WAIT_S):
+            await self.batcher.sink_open.wait()
+        return await self.sink.recorded_rows(ticker, since, until)
 
     async def _minute_candles(self, symbol: str, start_ms: int, end_ms: int) -> list[Candle]:
         return await minute_candles(self._client, symbol, start_ms, end_ms)

@@ -60,6 +60,7 @@ def rest_handler(sim: SchwabSimulator) -> type[BaseHTTPRequestHandler]:
             elif url.path == "/marketdata/v1/expirationchain" and book is not None:
                 self._reply(200, book.expiration_chain())
             elif url.path == "/marketdata/v1/pricehistory":
+                sim.catch_up()
                 self._reply(*_price_history(sim.market, query))
             else:
                 self._reply(404, {"errors": [{"status": 404, "title": f"not simulated: {self.path}"}]})

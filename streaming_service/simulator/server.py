@@ -89,10 +89,12 @@ class SchwabSimulator:
         }
         self.option_truth: dict[str, dict[str, Any]] = {}  # option symbol → every field as last sent
         self._repriced_ms: dict[str, int] = {}
+        self._last_trade_ms: dict[str, int] = {}
         self._drop = 0
         self._rest_faults: list[int] = []
         self.paused = False
-        self._clock_started: float | None = None
+        self._clock_started: float | None = None  # loop time at which the offset was `_offset_base`
+        self._offset_base = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock_token: Any = None
         self._ws: Server | None = None
@@ -112,10 +114,19 @@ class SchwabSimulator:
     def clock(self) -> float:
         """The market's time now, epoch seconds: the session's open (09:30 New York) plus
         `speed` times the wall time elapsed since the first subscription."""
-        offset = 0.0
+        return self.market.open_ms / 1000 + self._offset()
+
+    def _offset(self) -> float:
+        """Simulated seconds since the open (0 until the clock starts)."""
+        if self._clock_started is None or self._loop is None:
+            return 0.0
+        return self._offset_base + (self._loop.time() - self._clock_started) * self.speed
+
+    def set_speed(self, speed: float) -> None:
+        """Run the market clock `speed` times faster than the wall clock from now on (it does not jump)."""
         if self._clock_started is not None and self._loop is not None:
-            offset = (self._loop.time() - self._clock_started) * self.speed
-        return self.market.open_ms / 1000 + offset
+            self._offset_base, self._clock_started = self._offset(), self._loop.time()
+        self.speed = speed
 
     def start_clock(self, at_offset_s: float = 0.0) -> tuple[float, float]:
         """Start the market clock now if no subscription has yet, `at_offset_s` simulated seconds
@@ -124,9 +135,11 @@ class SchwabSimulator:
         epoch seconds, so another process can follow the same clock."""
         assert self._loop is not None, "start() first"
         if self._clock_started is None:
-            self._clock_started = self._loop.time() - at_offset_s / self.speed
+            self._clock_started, self._offset_base = self._loop.time(), at_offset_s
             for event in self.market.events_until(at_offset_s):
                 self._current[event.symbol] = event
+                if event.kind == "trade":
+                    self._last_trade_ms[event.symbol] = event.timestamp_ms
         return time.time(), self.clock()
 
     def _clock_ms(self) -> int:
@@ -303,7 +316,7 @@ class SchwabSimulator:
             if service == EQUITY_SERVICE:
                 for symbol in keys:
                     if symbol in self._current:
-                        self._send_event(client, self._current[symbol])
+                        self._send_event(client, self._current[symbol], snapshot=True)
             else:
                 self._send_options(client, self._option_quotes(set(keys), trade=False))
         if command == "LOGOUT":
@@ -330,10 +343,14 @@ class SchwabSimulator:
     def _keys(params: dict[str, Any]) -> list[str]:
         return [k for k in str(params.get("keys", "")).split(",") if k]
 
-    def _send_event(self, client: Connection, event: Event) -> bool:
+    def _send_event(self, client: Connection, event: Event, *, snapshot: bool = False) -> bool:
         """Queue `event` for `client` as changed fields only, then any frames to `interleave`;
-        return whether the event was queued."""
-        sent = bool(self._send(client, EQUITY_SERVICE, {event.symbol: wire_fields(event)}))
+        return whether the event was queued. A `snapshot` (the first item of a subscription) also
+        carries the last trade's time, as Schwab's full items do, when the event is a quote."""
+        fields = wire_fields(event)
+        if snapshot and "35" not in fields and (trade_ms := self._last_trade_ms.get(event.symbol)):
+            fields["35"] = trade_ms
+        sent = bool(self._send(client, EQUITY_SERVICE, {event.symbol: fields}))
         for frame in self._faults.after_data_frame() if sent else ():
             client.queue(frame, "raw")
         return sent
@@ -389,21 +406,38 @@ class SchwabSimulator:
                 self._send_options(client, quotes)
 
     async def _run_market(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.01)
-            if self._clock_started is None or self.paused:
+            self._step()
+
+    def _step(self) -> None:
+        """Let the market happen up to the clock: send its events, reprice options."""
+        if self._clock_started is None or self.paused:
+            return
+        moved = set()
+        for event in self.market.events_until(self._offset()):
+            self._current[event.symbol] = event
+            if event.kind == "trade":
+                self._last_trade_ms[event.symbol] = event.timestamp_ms
+            moved.add(event.symbol)
+            if self._drop:
+                self._drop -= 1
                 continue
-            moved = set()
-            for event in self.market.events_until((loop.time() - self._clock_started) * self.speed):
-                self._current[event.symbol] = event
-                moved.add(event.symbol)
-                if self._drop:
-                    self._drop -= 1
-                    continue
-                delivered = [self._send_event(c, event) for c in list(self._clients)]
-                if event.kind == "trade" and any(delivered):
-                    self.sent_trades.append(event)
-            self._reprice_options(moved)
-            if self.market.finished and not any(c.outbox.qsize() for c in self._clients):
-                self.session_finished.set()
+            delivered = [self._send_event(c, event) for c in list(self._clients)]
+            if event.kind == "trade" and any(delivered):
+                self.sent_trades.append(event)
+        self._reprice_options(moved)
+        if self.market.finished and not any(c.outbox.qsize() for c in self._clients):
+            self.session_finished.set()
+
+    def catch_up(self) -> None:
+        """From another thread (the REST server's): let the market happen up to the clock now, on
+        the event loop, so that what REST answers (price history) includes every trade until now."""
+        if self._loop is None or self._loop.is_closed():
+            return
+
+        async def step() -> None:
+            self._step()
+
+        with contextlib.suppress(Exception):  # a loop shutting down: answer from what exists
+            asyncio.run_coroutine_threadsafe(step(), self._loop).result(timeout=5)

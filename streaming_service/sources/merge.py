@@ -135,7 +135,8 @@ class QuoteMerger:
             if total < previous or total - previous > self._allowed(previous):
                 self._refuse_unless_confirmed(symbol, state, previous, total)
             else:
-                trade_ms = time_ms if time_ms is not None else known_time
+                # after a gap, the trade time known from before it is stale: the frame's is better
+                trade_ms = time_ms if time_ms is not None else (None if closing else known_time)
                 tick = self._trade(symbol, last_price, trade_ms, frame_time_ms, now_ms, total - previous)
 
         state.last_price = last_price

@@ -1,0 +1,239 @@
+"""Restarts and disconnects leave no hole and no wrong number (simulator over the WebSocket, real
+schwab-py, real SQLite/Postgres): the record after them is compared with the simulator's ground truth.
+
+Reference: the trades the simulator generated, except that a minute the service could not stream
+(a gap crossing whole minutes) is one trade at its minute's start, at the minute's last price, with
+the minute's volume: exactly what price history can tell. SMA9 and VWAP are recomputed over that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psycopg
+import pytest
+from harness import running_service
+from polling import wait_until
+
+from streaming_service.simulator import SchwabSimulator, SimulatedMarket
+
+SPEED = 60.0  # one simulated minute per second
+SESSION_S = 1500.0
+MINUTE_MS = 60_000
+
+
+def open_db(target: str, tmp_path: Path) -> dict[str, Any]:
+    if target == "sqlite":
+        return {"database_url": f"sqlite:///{tmp_path / 'record.db'}"}
+    return {"database_url": target}
+
+
+def read_table(url: str, query: str) -> list[tuple[Any, ...]]:
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            return conn.execute(query).fetchall()
+    with psycopg.connect(url) as conn:
+        return conn.execute(query).fetchall()
+
+
+def _ms(ts: Any) -> int:
+    moment = datetime.fromisoformat(ts) if isinstance(ts, str) else ts
+    return int(moment.timestamp() * 1000 + 0.5)
+
+
+def read_rows(url: str) -> pd.DataFrame:
+    rows = read_table(
+        url,
+        "SELECT e.timestamp, e.price, e.volume, i.sma9, i.vwap FROM equity_data e JOIN indicators i "
+        "ON i.ticker = e.ticker AND i.timestamp = e.timestamp ORDER BY e.timestamp",
+    )
+    frame = pd.DataFrame(rows, columns=["ts", "price", "volume", "sma9", "vwap"])
+    frame["ms"] = [_ms(ts) for ts in frame.ts]
+    for column in ("price", "sma9", "vwap"):
+        frame[column] = frame[column].astype(float)
+    return frame
+
+
+def read_gaps(url: str) -> list[tuple[int, int, str, int, int | None, bool]]:
+    rows = read_table(
+        url,
+        "SELECT started_at, ended_at, cause, equity_backfilled_rows, volume_missing, options_missed "
+        "FROM stream_gaps ORDER BY started_at",
+    )
+    return [(_ms(a), _ms(b), cause, n, missing, bool(opt)) for a, b, cause, n, missing, opt in rows]
+
+
+def reference(market: SimulatedMarket, gaps: list[tuple[int, int]]) -> pd.DataFrame:
+    """The trades as the service can know them, with VWAP and SMA9 after each (see the module
+    docstring): a trade inside a gap (started_at, ended_at] is not seen one by one; each minute of
+    it is one trade of the minute's unseen volume at the minute's last price."""
+    df = pd.DataFrame(
+        [(t.timestamp_ms, t.price, t.size) for t in market.trades], columns=["ms", "price", "size"]
+    )
+    df["minute"] = df.ms - df.ms % MINUTE_MS
+    unseen = pd.Series(False, index=df.index)
+    for started, ended in gaps:
+        unseen |= (df.ms > started) & (df.ms <= ended)
+    minutes = (
+        df[unseen].groupby("minute").agg(ms=("ms", "last"), price=("price", "last"), size=("size", "sum"))
+    )
+    df = (
+        pd.concat([df[~unseen], minutes.reset_index()])
+        .sort_values("ms", kind="stable")
+        .reset_index(drop=True)
+    )
+    df["vwap"] = (df.price * df["size"]).cumsum() / df["size"].cumsum()
+    df["bar"] = df.ms // MINUTE_MS
+    closes = df.groupby("bar").price.last()
+    df["sma9"] = (df.bar.map(closes.shift(1).rolling(8).sum()) + df.price) / 9
+    return df
+
+
+def whole_minutes(gaps: list[tuple[int, int]]) -> set[int]:
+    """The minutes that lie wholly inside a gap: the service writes them as backfilled rows."""
+    return {m for s, e in gaps for m in range(s - s % MINUTE_MS + MINUTE_MS, e - e % MINUTE_MS, MINUTE_MS)}
+
+
+def assert_indicators_match(rows: pd.DataFrame, market: SimulatedMarket, gaps: list[tuple[int, int]]) -> None:
+    """Each row's indicators equal the reference's just before the next row (its last trade),
+    within 0.01 (the columns round to 0.005)."""
+    ref = reference(market, gaps)
+    ends = [*rows.ms[1:], int(ref.ms.max()) + 1]
+    expected = ref.iloc[ref.ms.searchsorted(ends, side="left") - 1].reset_index(drop=True)
+    rows = rows.reset_index(drop=True)
+    vwap_error = (rows.vwap - expected.vwap).abs()
+    formed = expected.sma9.notna() & rows.sma9.notna()
+    sma_error = (rows.sma9[formed] - expected.sma9[formed]).abs()
+    print(f"rows={len(rows)} max |vwap error|={vwap_error.max():.4f} max |sma9 error|={sma_error.max():.4f}")
+    assert vwap_error.max() <= 0.01
+    assert sma_error.max() <= 0.01
+    assert list(rows.sma9.isna()) == list(expected.sma9.isna())  # SMA9 forms when it should
+
+
+async def run_until(
+    sim: SchwabSimulator,
+    tmp_path: Path,
+    settings: dict[str, Any],
+    clock_s: float,
+    *,
+    then_speed: float | None = None,
+) -> Any:
+    """Run a service until the simulator's clock passes `clock_s` seconds after the open; stop it
+    (with the market at `then_speed` from then on, if given: a restart takes a few real seconds)."""
+    async with running_service(sim, tmp_path, **settings) as service:
+        await wait_until(lambda: sim.clock() - sim.market.open_ms / 1000 >= clock_s, within=60)
+        await wait_until(lambda: service.pipeline.ticks > 0)
+        if then_speed is not None:
+            sim.set_speed(then_speed)
+    return service
+
+
+async def run_to_end(
+    sim: SchwabSimulator, tmp_path: Path, settings: dict[str, Any], *, speed: float | None = None
+) -> Any:
+    """Run a service until the session's last trade is in; the market at `speed` once subscribed."""
+    async with running_service(sim, tmp_path, **settings) as service:
+        if speed is not None:
+            await wait_until(service.stream.subscribed.is_set)
+            sim.set_speed(speed)
+        await asyncio.wait_for(sim.session_finished.wait(), timeout=90)
+        total = sim.market.total_volume("QQQ")
+        await wait_until(lambda: service.stream.merger.state("QQQ")["total_volume"] == total)  # type: ignore[index]
+    return service
+
+
+@pytest.mark.parametrize(
+    ("resolution", "database"), [(1, "sqlite"), (60, "sqlite"), (0, "sqlite"), (60, "postgres")]
+)
+async def test_a_restart_inside_an_open_row_continues_it_exactly(
+    resolution: int, database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    db = open_db(database if database == "sqlite" else request.getfixturevalue("postgres_dsn"), tmp_path)
+    settings = {**db, "row_resolution": resolution, "batch_interval": 0.2}
+    market = SimulatedMarket(["QQQ"], seed=21, trades_per_second=3.0, session_seconds=840.0)
+    async with SchwabSimulator(market, speed=2 * SPEED, heartbeat_seconds=0.2) as sim:
+        # stopped 20 s into a minute, SMA9 forming; the restart takes a few simulated seconds
+        first = await run_until(sim, tmp_path, settings, 6 * 60 + 20, then_speed=SPEED / 10)
+        before = read_rows(db["database_url"])
+        second = await run_to_end(sim, tmp_path, settings, speed=2 * SPEED)
+    rows = read_rows(db["database_url"])
+    gaps = read_gaps(db["database_url"])
+    print(
+        f"resolution={resolution}: before restart {len(before)} rows / {before.volume.sum()} shares; "
+        f"after {len(rows)} rows / {rows.volume.sum()} shares; truth {market.total_volume('QQQ')}; gaps {gaps}"
+    )
+    assert rows.volume.sum() == market.total_volume("QQQ")
+    merged = before.merge(rows, on="ms", suffixes=("_before", "_after"))
+    assert len(merged) == len(before)  # no row of the first run vanished…
+    assert (merged.volume_after >= merged.volume_before).all()  # …and none lost shares
+    assert first.continuity.gaps == [] and len(second.continuity.gaps) == 1
+    assert [cause for _, _, cause, *_ in gaps] == ["restart"]
+    assert_indicators_match(rows, market, [(started, ended) for started, ended, *_ in gaps])
+
+
+async def test_five_minutes_down_are_backfilled_from_price_history(tmp_path: Path) -> None:
+    settings = {**open_db("sqlite", tmp_path), "row_resolution": 1, "batch_interval": 0.2}
+    market = SimulatedMarket(["QQQ"], seed=8, trades_per_second=3.0, session_seconds=SESSION_S)
+    async with SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim:
+        await run_until(sim, tmp_path, settings, 10 * 60 + 30)
+        down_from = sim.clock()
+        await wait_until(lambda: sim.clock() - down_from >= 5 * 60, within=30)  # the market goes on
+        second = await run_to_end(sim, tmp_path, settings)
+    rows = read_rows(f"sqlite:///{tmp_path / 'record.db'}")
+    (started, ended, cause, backfilled, missing, options_missed), *others = read_gaps(
+        settings["database_url"]
+    )
+    assert others == [] and cause == "restart"
+    assert options_missed == second.settings.options_enabled  # option quotes have no history
+    assert started <= down_from * 1000 < ended and ended - started >= 5 * MINUTE_MS
+    inside = whole_minutes([(started, ended)])
+    traded_minutes = {t.timestamp_ms - t.timestamp_ms % MINUTE_MS for t in market.trades}
+    assert backfilled == len(inside & traded_minutes) >= 4
+    assert inside & traded_minutes <= set(rows.ms)  # every minute of the gap has its row
+    assert rows.volume.sum() == market.total_volume("QQQ")
+    print(
+        f"gap {(ended - started) / 1000:.0f} s: {backfilled} minute rows backfilled, "
+        f"{missing} shares counted in the first live row; Σ {rows.volume.sum()} = truth"
+    )
+    assert missing is not None and missing >= 0
+    assert second.continuity.gaps[0].equity_backfilled_rows == backfilled
+    assert_indicators_match(rows, market, [(started, ended)])
+
+
+async def test_first_start_mid_session_backfills_from_the_open(tmp_path: Path) -> None:
+    settings = {**open_db("sqlite", tmp_path), "row_resolution": 60, "batch_interval": 0.2}
+    market = SimulatedMarket(["QQQ"], seed=3, trades_per_second=3.0, session_seconds=90 * 60 + 300)
+    async with SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim:
+        sim.start_clock(at_offset_s=90 * 60)  # 11:00: the session is under way
+        await run_to_end(sim, tmp_path, settings)
+    rows = read_rows(settings["database_url"])
+    gaps = read_gaps(settings["database_url"])
+    assert rows.ms.min() == market.open_ms  # rows from 09:30
+    assert rows.volume.sum() == market.total_volume("QQQ")
+    ((started, ended, cause, backfilled, missing, _),) = gaps
+    assert (started, cause) == (market.open_ms, "restart") and backfilled == 90
+    print(f"first start at 11:00: {backfilled} minutes backfilled, {missing} shares in the first live row")
+    assert_indicators_match(rows, market, [(started - 1, ended)])
+
+
+async def test_a_restart_overnight_leaks_nothing_into_the_next_day(tmp_path: Path) -> None:
+    settings = {**open_db("sqlite", tmp_path), "row_resolution": 60, "batch_interval": 0.2}
+    days = []
+    for session in (date(2026, 11, 23), date(2026, 11, 24)):
+        market = SimulatedMarket(["QQQ"], seed=session.day, trades_per_second=3.0, session_seconds=900.0,
+                                 session_date=session)  # fmt: skip
+        async with SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim:
+            service = await run_to_end(sim, tmp_path, settings)
+        days.append((market, service))
+    rows = read_rows(settings["database_url"])
+    for market, service in days:
+        day = rows[(rows.ms >= market.open_ms) & (rows.ms < market.open_ms + 86_400_000)]
+        assert day.volume.sum() == market.total_volume("QQQ")
+        assert_indicators_match(day, market, [])
+        assert service.continuity.gaps == []
+    assert read_gaps(settings["database_url"]) == []
