@@ -165,7 +165,8 @@ async def test_a_restart_inside_an_open_row_continues_it_exactly(
     gaps = read_gaps(db["database_url"])
     print(
         f"resolution={resolution}: before restart {len(before)} rows / {before.volume.sum()} shares; "
-        f"after {len(rows)} rows / {rows.volume.sum()} shares; truth {market.total_volume('QQQ')}; gaps {gaps}"
+        f"after {len(rows)} rows / {rows.volume.sum()} shares; truth {market.total_volume('QQQ')}"
+        f"; gaps {gaps}"
     )
     assert rows.volume.sum() == market.total_volume("QQQ")
     merged = before.merge(rows, on="ms", suffixes=("_before", "_after"))
