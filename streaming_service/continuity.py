@@ -205,9 +205,8 @@ class Continuity:
         self._record(gap)
         if expected is not None:
 
-            def closed(_symbol: str, rise: int) -> None:  # the first TOTAL_VOLUME: streaming resumed
-                ended = max(now_ms, int(self._now() * 1000))
-                self._record(replace(gap, ended_at=_dt(ended), volume_missing=rise))
+            def closed(_symbol: str, rise: int, at_ms: int) -> None:  # the first TOTAL_VOLUME
+                self._record(replace(gap, ended_at=_dt(max(at_ms, start_ms)), volume_missing=rise))
 
             self._merger.expect_total(ticker, expected, closed)
         log.info(

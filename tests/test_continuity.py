@@ -94,9 +94,18 @@ def reference(market: SimulatedMarket, gaps: list[tuple[int, int]]) -> pd.DataFr
     return df
 
 
-def whole_minutes(gaps: list[tuple[int, int]]) -> set[int]:
-    """The minutes that lie wholly inside a gap: the service writes them as backfilled rows."""
-    return {m for s, e in gaps for m in range(s - s % MINUTE_MS + MINUTE_MS, e - e % MINUTE_MS, MINUTE_MS)}
+def seen_until(rows: pd.DataFrame, started: int) -> int:
+    """When the last trade streamed before a gap was (rows at ROW_RESOLUTION=0 are per trade time;
+    the gap's ledger start is the last data frame, a little later): trades after it were unseen."""
+    live = rows.ms[(rows.ms <= started) & (rows.ms % MINUTE_MS != 0)]  # backfilled rows start minutes
+    return int(live.max())
+
+
+def backfilled_minutes(market: SimulatedMarket, seen: int, ended: int) -> set[int]:
+    """The minutes a gap must have as backfilled rows: traded, after the last seen trade's minute
+    and before the minute in which streaming resumed."""
+    first, last = seen - seen % MINUTE_MS + MINUTE_MS, ended - ended % MINUTE_MS
+    return {m for t in market.trades if first <= (m := t.timestamp_ms - t.timestamp_ms % MINUTE_MS) < last}
 
 
 def assert_indicators_match(rows: pd.DataFrame, market: SimulatedMarket, gaps: list[tuple[int, int]]) -> None:
@@ -174,11 +183,12 @@ async def test_a_restart_inside_an_open_row_continues_it_exactly(
     assert (merged.volume_after >= merged.volume_before).all()  # …and none lost shares
     assert first.continuity.gaps == [] and len(second.continuity.gaps) == 1
     assert [cause for _, _, cause, *_ in gaps] == ["restart"]
-    assert_indicators_match(rows, market, [(started, ended) for started, ended, *_ in gaps])
+    seen = first.pipeline.builders["QQQ"].last_ms  # the last trade the first run streamed
+    assert_indicators_match(rows, market, [(seen, ended) for _, ended, *_ in gaps])
 
 
 async def test_five_minutes_down_are_backfilled_from_price_history(tmp_path: Path) -> None:
-    settings = {**open_db("sqlite", tmp_path), "row_resolution": 1, "batch_interval": 0.2}
+    settings = {**open_db("sqlite", tmp_path), "row_resolution": 0, "batch_interval": 0.2}
     market = SimulatedMarket(["QQQ"], seed=8, trades_per_second=3.0, session_seconds=SESSION_S)
     async with SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim:
         await run_until(sim, tmp_path, settings, 10 * 60 + 30)
@@ -192,10 +202,10 @@ async def test_five_minutes_down_are_backfilled_from_price_history(tmp_path: Pat
     assert others == [] and cause == "restart"
     assert options_missed == second.settings.options_enabled  # option quotes have no history
     assert started <= down_from * 1000 < ended and ended - started >= 5 * MINUTE_MS
-    inside = whole_minutes([(started, ended)])
-    traded_minutes = {t.timestamp_ms - t.timestamp_ms % MINUTE_MS for t in market.trades}
-    assert backfilled == len(inside & traded_minutes) >= 4
-    assert inside & traded_minutes <= set(rows.ms)  # every minute of the gap has its row
+    seen = seen_until(rows, started)
+    inside = backfilled_minutes(market, seen, ended)
+    assert backfilled == len(inside) >= 4
+    assert inside <= set(rows.ms)  # every minute of the gap has its row
     assert rows.volume.sum() == market.total_volume("QQQ")
     print(
         f"gap {(ended - started) / 1000:.0f} s: {backfilled} minute rows backfilled, "
@@ -203,7 +213,7 @@ async def test_five_minutes_down_are_backfilled_from_price_history(tmp_path: Pat
     )
     assert missing is not None and missing >= 0
     assert second.continuity.gaps[0].equity_backfilled_rows == backfilled
-    assert_indicators_match(rows, market, [(started, ended)])
+    assert_indicators_match(rows, market, [(seen, ended)])
 
 
 async def test_first_start_mid_session_backfills_from_the_open(tmp_path: Path) -> None:
@@ -238,3 +248,34 @@ async def test_a_restart_overnight_leaks_nothing_into_the_next_day(tmp_path: Pat
         assert_indicators_match(day, market, [])
         assert service.continuity.gaps == []
     assert read_gaps(settings["database_url"]) == []
+
+
+async def test_reconnect_gaps_are_recorded_and_filled(tmp_path: Path) -> None:
+    settings = {**open_db("sqlite", tmp_path), "row_resolution": 0, "batch_interval": 0.2}
+    market = SimulatedMarket(["QQQ"], seed=13, trades_per_second=3.0, session_seconds=SESSION_S)
+    async with (
+        SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim,
+        running_service(sim, tmp_path, **settings) as service,
+    ):
+        for cut in range(1, 4):  # the socket closed three times; each reconnect waits a backoff
+            cut_at = market.open_ms / 1000 + cut * 4 * 60
+            await wait_until(lambda: sim.clock() >= cut_at, within=60)  # noqa: B023 - awaited here
+            await sim.disconnect_all()
+            await wait_until(lambda: service.stream.stats.connects > cut, within=60)  # noqa: B023
+        await asyncio.wait_for(sim.session_finished.wait(), timeout=90)
+        total = market.total_volume("QQQ")
+        await wait_until(lambda: service.stream.merger.state("QQQ")["total_volume"] == total)  # type: ignore[index]
+    rows = read_rows(settings["database_url"])
+    gaps = read_gaps(settings["database_url"])
+    print("gaps (s, cause, backfilled rows, shares in the first live row):",
+          [(round((e - s) / 1000, 1), cause, n, missing) for s, e, cause, n, missing, _ in gaps])  # fmt: skip
+    assert [cause for _, _, cause, *_ in gaps] == ["disconnect"] * 3
+    seen = [(seen_until(rows, started), ended) for started, ended, *_ in gaps]
+    for (started, ended, _, backfilled, missing, _), (last_seen, _) in zip(gaps, seen, strict=True):
+        inside = backfilled_minutes(market, last_seen, ended)
+        assert backfilled == len(inside) and inside <= set(rows.ms)  # no whole minute without its row
+        assert missing is not None and missing >= 0
+        if ended - started < MINUTE_MS:
+            assert backfilled == 0
+    assert rows.volume.sum() == market.total_volume("QQQ")
+    assert_indicators_match(rows, market, seen)

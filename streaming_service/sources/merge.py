@@ -72,7 +72,7 @@ class _SymbolState:
     trade_time_ms: int | None = None
     suspect: int | None = None  # the last refused TOTAL_VOLUME, and how many agreeing ones in a row
     suspects: int = 0
-    on_gap_closed: Callable[[str, int], None] | None = None  # set by expect_total()
+    on_gap_closed: Callable[[str, int, int], None] | None = None  # set by expect_total()
 
 
 class QuoteMerger:
@@ -146,18 +146,20 @@ class QuoteMerger:
             state.suspect, state.suspects = None, 0
         self._state[symbol] = state
         if closing is not None and previous is not None and total is not None:
-            closing(symbol, total - previous)
+            at_ms = _epoch_ms(tick.timestamp) if tick else frame_time_ms if _is_number(frame_time_ms) else now_ms
+            closing(symbol, total - previous, int(at_ms))  # type: ignore[arg-type]
         return tick
 
-    def expect_total(self, symbol: str, total: int, on_closed: Callable[[str, int], None]) -> None:
+    def expect_total(self, symbol: str, total: int, on_closed: Callable[[str, int, int], None]) -> None:
         """Close a gap in streaming `symbol` with its next TOTAL_VOLUME.
 
         `total`: the TOTAL_VOLUME today's recorded rows account for: the last one seen plus the
         shares backfilled since (or, with no state today, the day's volume by price history). The
         next TOTAL_VOLUME's rise over `total` is one trade, as usual (shares of the gap that were
         not backfilled, counted at the trade time the item gives); a value below `total` counts
-        nothing and becomes the baseline. `on_closed(symbol, rise)` is then called once (a
-        negative rise: the backfill held more shares than TOTAL_VOLUME says were traded)."""
+        nothing and becomes the baseline. `on_closed(symbol, rise, at_ms)` is then called once (a
+        negative rise: the backfill held more shares than TOTAL_VOLUME says were traded; `at_ms`:
+        the time of that trade, else of the frame: the gap's trades are those up to it)."""
         today = self._today(self._now() * 1000)
         state = self._state.get(symbol)
         if state is None or state.day != today:
@@ -247,6 +249,10 @@ class QuoteMerger:
             following = datetime.combine(today + timedelta(days=1), clock_time(0), NEW_YORK)
             self._day = (midnight.timestamp() * 1000, following.timestamp() * 1000)
         return int(self._day[0])
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000 + 0.5)
 
 
 def _is_number(value: Any) -> bool:
