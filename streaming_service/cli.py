@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +22,12 @@ import structlog
 
 from streaming_service.config import load_settings
 from streaming_service.errors import AuthError, ConfigError, SinkError, StreamerError
+from streaming_service.indicators import EXCHANGE_TZ
 from streaming_service.logs import configure_logging
 
 if TYPE_CHECKING:
     from streaming_service.service import Service
-    from streaming_service.simulator import SchwabSimulator
+    from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 
 __all__ = ["main"]
 
@@ -85,9 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     auth = commands.add_parser(
         "auth", help="log in to Schwab (prints a URL; paste the address it redirects to) and save the token"
     )
-    auth.add_argument(
-        "--status", action="store_true", help="only print when the saved refresh token expires"
-    )
+    auth.add_argument("--status", action="store_true", help="only print when the saved refresh token expires")
     auth.set_defaults(command=_auth)
 
     status = commands.add_parser(
@@ -132,8 +132,32 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--status-every", type=_positive(float), default=2.0, help="seconds between status lines"
     )
+    demo.add_argument(
+        "--restart-at",
+        type=_clock_time,
+        metavar="HH:MM",
+        help="stop the service at this simulated New York time, let the market run --down-for "
+        "simulated seconds, start it again: the gap is backfilled (see README, 'Continuity')",
+    )
+    demo.add_argument(
+        "--down-for",
+        type=_positive(float),
+        default=300.0,
+        help="simulated seconds the service stays down with --restart-at (default: %(default)s)",
+    )
     demo.set_defaults(command=_demo)
     return parser
+
+
+def _clock_time(text: str) -> time:
+    """HH:MM within the regular session (09:30-16:00), for --restart-at."""
+    try:
+        moment = time.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time like 11:00") from None
+    if not time(9, 30) < moment < time(16, 0):
+        raise argparse.ArgumentTypeError(f"{text} is outside the simulated session (09:30-16:00)")
+    return moment
 
 
 def _positive(kind: type[float]) -> Callable[[str], float]:
@@ -267,9 +291,23 @@ async def _demo(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             token_path = Path(tmp) / "token.json"
             write_token_file(token_path)
-            client = build_schwab_client(token_path, "demo-key", "demo-secret", api_base_url=sim.api_base_url)
-            service = Service(settings, client, sink_for(settings))
+
+            def new_service() -> Service:
+                client = build_schwab_client(
+                    token_path, "demo-key", "demo-secret", api_base_url=sim.api_base_url
+                )
+                return Service(settings, client, sink_for(settings))
+
+            service = new_service()
             print(f"demo: simulator at {sim.api_base_url}, writing to {service.sink.name}", flush=True)
+            if args.restart_at is not None:
+                restart_at = _session_offset(market, args.restart_at)
+                await _serve(service, stop_when=_market_at(sim, restart_at), status_every=args.status_every,
+                             print_status=True)  # fmt: skip
+                print(f"demo: service stopped at {args.restart_at:%H:%M} (simulated); the market goes on "
+                      f"for {args.down_for:.0f} s, then it starts again", flush=True)  # fmt: skip
+                await _market_at(sim, restart_at + args.down_for)
+                service = new_service()
             await _serve(
                 service,
                 stop_when=_demo_end(sim, service, args.duration),
@@ -277,13 +315,27 @@ async def _demo(args: argparse.Namespace) -> None:
                 print_status=True,
             )
         traded = sum(trade.size for trade in sim.sent_trades)
+        market_total = sum(market.total_volume(s) for s in market.symbols)
     status = service.status()
     print(
-        f"demo: done. simulator sent {len(sim.sent_trades)} trades ({traded} shares); "
+        f"demo: done. the market traded {market_total} shares; "
+        f"simulator sent {len(sim.sent_trades)} trades ({traded} shares); "
         f"{status.ticks} ticks received; {status.rows_written} rows written to {service.sink.name} "
         f"({status.option_rows} of them option snapshots)",
         flush=True,
     )
+
+
+def _session_offset(market: SimulatedMarket, at: time) -> float:
+    """Seconds from the simulated session's open (09:30 New York) to `at` that day."""
+    opened = datetime.fromtimestamp(market.open_ms / 1000, EXCHANGE_TZ)
+    return (datetime.combine(opened.date(), at, EXCHANGE_TZ) - opened).total_seconds()
+
+
+async def _market_at(sim: SchwabSimulator, offset_s: float) -> None:
+    """Return once the simulated clock is `offset_s` seconds past the open (polls; bounded by it)."""
+    while sim.clock() < sim.market.open_ms / 1000 + offset_s:  # noqa: ASYNC110 - the market's own clock
+        await asyncio.sleep(0.05)
 
 
 async def _demo_end(sim: SchwabSimulator, service: Service, duration: float | None) -> None:
@@ -291,10 +343,15 @@ async def _demo_end(sim: SchwabSimulator, service: Service, duration: float | No
     service up to 10 s to receive what was already sent, so the demo's totals can be compared."""
     await _first_of(sim.session_finished.wait(), duration)
     sim.pause()
-    sent = sum(trade.size for trade in sim.sent_trades)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while service.pipeline.volume < sent and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll
+
+    def caught_up() -> bool:
+        seen = (service.stream.merger.state(s) for s in sim.market.symbols)
+        totals = [state["total_volume"] if state else None for state in seen]
+        return totals == [sim.market.total_volume(s) for s in sim.market.symbols]
+
+    while not caught_up() and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll
         await asyncio.sleep(0.05)
 
 

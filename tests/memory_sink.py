@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 from streaming_service.errors import SinkUnavailable
 from streaming_service.models import Batch
+from streaming_service.sinks.base import RecordedRow
 
 
 class MemorySink:
@@ -32,6 +34,12 @@ class MemorySink:
             raise SinkUnavailable("simulated outage")
         self.batches.append(batch)
         self.written.set()
+
+    async def recorded_rows(self, ticker: str, since: datetime, until: datetime) -> list[RecordedRow]:
+        """The latest version of each equity row of `ticker` in [since, until), with its indicators."""
+        equity = {r.key: r for b in self.batches for r in b.equity if since <= r.timestamp < until}
+        indicators = {r.key: r for b in self.batches for r in b.indicators}
+        return [(row, indicators.get(key)) for key, row in sorted(equity.items()) if key[0] == ticker]
 
     async def aclose(self) -> None:
         return None

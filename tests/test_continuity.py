@@ -9,7 +9,12 @@ the minute's volume: exactly what price history can tell. SMA9 and VWAP are reco
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
 import sqlite3
+import subprocess
+import sys
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -279,3 +284,25 @@ async def test_reconnect_gaps_are_recorded_and_filled(tmp_path: Path) -> None:
             assert backfilled == 0
     assert rows.volume.sum() == market.total_volume("QQQ")
     assert_indicators_match(rows, market, seen)
+
+
+def test_the_demo_shows_a_restart_gap_being_backfilled(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "streaming_service", "demo", "--restart-at", "09:40", "--down-for", "240",
+         "--speed", "300", "--duration", "3", "--status-every", "1", "--database-url",
+         f"sqlite:///{tmp_path / 'demo.db'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "LOG_FORMAT": "json"},
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "service stopped at 09:40 (simulated)" in output
+    logged = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert [e["cause"] for e in logged if e["event"] == "gap filled"] == ["restart"]
+    traded = int(re.search(r"the market traded (\d+) shares", output).group(1))  # type: ignore[union-attr]
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    ((started, ended, cause, backfilled, missing, _),) = read_gaps(url)
+    print(f"demo: gap of {(ended - started) / 1000:.0f} s, {backfilled} rows backfilled, {missing} shares "
+          f"in the first live row; {traded} shares traded")  # fmt: skip
+    assert cause == "restart" and backfilled >= 3 and ended - started >= 240_000
+    assert int(read_rows(url).volume.sum()) == traded
