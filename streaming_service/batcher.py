@@ -131,13 +131,16 @@ class Batcher:
         try:
             await self._retrying(self._sink.open, "open")
             self.sink_open.set()
-            while not (self._closing and not self.spool.depth):
-                if not self._closing:
+            while True:
+                closing = self._closing  # sampled before the commit: it then holds the last open rows
+                if not closing:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
                 self._wake.clear()
                 await self._commit()
                 await self._write_spooled()
+                if closing and not self.spool.depth:
+                    break
         finally:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

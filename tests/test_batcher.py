@@ -194,3 +194,34 @@ async def test_close_during_an_outage_returns_within_grace_and_keeps_rows_on_dis
     await task
     await spool.aclose()
     assert equity_written(sink) == [T0 + timedelta(seconds=i) for i in range(20)]
+
+
+class _HeldSink(MemorySink):
+    """A sink whose writes wait until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.writing = asyncio.Event()
+
+    async def write(self, batch: Batch) -> None:
+        self.writing.set()
+        await self.release.wait()
+        await super().write(batch)
+
+
+async def test_close_during_a_write_still_writes_the_open_rows_drained_after_it() -> None:
+    open_rows: list[RowPair] = []
+    sink = _HeldSink()
+    batcher = Batcher(sink, size=1, interval=3600, drain=lambda: [open_rows.pop()] if open_rows else [])
+    task = asyncio.create_task(batcher.run())
+    batcher.add(pair(0))
+    await asyncio.wait_for(sink.writing.wait(), timeout=5)  # the writer is inside a write…
+    open_rows.append(pair(1, volume=7))  # …when the open row changes, and shutdown begins
+    closing = asyncio.create_task(batcher.close(grace=5))
+    await asyncio.sleep(0)  # close() has set closing before the write returns
+    sink.release.set()
+    await asyncio.wait_for(closing, timeout=10)
+    await task
+    assert equity_written(sink) == [T0, T0 + timedelta(seconds=1)]
+    assert batcher.spool.depth == 0
