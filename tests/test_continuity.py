@@ -306,3 +306,24 @@ def test_the_demo_shows_a_restart_gap_being_backfilled(tmp_path: Path) -> None:
           f"in the first live row; {traded} shares traded")  # fmt: skip
     assert cause == "restart" and backfilled >= 3 and ended - started >= 240_000
     assert int(read_rows(url).volume.sum()) == traded
+
+
+async def test_a_new_machine_mid_session_continues_from_the_sinks_rows(tmp_path: Path) -> None:
+    settings = {**open_db("sqlite", tmp_path), "row_resolution": 60, "batch_interval": 0.2}
+    market = SimulatedMarket(["QQQ"], seed=17, trades_per_second=3.0, session_seconds=SESSION_S)
+    async with SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim:
+        first = await run_until(sim, tmp_path, settings, 10 * 60 + 30)
+        seen = first.pipeline.builders["QQQ"].last_ms
+        (tmp_path / "spool.db").unlink()  # a new machine: no spool, no checkpoint; same database
+        down_from = sim.clock()
+        await wait_until(lambda: sim.clock() - down_from >= 3 * 60, within=30)
+        second = await run_to_end(sim, tmp_path, settings)
+    assert second.spool.checkpoint is not None  # (the new machine's own, written as it streamed)
+    rows = read_rows(settings["database_url"])
+    ((started, ended, cause, backfilled, missing, _),) = read_gaps(settings["database_url"])
+    print(f"new machine: gap from the last recorded row, {(ended - started) / 1000:.0f} s, {backfilled} rows "
+          f"backfilled, {missing} shares in the first live row; Σ {rows.volume.sum()}")  # fmt: skip
+    assert started == seen - seen % MINUTE_MS  # the gap starts at the last row the database had
+    assert cause == "restart" and backfilled >= 2
+    assert rows.volume.sum() == market.total_volume("QQQ")
+    assert_indicators_match(rows, market, [(seen, ended)])
