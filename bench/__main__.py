@@ -1,0 +1,101 @@
+"""`python -m bench [--quick] [--only NAME ...] [--write bench/RESULTS.md]`: every benchmark, one table.
+
+Each part measures its figures and a baseline in the same run and prints the ratio:
+- wire: CPU µs per frame over a real loopback WebSocket (stock schwab-py's dispatch vs ours);
+- sinks: rows/s of our sinks against a naive one-row-per-request writer;
+- latency: trade → committed row, p50/p99, low-latency settings and defaults;
+- recovery: first write after a database outage, drain rows/s, RSS while draining;
+- soak: steady RSS and growth of `run` over a simulated session, import cost per dependency.
+`--quick` runs each in seconds (CI runs it to keep the code working; no thresholds). `--write`
+also writes the table as Markdown with the machine, date and library versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PARTS = ("wire", "sinks", "latency", "recovery", "soak")
+LIBRARIES = ("schwab-py", "websockets", "orjson", "psycopg", "supabase", "postgrest", "httpx")
+
+
+def machine() -> str:
+    """CPU model, cores, RAM, OS and Python of this machine."""
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor() or "unknown CPU",
+    )  # fmt: skip
+    ram = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    system = f"{platform.platform()}, Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} cores, {ram:.1f} GiB RAM, {system}"
+
+
+def versions() -> str:
+    found = []
+    for name in LIBRARIES:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else f"{value:,}" if isinstance(value, int | float) else str(value)
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown table lines: what, value, unit, baseline, ratio, note."""
+    lines = ["| part | what | value | unit | baseline | ratio | note |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        cells = [row.get(k) for k in ("part", "name", "value", "unit", "baseline", "ratio", "note")]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="seconds per part (CI); figures not meaningful")
+    parser.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
+    parser.add_argument("--write", type=Path, help="also write the table as Markdown to this file")
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    rows: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for part in args.only or PARTS:
+        module = importlib.import_module(part)
+        began = time.monotonic()
+        part_rows = module.run(quick=args.quick)
+        print(
+            f"{part}: {len(part_rows)} figures in {time.monotonic() - began:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        rows += [{"part": part, **row} for row in part_rows]
+    lines = table(rows)
+    print("\n".join(lines))
+    if args.write:
+        header = [
+            "# Benchmark results",
+            "",
+            f"`python -m bench{' --quick' if args.quick else ''}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+            f"{time.monotonic() - started:.0f} s.",
+            "",
+            f"- Machine: {machine()}",
+            f"- Libraries: {versions()}",
+            "",
+        ]
+        args.write.write_text("\n".join([*header, *lines, ""]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

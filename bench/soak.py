@@ -1,0 +1,144 @@
+"""Memory of the long-lived `run` process over a whole simulated session, and what each dependency costs.
+
+Usage: python bench/soak.py [--quick] [--speed 300]
+- soak: the simulator (1 ticker, 80 option contracts, 5 trades/s) runs here; `run` runs as its own
+  process (`tests/service_process.py`: settings from the environment, the Schwab client pointed at
+  the simulator, trade times checked against its clock) writing to SQLite. Its RSS is sampled every
+  second from /proc: steady RSS (median after the first tenth of the session), peak, and growth
+  (last tenth's median minus the second tenth's). Whether pandas is mapped into it is read from
+  /proc/PID/maps (it must not be: the market calendar is computed in a short child process).
+- imports: peak RSS of `python -c "import X"` for each dependency, minus a bare interpreter's, all
+  measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNER = ROOT / "tests" / "service_process.py"
+DEPENDENCIES = (
+    "streaming_service.cli",
+    "schwab",
+    "supabase",
+    "psycopg",
+    "websockets",
+    "pydantic_settings",
+    "structlog",
+    "tenacity",
+    "pandas",
+)
+
+
+def peak_rss_mib(code: str) -> float:
+    """Peak RSS (MiB) of a fresh interpreter running `code` (its VmHWM: the forked parent's pages
+    before exec, which the child's rusage would count, are not included)."""
+    probe = f"{code}\nprint(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1]) / 1024
+
+
+def import_costs() -> list[dict[str, Any]]:
+    bare = peak_rss_mib("pass")
+    rows = [{"name": "memory: bare interpreter", "value": round(bare, 1), "unit": "MiB"}]
+    for module in DEPENDENCIES:
+        cost = peak_rss_mib(f"import {module}") - bare
+        rows.append({"name": f"memory: import {module}", "value": round(cost, 1), "unit": "MiB",
+                     "baseline": round(bare, 1), "ratio": round((bare + cost) / bare, 2)})  # fmt: skip
+    return rows
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _maps_pandas(pid: int) -> bool:
+    return "/pandas/" in Path(f"/proc/{pid}/maps").read_text()
+
+
+async def _soak(session_s: float, speed: float) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
+
+    market = SimulatedMarket(["QQQ"], seed=7, trades_per_second=5.0, session_seconds=session_s)
+    with tempfile.TemporaryDirectory() as tmp:
+        token = Path(tmp) / "token.json"
+        write_token_file(token)
+        env = {
+            k: v for k, v in os.environ.items() if k.isupper() and not k.startswith(("SCHWAB", "SUPABASE"))
+        }
+        env.update(STREAM_TICKER="QQQ", DATABASE_URL=f"sqlite:///{tmp}/soak.db", OPTIONS_ENABLED="true",
+                   SKIP_MARKET_HOURS="true", HEALTH_PORT="0", SPOOL_PATH=f"{tmp}/spool.db",
+                   DEAD_LETTER_PATH=f"{tmp}/dead.jsonl", LOG_LEVEL="WARNING")  # fmt: skip
+        async with SchwabSimulator(market, speed=speed, heartbeat_seconds=1.0) as sim:
+            clock = [str(v) for v in (*sim.start_clock(), speed)]
+            argv = [sys.executable, str(RUNNER), sim.api_base_url, str(token), *clock]
+            proc = subprocess.Popen(  # noqa: ASYNC220 - started once; the loop only polls it
+                argv, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            samples: list[float] = []
+            try:
+                while not sim.session_finished.is_set():
+                    await asyncio.sleep(1.0)
+                    if proc.poll() is not None:
+                        raise SystemExit(f"the run process exited with {proc.returncode}")
+                    samples.append(_rss_mib(proc.pid))
+                pandas = _maps_pandas(proc.pid)
+                contracts = len({s for s in sim.option_truth})
+            finally:
+                proc.terminate()
+                proc.wait(30)
+    tenth = max(1, len(samples) // 10)
+    return {
+        "steady": statistics.median(samples[tenth:]),
+        "peak": max(samples),
+        "growth": statistics.median(samples[-tenth:]) - statistics.median(samples[tenth : 2 * tenth]),
+        "pandas": pandas,
+        "contracts": contracts,
+        "samples": len(samples),
+        "trades": len(market.trades),
+    }
+
+
+def run(quick: bool = False, speed: float = 300.0) -> list[dict[str, Any]]:
+    """The table's memory rows (see the module docstring)."""
+    session_s = 1800.0 if quick else 23_400.0
+    soak = asyncio.run(_soak(session_s, speed))
+    what = f"run, 1 ticker + {soak['contracts']} contracts, {session_s / 3600:.1f} h simulated"
+    rows = import_costs()
+    rows += [
+        {"name": f"memory: steady RSS ({what})", "value": round(soak["steady"], 1), "unit": "MiB",
+         "baseline": 100.0, "ratio": round(soak["steady"] / 100.0, 2), "note": "target ≤ 100 MiB"},
+        {"name": "memory: peak RSS", "value": round(soak["peak"], 1), "unit": "MiB"},
+        {"name": "memory: growth over the session", "value": round(soak["growth"], 1), "unit": "MiB",
+         "baseline": 2.0, "note": "target ≤ 2 MiB"},
+        {"name": "memory: pandas in the run process", "value": "yes" if soak["pandas"] else "no", "unit": ""},
+    ]  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="half an hour of simulated session")
+    parser.add_argument("--speed", type=float, default=300.0, help="simulated seconds per second")
+    args = parser.parse_args()
+    started = time.monotonic()
+    for row in run(args.quick, args.speed):
+        print(f"{row['name']:<70} {row['value']!s:>8} {row['unit']}")
+    print(f"({time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
