@@ -69,6 +69,7 @@ class WriteStats:
     batches: int = 0
     write_errors: int = 0
     probes: int = 0  # `Sink.probe()` calls made while a retry backoff slept
+    retry_due_at: float | None = None  # wall clock when the backoff in progress ends (no probe)
     last_write_at: float | None = None
     last_error: str | None = None
     failing_since: float | None = None  # wall clock of the first failure of the current outage
@@ -245,6 +246,7 @@ class Batcher:
             self.stats.last_error = str(exc)
             if self.stats.failing_since is None:
                 self.stats.failing_since = time.time()
+            self.stats.retry_due_at = time.time() + state.upcoming_sleep
             log.warning(
                 "write failed, retrying" if doing == "write" else "sink unavailable, retrying",
                 sink=self._sink.name,
