@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _rows import Row, percentile, print_table, row  # noqa: I001 (sets sys.path)
+from _rows import Row, percentile, print_table, row  # first: it puts tests/ on sys.path
+
+# isort: split
 
 import psycopg
 from harness import running_service

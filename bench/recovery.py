@@ -26,7 +26,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from _rows import Row, print_table, row  # noqa: I001 (sets sys.path)
+from _rows import Row, print_table, row  # first: it puts tests/ on sys.path
+
+# isort: split
 
 from harness import running_service
 from pg_cluster import PgCluster, fresh_database
@@ -83,7 +85,7 @@ async def _run(quick: bool) -> list[Row]:
             running_service(sim, Path(tmp), database_url=dsn, options_enabled=False) as service,
         ):
             stats, pipeline = service.batcher.stats, service.pipeline
-            while stats.rows_written < 2000:  # streaming and writing
+            while stats.rows_written < 2000:  # noqa: ASYNC110 - streaming and writing
                 await asyncio.sleep(_SAMPLE_S)
             ticks, mark = pipeline.ticks, time.monotonic()
             await asyncio.sleep(2.0)  # the window for ticks/s before the outage
@@ -98,7 +100,7 @@ async def _run(quick: bool) -> list[Row]:
             up_at = time.time()
             due = stats.retry_due_at or up_at
             written, batches = stats.rows_written, stats.batches
-            while stats.batches == batches:
+            while stats.batches == batches:  # noqa: ASYNC110 - a measurement poll
                 await asyncio.sleep(0.01)
             first = time.time() - up_at
             first_rows, ticks, mark, peak = stats.rows_written, pipeline.ticks, time.monotonic(), 0.0
