@@ -1,15 +1,21 @@
 """The writer: rows go into the durable spool at once and out to the sink in batches.
 
 `add()` / `add_options()` / `add_gap()` put rows into the spool's buffer (never waiting for
-anything); a committer commits that buffer to disk every `commit_every` seconds (group commit),
-first pulling in the pipeline's open rows (`drain`), so a row received is on disk within about that
-time. Each commit with rows also writes `checkpoint()` (the state those rows leave the pipeline in)
-in the same transaction; without rows, at most every `checkpoint_every` seconds. The
-writer takes the oldest rows from the spool when `size` equity rows wait, an option snapshot
-arrived, or `interval` seconds passed, writes them (up to `batch_rows` per write) and deletes them
-from the spool only after the sink committed them. A write that fails with `SinkUnavailable` is
+anything); a committer commits that buffer to disk every `commit_every` seconds (group commit:
+250 ms, or `interval` if smaller), first pulling in the pipeline's open rows (`drain`), so a row
+received is on disk within about that time. With `size` 1 (low-latency mode) every change is
+written now instead: `add()` and `changed()` (an open row grew) wake the writer, which commits the
+spool and writes at once; changes arriving during a write go out together in the next one.
+
+Each commit with rows also writes `checkpoint()` (the state those rows leave the pipeline in) in
+the same transaction; without rows, at most every `checkpoint_every` seconds. The writer takes
+the oldest rows from the spool when `size` equity rows wait, an option snapshot arrived, or
+`interval` seconds passed, writes them (up to `batch_rows` per write) and deletes them from the
+spool only after the sink committed them. A write that fails with `SinkUnavailable` is
 retried (exponential backoff with jitter, capped; a server's Retry-After is honoured) until it
-succeeds; rows arriving meanwhile wait on disk, so RAM stays flat during an outage of any length,
+succeeds; while the backoff sleeps, the sink is probed every `PROBE_EVERY_S` (`Sink.probe()`,
+cheap) and the write is retried as soon as a probe succeeds, so recovery does not wait for the
+backoff. Rows arriving meanwhile wait on disk, so RAM stays flat during an outage of any length,
 and the backlog then goes out in large batches. A sink that cannot be reached at start-up is
 retried the same way: the stream runs into the spool meanwhile.
 
@@ -42,11 +48,15 @@ from streaming_service.pipeline import RowPair
 from streaming_service.sinks.base import Sink
 from streaming_service.spool import Spool, SpoolError
 
-__all__ = ["MAX_BATCH_ROWS", "Batcher", "WriteStats"]
+__all__ = ["COMMIT_EVERY_S", "MAX_BATCH_ROWS", "PROBE_EVERY_S", "Batcher", "WriteStats"]
 
 log = structlog.get_logger(__name__)
 #: Rows per write when a backlog drains: large requests make catching up cheap.
 MAX_BATCH_ROWS = 5000
+#: The spool's group-commit period (the longest a received row waits before it is on disk).
+COMMIT_EVERY_S = 0.25
+#: Seconds between probes of a failing sink while a retry backoff sleeps.
+PROBE_EVERY_S = 1.0
 _SPOOL_ALERT_EVERY_S = 60.0
 
 
@@ -58,6 +68,8 @@ class WriteStats:
     option_rows_written: int = 0
     batches: int = 0
     write_errors: int = 0
+    probes: int = 0  # `Sink.probe()` calls made while a retry backoff slept
+    retry_due_at: float | None = None  # wall clock when the backoff in progress ends (no probe)
     last_write_at: float | None = None
     last_error: str | None = None
     failing_since: float | None = None  # wall clock of the first failure of the current outage
@@ -77,11 +89,12 @@ class Batcher:
         checkpoint: Callable[[], dict[str, Any] | None] = lambda: None,
         checkpoint_every: float = 5.0,
         max_retry_wait: float = 60.0,
-        commit_every: float = 0.25,
+        commit_every: float | None = None,
         batch_rows: int = MAX_BATCH_ROWS,
+        probe_every: float = PROBE_EVERY_S,
     ) -> None:
         """`spool`: where rows wait; None = an in-memory spool (tests and benchmarks: it survives
-        outages, not restarts)."""
+        outages, not restarts). `commit_every`: None = `COMMIT_EVERY_S`, or `interval` if smaller."""
         self._sink = sink
         self.spool = spool or Spool(Path(":memory:"), max_bytes=2**62)
         self._size = size
@@ -91,7 +104,8 @@ class Batcher:
         self._checkpoint_every = checkpoint_every
         self._checkpointed_at = 0.0
         self._max_retry_wait = max_retry_wait
-        self._commit_every = commit_every
+        self._commit_every = min(COMMIT_EVERY_S, interval) if commit_every is None else commit_every
+        self._probe_every = probe_every
         self._batch_rows = batch_rows
         self._wake = asyncio.Event()
         self._closing = False
@@ -109,6 +123,18 @@ class Batcher:
         """Queue a row pair; wakes the writer when `size` equity rows are waiting. Never blocks."""
         self.spool.put(pair)
         if self.spool.equity_depth >= self._size:
+            self._wake.set()
+
+    @property
+    def eager(self) -> bool:
+        """Low-latency mode (`size` 1): every change is committed and written at once."""
+        return self._size == 1
+
+    def changed(self) -> None:
+        """The pipeline's open rows changed (they are pulled in by `drain`). In low-latency mode,
+        wake the writer to commit and write them now; otherwise nothing (the committer pulls them
+        in within `commit_every`). Never blocks."""
+        if self._size == 1:
             self._wake.set()
 
     def add_options(self, rows: list[OptionRow]) -> None:
@@ -199,6 +225,7 @@ class Batcher:
             self._count(taken.batch)
             if not self._closing and len(taken) < self._batch_rows:
                 return
+            await asyncio.sleep(0)  # a backlog: let the stream run between batches
 
     def _count(self, batch: Batch) -> None:
         self.stats.rows_written += len(batch)
@@ -219,6 +246,7 @@ class Batcher:
             self.stats.last_error = str(exc)
             if self.stats.failing_since is None:
                 self.stats.failing_since = time.time()
+            self.stats.retry_due_at = time.time() + state.upcoming_sleep
             log.warning(
                 "write failed, retrying" if doing == "write" else "sink unavailable, retrying",
                 sink=self._sink.name,
@@ -229,9 +257,29 @@ class Batcher:
                 error=str(exc),
             )
 
+        wait = _RetryAfterOrBackoff(self._max_retry_wait)
+
+        async def sleep(seconds: float) -> None:
+            """Sleep `seconds`, or less: past what the server asked (Retry-After), probe the sink
+            every `probe_every` seconds and return as soon as it answers."""
+            loop = asyncio.get_running_loop()
+            asked = min(wait.asked, seconds)
+            if asked > 0:
+                await asyncio.sleep(asked)
+            deadline = loop.time() + seconds - asked
+            while (left := deadline - loop.time()) > 0:
+                await asyncio.sleep(min(self._probe_every, left))
+                if loop.time() >= deadline:
+                    return
+                self.stats.probes += 1
+                if await self._sink.probe():
+                    log.info("sink answers again; retrying now", sink=self._sink.name, doing=doing)
+                    return
+
         retrying = AsyncRetrying(
+            sleep=sleep,
             retry=retry_if_exception_type(SinkUnavailable),
-            wait=_RetryAfterOrBackoff(self._max_retry_wait),
+            wait=wait,
             stop=stop_never,
             before_sleep=before_sleep,
             reraise=True,
@@ -242,14 +290,16 @@ class Batcher:
 
 
 class _RetryAfterOrBackoff(wait_exponential_jitter):
-    """Exponential backoff with jitter, capped; at least what the server's Retry-After asked."""
+    """Exponential backoff with jitter, capped; at least what the server's Retry-After asked.
+    `asked` holds the part of the last wait the server asked for (not to be cut short by a probe)."""
 
     def __init__(self, cap: float) -> None:
         super().__init__(max=cap)
         self._cap = cap
+        self.asked = 0.0
 
     def __call__(self, retry_state: RetryCallState) -> float:
         backoff = super().__call__(retry_state)
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        asked = getattr(exc, "retry_after", None) or 0.0
-        return max(backoff, min(float(asked), max(self._cap, 300.0)))
+        self.asked = min(float(getattr(exc, "retry_after", None) or 0.0), max(self._cap, 300.0))
+        return max(backoff, self.asked)

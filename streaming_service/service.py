@@ -179,6 +179,7 @@ class Service:
 
     def _on_tick(self, tick: Tick) -> None:
         self.pipeline.on_tick(tick)
+        self.batcher.changed()  # low-latency mode writes the open row now
         if self.options is not None:
             self.options.on_tick(tick)
 

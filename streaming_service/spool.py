@@ -236,8 +236,12 @@ class Spool:
         return Taken(batch, rows[-1][1] if rows else 0)
 
     def _confirm_sync(self, conn: sqlite3.Connection, last_seq: int) -> None:
-        conn.execute("DELETE FROM outbox WHERE seq <= ?", (last_seq,))  # one statement: atomic
-        self._refresh_counts(conn)
+        # One statement: atomic. The counts follow from what it deleted (no count(*) over a backlog).
+        deleted = conn.execute("DELETE FROM outbox WHERE seq <= ? RETURNING tbl", (last_seq,)).fetchall()
+        self._depth -= len(deleted)
+        self._equity_depth -= sum(1 for (table,) in deleted if table == "equity_data")
+        oldest = conn.execute("SELECT queued_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        self._oldest = oldest[0] if oldest else None
 
     def _enforce_limit(self, conn: sqlite3.Connection) -> None:
         """Past `max_bytes` of live pages, drop the oldest tenth of the rows (counted, alerted)."""

@@ -18,6 +18,7 @@ class MemorySink:
     def __init__(self) -> None:
         self.batches: list[Batch] = []
         self.attempts = 0
+        self.probes = 0
         self.written = asyncio.Event()
         self._failures = 0
 
@@ -40,6 +41,11 @@ class MemorySink:
         equity = {r.key: r for b in self.batches for r in b.equity if since <= r.timestamp < until}
         indicators = {r.key: r for b in self.batches for r in b.indicators}
         return [(row, indicators.get(key)) for key, row in sorted(equity.items()) if key[0] == ticker]
+
+    async def probe(self) -> bool:
+        """True unless writes are set to fail."""
+        self.probes += 1
+        return not self._failures
 
     async def aclose(self) -> None:
         return None

@@ -23,12 +23,18 @@ client gives up, or drop the connection; `answer_next(n, status, body, headers=.
 makes them answer exactly that (a gateway's 401 `{"message":"Invalid API key"}`, a 429 with
 `Retry-After`, a proxy's 503 HTML page). Faults are taken in the order they were queued.
 Every request is recorded in `requests` (method, path, query, headers, body).
+
+Database connections are pooled (idle ones kept for the next request; a broken one is dropped), as
+PostgREST's are. `delay_s` adds that many seconds to every answer: a network round trip, for
+benchmarks.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -110,11 +116,13 @@ class PostgrestDouble:
     in as `authenticator` on the same server). Use as a context manager; `url` is the project URL.
     `max_rows` caps the rows of a GET (None: no cap)."""
 
-    def __init__(self, dsn: str, *, max_rows: int | None = 1000) -> None:
+    def __init__(self, dsn: str, *, max_rows: int | None = 1000, delay_s: float = 0.0) -> None:
         params = conninfo_to_dict(dsn)
         params["user"] = "authenticator"
         self._dsn = make_conninfo(**params)  # type: ignore[arg-type]
         self.max_rows = max_rows
+        self.delay_s = delay_s
+        self._idle: list[psycopg.Connection] = []
         self.requests: list[Recorded] = []
         self._faults: list[tuple[Fault, str | None]] = []
         self._lock = threading.Lock()
@@ -137,6 +145,10 @@ class PostgrestDouble:
         self._release.set()  # let hung "timeout" requests go
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def fail_next(self, count: int, fault: Fault, *, table: str | None = None) -> None:
         """Fail the next `count` requests (only those for `table`, if given) with `fault`."""
@@ -190,9 +202,7 @@ class PostgrestDouble:
 
     def _run(self, role: str, work: Any) -> Any:
         try:
-            with psycopg.connect(self._dsn, connect_timeout=5) as conn, conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
-                return work(conn)
+            return self._pooled(role, work)
         except psycopg.OperationalError as exc:
             if exc.sqlstate is None:
                 raise _ApiError(503, "PGRST000", "Database client error. Retrying the connection.",
@@ -200,6 +210,24 @@ class PostgrestDouble:
             raise _sql_error(exc, role) from None
         except psycopg.Error as exc:
             raise _sql_error(exc, role) from None
+
+    def _pooled(self, role: str, work: Any) -> Any:
+        """`work(conn)` in one transaction as `role`, on an idle pooled connection or a new one; the
+        connection goes back to the pool unless it broke."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = psycopg.connect(self._dsn, connect_timeout=5, autocommit=True)
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+                return work(conn)
+        finally:
+            if conn.closed or conn.broken:
+                conn.close()
+            else:
+                with self._lock:
+                    self._idle.append(conn)
 
     def upsert(
         self, role: str, table: str, query: dict[str, list[str]], prefer: set[str], body: Any
@@ -338,6 +366,11 @@ def _handler(double: PostgrestDouble) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        def setup(self) -> None:
+            super().setup()
+            # Headers and body go out as two writes: without this, Nagle + delayed ACK add ~40 ms.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
         def do_GET(self) -> None:
             self._serve("GET")
 
@@ -366,6 +399,8 @@ def _handler(double: PostgrestDouble) -> type[BaseHTTPRequestHandler]:
             if isinstance(fault, Answer):
                 self._send(fault.status, *fault.encoded())
                 return
+            if double.delay_s:
+                time.sleep(double.delay_s)  # a network round trip (benchmarks)
             try:
                 if fault == "503":
                     raise _ApiError(503, "PGRST000", "Database client error. Retrying the connection.")

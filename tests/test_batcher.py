@@ -225,3 +225,59 @@ async def test_close_during_a_write_still_writes_the_open_rows_drained_after_it(
     await task
     assert equity_written(sink) == [T0, T0 + timedelta(seconds=1)]
     assert batcher.spool.depth == 0
+
+
+async def test_low_latency_mode_commits_and_writes_an_open_row_change_at_once() -> None:
+    """BATCH_SIZE=1: `changed()` (an open row grew) commits the spool and writes now, without
+    waiting for a group-commit tick (an hour here) or the interval."""
+    sink = MemorySink()
+    open_rows = [pair(3, volume=5)]
+    batcher = Batcher(
+        sink, size=1, interval=3600, commit_every=3600, drain=lambda: [open_rows.pop()] if open_rows else []
+    )
+    task = asyncio.create_task(batcher.run())
+    await asyncio.wait_for(batcher.sink_open.wait(), timeout=5)
+    assert batcher.eager
+    batcher.changed()
+    await sink.wait_for_batches(1)
+    await wait_until(lambda: batcher.spool.depth == 0)  # confirmed, so it went through the spool
+    open_rows.append(pair(3, volume=9))  # the same row grew
+    batcher.changed()
+    await sink.wait_for_batches(2)
+    assert [r.volume for b in sink.batches for r in b.equity] == [5, 9]
+    await batcher.close()
+    await task
+    assert not Batcher(sink, size=10, interval=60).eager  # the default stays batched
+
+
+class _DownSink(MemorySink):
+    """Refuses writes while `down`; `probe()` answers accordingly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def write(self, batch: Batch) -> None:
+        self.attempts += 1
+        if self.down:
+            raise SinkUnavailable("connection refused")
+        self.batches.append(batch)
+        self.written.set()
+
+    async def probe(self) -> bool:
+        self.probes += 1
+        return not self.down
+
+
+async def test_a_probe_that_answers_ends_the_backoff_at_once() -> None:
+    sink = _DownSink()
+    batcher = Batcher(sink, size=1, interval=3600, max_retry_wait=3600, probe_every=0.01)
+    task = asyncio.create_task(batcher.run())
+    batcher.add(pair(0))
+    await wait_until(lambda: batcher.stats.write_errors == 1 and sink.probes >= 2)  # backoff ≥ 1 s
+    sink.down = False
+    await sink.wait_for_batches(1, within=0.8)  # the backoff alone would take at least 1 s
+    assert batcher.stats.write_errors == 1  # one failure, then the retry a probe allowed
+    assert batcher.stats.probes == sink.probes
+    await batcher.close()
+    await task

@@ -15,6 +15,7 @@ from streaming_service.models import Batch, EquityRow, IndicatorRow, TableRow
 
 __all__ = [
     "GAPS_MIGRATION",
+    "PROBE_TIMEOUT_S",
     "RECORDED_ROWS_SQL",
     "REQUIRED_TABLES",
     "ROUNDED_COLUMNS",
@@ -36,6 +37,8 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+#: How long `Sink.probe()` waits for an answer, in seconds.
+PROBE_TIMEOUT_S = 2.0
 #: The UNIQUE key of each table: what every upsert conflicts on.
 UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
     "equity_data": ("ticker", "timestamp"),
@@ -176,6 +179,9 @@ class Sink(Protocol):
       timestamp, each paired with the `indicators` row of the same key or None. Values as stored:
       aware UTC timestamps, floats (rounded to the columns' scale), int volumes. Raises
       `SinkUnavailable` / `SinkRejected` as `write` does. Reads only; safe to cancel.
+    - `probe()` says whether the database answers a trivial request now (True/False), within a few
+      seconds (`PROBE_TIMEOUT_S`); it never raises a `SinkError`, needs no `open()`, and is safe to
+      cancel. The writer calls it while a retry backoff sleeps, to retry as soon as the sink is back.
     - `aclose()` releases connections; idempotent.
     - `name` is a short label for logs and the status line; it never contains credentials.
 
@@ -191,6 +197,8 @@ class Sink(Protocol):
     async def write(self, batch: Batch) -> None: ...
 
     async def recorded_rows(self, ticker: str, since: datetime, until: datetime) -> list[RecordedRow]: ...
+
+    async def probe(self) -> bool: ...
 
     async def aclose(self) -> None: ...
 

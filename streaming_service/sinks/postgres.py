@@ -33,6 +33,7 @@ from psycopg.conninfo import conninfo_to_dict
 from streaming_service.errors import ConfigError, SinkRejected, SinkUnavailable
 from streaming_service.models import Batch, TableRow
 from streaming_service.sinks.base import (
+    PROBE_TIMEOUT_S,
     RECORDED_ROWS_SQL,
     REQUIRED_TABLES,
     TABLE_COLUMNS,
@@ -213,6 +214,27 @@ class PostgresSink:
             raise
         return [recorded_row(ticker, *record) for record in records]
 
+    async def probe(self) -> bool:
+        """`SELECT 1` on the sink's connection, or on a new one (kept for the next write), within
+        `PROBE_TIMEOUT_S`: True if the server answered (a refused login counts as an answer: the
+        retried call reports it). Never raises a `SinkError`; cancel-safe (the connection is
+        dropped)."""
+        if self._closed:
+            return False
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                conn = await self._connection(PROBE_TIMEOUT_S)
+                await conn.execute("SELECT 1")
+        except SinkRejected:
+            return True
+        except (SinkUnavailable, psycopg.Error, TimeoutError):
+            await self._drop()
+            return False
+        except BaseException:
+            await self._drop()
+            raise
+        return True
+
     async def _write_tables(self, tables: list[tuple[str, list[TableRow]]]) -> list[Refused]:
         """Commit `tables` in one transaction; return the rows the server refused."""
         conn = await self._connection()
@@ -287,22 +309,24 @@ class PostgresSink:
         self._closed = True
         await self._drop()
 
-    async def _connection(self) -> _Connection:
+    async def _connection(self, within: float | None = None) -> _Connection:
+        """The open connection, or a new one (connected within `within` s, default the sink's)."""
         if self._conn is not None and not self._conn.closed:
             return self._conn
         self._conn = None
+        timeout = self._timeout if within is None else within
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(timeout):
                 self._conn = await psycopg.AsyncConnection.connect(
                     self._dsn,
                     autocommit=True,
                     prepare_threshold=None,
-                    connect_timeout=max(1, int(self._timeout)),
+                    connect_timeout=max(1, int(timeout)),
                     application_name="streaming-service",
                 )
         except TimeoutError:
             raise SinkUnavailable(
-                f"{self.name}: connecting to {self._where} timed out after {self._timeout:g}s; "
+                f"{self.name}: connecting to {self._where} timed out after {timeout:g}s; "
                 "check that the server is up and reachable from this host"
             ) from None
         except psycopg.OperationalError as exc:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from streaming_service.errors import SinkRejected, SinkUnavailable
+from streaming_service.errors import SinkError, SinkRejected, SinkUnavailable
 from streaming_service.models import Batch, TableRow
 from streaming_service.sinks.base import (
     RECORDED_ROWS_SQL,
@@ -204,6 +204,20 @@ class SQLiteSink:
         """Close the database file; idempotent."""
         self._closed = True
         await self._mapped(self._file.close())
+
+    async def probe(self) -> bool:
+        """`SELECT 1` on the file: True if it answers (or is not open yet: `open()` will say why
+        not), False after `aclose()` or on an error. A lock held by another process shows only when
+        a write waits for it. Never raises a `SinkError`."""
+        if self._closed:
+            return False
+        if not self._file.is_open:
+            return True
+        try:
+            await self._mapped(self._file.call(_fetch_all, "SELECT 1", ()))
+        except SinkError:
+            return False
+        return True
 
     async def _mapped(self, call: Awaitable[_T]) -> _T:
         """Await `call` (work on the file), mapping SQLite's errors to sink errors."""

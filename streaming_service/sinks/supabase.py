@@ -34,6 +34,7 @@ The key never appears in names, logs or reprs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Mapping
@@ -50,6 +51,7 @@ import httpx
 from streaming_service.errors import SinkRejected, SinkUnavailable
 from streaming_service.models import Batch, TableRow
 from streaming_service.sinks.base import (
+    PROBE_TIMEOUT_S,
     TABLE_COLUMNS,
     UNIQUE_KEYS,
     ErrorKind,
@@ -251,6 +253,21 @@ class SupabaseSink:
                 )
             )  # fmt: skip
         return recorded
+
+    async def probe(self) -> bool:
+        """One `GET /rest/v1/equity_data?select=ticker&limit=0` through `request`, within
+        `PROBE_TIMEOUT_S`: True if the project answered (a refusal counts as an answer: the retried
+        call reports it), False on 408/429/5xx, network errors and timeouts. Never raises a
+        `SinkError`; safe to cancel."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                client = await self.connect()
+                await self.request("equity_data", client.table("equity_data").select("ticker").limit(0))
+        except (SinkUnavailable, TimeoutError):
+            return False
+        except (SinkRejected, BadRows):
+            return True
+        return True
 
     async def aclose(self) -> None:
         session, self._session, self._client = self._session, None, None
