@@ -49,7 +49,9 @@ def versions() -> str:
 
 
 def _cell(value: Any) -> str:
-    return "" if value is None else f"{value:,}" if isinstance(value, int | float) else str(value)
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+    return "" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
