@@ -1,5 +1,10 @@
 """schwab-supabase streamer: records Schwab's live market data into Supabase/Postgres/SQLite."""
 
+from importlib import metadata
+
 __all__ = ["__version__"]
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("schwab-supabase-streamer")  # pyproject.toml's, as installed
+except metadata.PackageNotFoundError:
+    __version__ = "unknown (not installed)"

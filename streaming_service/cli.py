@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from streaming_service import __version__
 from streaming_service.config import load_settings
 from streaming_service.errors import AuthError, ConfigError, SinkError, StreamerError
 from streaming_service.indicators import EXCHANGE_TZ
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="streaming-service",
         description="Record Schwab's live market data with SMA9/VWAP into Supabase, Postgres or SQLite.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="stream STREAM_TICKER from Schwab into the configured database")

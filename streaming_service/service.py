@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from streaming_service import __version__
 from streaming_service.batcher import Batcher
 from streaming_service.config import Settings
 from streaming_service.continuity import Continuity
@@ -387,7 +387,7 @@ class Service:
             "state": state,
             "ok": ok,
             "stale": stale,
-            "version": _version(),
+            "version": __version__,
             "tickers": {t: {"last_data_age_s": age} for t, age in ages.items()},
             "spool": {
                 "depth": self.spool.depth,
@@ -465,13 +465,6 @@ def _iso(epoch_s: float) -> str:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("schwab-supabase-streamer")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _rss_mb() -> float | None:

@@ -146,7 +146,9 @@ class QuoteMerger:
             state.suspect, state.suspects = None, 0
         self._state[symbol] = state
         if closing is not None and previous is not None and total is not None:
-            at_ms = _epoch_ms(tick.timestamp) if tick else frame_time_ms if _is_number(frame_time_ms) else now_ms
+            at_ms = (
+                _epoch_ms(tick.timestamp) if tick else frame_time_ms if _is_number(frame_time_ms) else now_ms
+            )
             closing(symbol, total - previous, int(at_ms))  # type: ignore[arg-type]
         return tick
 
