@@ -111,7 +111,7 @@ def _schema_results(
                 f"table {table}",
                 not problems,
                 "; ".join(problems) or f"columns and UNIQUE ({', '.join(key)}) present",
-                "apply supabase/migrations (README, 'Apply the schema'); `run` creates missing tables "
+                "apply supabase/migrations (README, 'Supabase'); `run` creates missing tables "
                 "on Postgres and SQLite by itself",
             )
         )
