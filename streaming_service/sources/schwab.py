@@ -185,11 +185,16 @@ class SchwabStream:
             except _Healthy:
                 log.info("stream ended after a healthy session; reconnecting now")
 
-    async def _session(self) -> None:
+    def _connection(self) -> StreamClient:
+        """A new schwab-py StreamClient with our decoder and handlers, not logged in yet."""
         stream = StreamClient(self._client)
         stream.set_json_decoder(self._decoder)
         stream.add_level_one_equity_handler(self._handle)
         stream.add_level_one_option_handler(self._handle_options)
+        return stream
+
+    async def _session(self) -> None:
+        stream = self._connection()
         loop = asyncio.get_running_loop()
         try:
             await self._request("login", self._login(stream))
