@@ -68,6 +68,8 @@ _PRICES = ("2", "3", "4")  # BID_PRICE, ASK_PRICE, LAST_PRICE
 _GREEKS = ("28", "29", "30", "31")  # DELTA, GAMMA, THETA, VEGA
 _VALUES = (*_PRICES, *_GREEKS, "10")  # ... and VOLATILITY
 _SIZES = ("8", "9")  # TOTAL_VOLUME, OPEN_INTEREST
+_VALUE_FIELDS = tuple((key, OPTION_KEYS[key], key in _PRICES) for key in _VALUES)  # (key, name, price?)
+_MISSING: Any = object()
 _DECIMAL_10_4_LIMIT = 1e6  # option_prices' DECIMAL(10, 4) columns hold less than this
 _NOT_AVAILABLE = -999.0  # Schwab's value for a greek or volatility it could not compute: stored as NULL
 
@@ -149,25 +151,32 @@ class OptionQuotes:
             )
         _check_identity(contract, item)
         update: dict[str, float | None] = {}
-        for key in _VALUES:
-            if key in item:
-                value = _number(contract, key, item[key])
-                if key in _PRICES and value < 0:
-                    raise BadOptionItem(f"{contract.symbol}: {OPTION_KEYS[key]} is negative ({value})")
-                if abs(value) >= _DECIMAL_10_4_LIMIT:
-                    raise BadOptionItem(
-                        f"{contract.symbol}: {OPTION_KEYS[key]} is {value}, beyond the column's range"
-                    )
-                update[OPTION_KEYS[key]] = None if value == _NOT_AVAILABLE and key not in _PRICES else value
+        for key, name, price in _VALUE_FIELDS:
+            value = item.get(key, _MISSING)
+            if value is _MISSING:
+                continue
+            if type(value) is not float or value - value != 0.0:  # fast path: a finite float
+                value = _number(contract, key, value)
+            if price and value < 0:
+                raise BadOptionItem(f"{contract.symbol}: {name} is negative ({value})")
+            if not -_DECIMAL_10_4_LIMIT < value < _DECIMAL_10_4_LIMIT:
+                raise BadOptionItem(f"{contract.symbol}: {name} is {value}, beyond the column's range")
+            update[name] = None if value == _NOT_AVAILABLE and not price else value
         for key in _SIZES:
-            if key in item:
-                value = _number(contract, key, item[key])
-                if value < 0 or value != int(value):
-                    raise BadOptionItem(
-                        f"{contract.symbol}: {OPTION_KEYS[key]} is {item[key]!r}, not a count"
-                    )
-                update[OPTION_KEYS[key]] = int(value)
-        self._state.setdefault(contract.symbol, {}).update(update)
+            value = item.get(key, _MISSING)
+            if value is _MISSING:
+                continue
+            if type(value) is not int or value < 0:
+                number = _number(contract, key, value)
+                if number < 0 or number != int(number):
+                    raise BadOptionItem(f"{contract.symbol}: {OPTION_KEYS[key]} is {value!r}, not a count")
+                value = int(number)
+            update[OPTION_KEYS[key]] = value
+        state = self._state.get(contract.symbol)
+        if state is None:
+            self._state[contract.symbol] = update
+        else:
+            state.update(update)
 
     def snapshot(self, timestamp: datetime) -> list[OptionRow]:
         """One row per tracked contract that has a quote and has not expired by `timestamp`'s
@@ -182,11 +191,8 @@ class OptionQuotes:
 
 def _check_identity(contract: OptionContract, item: Mapping[str, Any]) -> None:
     strike = item.get(_STRIKE, contract.strike)
-    if (
-        not isinstance(strike, int | float)
-        or isinstance(strike, bool)
-        or abs(strike - contract.strike) > 1e-6
-    ):
+    number = strike if type(strike) is float or type(strike) is int else None  # not bool
+    if number is None or abs(number - contract.strike) > 1e-6:
         raise BadOptionItem(
             f"{contract.symbol}: strike {strike!r} does not match the chain's {contract.strike}"
         )
@@ -195,9 +201,10 @@ def _check_identity(contract: OptionContract, item: Mapping[str, Any]) -> None:
         raise BadOptionItem(f"{contract.symbol}: contract type {kind!r} is not {contract.option_type[0]!r}")
     expiration = contract.expiration
     for key, expected in ((_YEAR, expiration.year), (_MONTH, expiration.month), (_DAY, expiration.day)):
-        if key in item and item[key] != expected:
+        value = item.get(key, expected)
+        if value != expected:
             raise BadOptionItem(
-                f"{contract.symbol}: {OPTION_KEYS[key]} {item[key]!r} does not match {expiration}"
+                f"{contract.symbol}: {OPTION_KEYS[key]} {value!r} does not match {expiration}"
             )
 
 
