@@ -64,8 +64,9 @@ DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()
 # --- the sender process -------------------------------------------------------------------------------
 
 
-def _serve(frames: dict[str, list[str]], pipe: Connection) -> None:
-    """Sender process: on each connection, read the feed's name, send its frames, close."""
+def _serve(frames: dict[str, list[str]], pipe: Connection, deflate: bool) -> None:
+    """Sender process: on each connection, read the feed's name, send its frames, close.
+    `deflate`: accept permessage-deflate (the client offers it, as schwab-py's does)."""
 
     async def handler(socket: ServerConnection) -> None:
         feed = str(await socket.recv())
@@ -75,7 +76,9 @@ def _serve(frames: dict[str, list[str]], pipe: Connection) -> None:
             await socket.close()
 
     async def main() -> None:
-        async with serve(handler, "127.0.0.1", 0, max_queue=None) as server:
+        async with serve(
+            handler, "127.0.0.1", 0, max_queue=None, compression="deflate" if deflate else None
+        ) as server:
             pipe.send(server.sockets[0].getsockname()[1])
             await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # until told to stop
 
@@ -103,6 +106,11 @@ async def _atimed(body: Callable[[], Any]) -> float:
     start = time.process_time()
     await body()
     return time.process_time() - start
+
+
+def _decode_all(loads: Callable[[str], Any], frames: list[str]) -> None:
+    for frame in frames:  # nothing kept: 200k live dicts would make the GC the figure
+        loads(frame)
 
 
 async def _recv(port: int, feed: str, count: int) -> float:
@@ -179,8 +187,8 @@ async def _measure(port: int, feed: str, recording: Recording, repeat: int) -> d
     best: dict[str, float] = {}
     for _ in range(repeat):
         seconds = {
-            "orjson decode": _timed(lambda: [orjson.loads(f) for f in frames] and None),
-            "stdlib json decode": _timed(lambda: [json.loads(f) for f in frames] and None),
+            "orjson decode": _timed(lambda: _decode_all(orjson.loads, frames)),
+            "stdlib json decode": _timed(lambda: _decode_all(json.loads, frames)),
             "websockets recv": await _recv(port, feed, count),
             "stock schwab-py": await _stock(port, feed, count),
             "ours, wire to row": await _ours(port, feed, recording),
@@ -190,11 +198,14 @@ async def _measure(port: int, feed: str, recording: Recording, repeat: int) -> d
     return {path: s / count * 1e6 for path, s in best.items()}
 
 
-def run(quick: bool = False, frames: int | None = None, repeat: int | None = None) -> list[dict[str, Any]]:
+def run(
+    quick: bool = False, frames: int | None = None, repeat: int | None = None, deflate: bool = False
+) -> list[dict[str, Any]]:
     """Measure every path for both feeds; one row per (feed, path): `feed`, `path`, `frames`,
     `us_per_frame`, `baseline_us` (None if not recorded), `ratio_to_schwab_py`, and for our
     path `target` and `meets_target`. `frames`: equity frames (option frames: a twentieth);
-    `repeat`: runs per path, the least counts (default 1 quick, else 3)."""
+    `repeat`: runs per path, the least counts (default 1 quick, else 3); `deflate`: the sender
+    compresses (permessage-deflate; whether Schwab does is not known, so off by default)."""
     repeat = repeat or (1 if quick else 3)
     equities = frames or (5_000 if quick else 200_000)
     recordings = {
@@ -204,7 +215,7 @@ def run(quick: bool = False, frames: int | None = None, repeat: int | None = Non
     context = multiprocessing.get_context("fork")  # the child shares the frames, built once
     parent, child = context.Pipe()
     sender = context.Process(
-        target=_serve, args=({f: r.frames for f, r in recordings.items()}, child), daemon=True
+        target=_serve, args=({f: r.frames for f, r in recordings.items()}, child, deflate), daemon=True
     )
     sender.start()
     try:
@@ -238,8 +249,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5,000 equity frames (CI)")
     parser.add_argument("--frames", type=int, help="equity frames (default 200,000; options: a twentieth)")
     parser.add_argument("--repeat", type=int, help="runs per path, the least counts (default 3; quick 1)")
+    parser.add_argument("--deflate", action="store_true", help="the sender compresses (permessage-deflate)")
     args = parser.parse_args()
-    rows = run(args.quick, args.frames, args.repeat)
+    rows = run(args.quick, args.frames, args.repeat, args.deflate)
     print(f"{'feed':<9} {'path':<20} {'frames':>8} {'µs/frame':>9} {'baseline':>9} {'x schwab-py':>12}")
     for row in rows:
         baseline = row["baseline_us"]

@@ -136,12 +136,17 @@ class FrameDecoder:
             raise BadFrame(f"data is not a non-empty list: {excerpt(entries)}", kind="malformed data")
         items = 0
         for entry in entries:
-            if type(entry) is not dict or type(entry.get("service")) is not str:
+            service = entry.get("service") if type(entry) is dict else None
+            if type(service) is not str:
                 raise BadFrame(f"data entry without a service: {excerpt(entry)}", kind="malformed data")
-            if entry["service"] not in self._services:
+            if service not in self._services:
                 raise BadFrame(f"data of a service not subscribed: {excerpt(entry)}", kind="other service")
             content = entry.get("content")
-            if type(content) is not list or not content or not all(map(_is_dict, content)):
+            if (
+                type(content) is not list
+                or not content
+                or not (type(content[0]) is dict if len(content) == 1 else all(map(_is_dict, content)))
+            ):
                 raise BadFrame(f"content is not a list of items: {excerpt(entry)}", kind="malformed data")
             items += len(content)
         if sections == 1 and _flat(raw, lists=1 + len(entries), objects=1 + len(entries) + items):

@@ -133,14 +133,25 @@ class QuoteMerger:
             raise BadFrame(f"item without a symbol key: {excerpt(item)}", kind="bad symbol")
         if self._symbols is not None and symbol not in self._symbols:
             raise BadFrame(f"{excerpt(symbol)} is not subscribed", kind="unsubscribed symbol")
-        price = _number(item, LAST_PRICE, symbol)
-        if price is not None and not 0 < price < PRICE_LIMIT:
-            raise BadFrame(f"{symbol}: LAST_PRICE {price!r} out of range", kind="bad LAST_PRICE")
-        total = _count(item, TOTAL_VOLUME, symbol)
-        _count(item, LAST_SIZE, symbol)
+        # each field: a fast path for the usual exact type and range, else the full check (raises)
+        get = item.get
+        price = get(LAST_PRICE)
+        if type(price) is not float or not 0.0 < price < PRICE_LIMIT:
+            price = _number(item, LAST_PRICE, symbol)
+            if price is not None and not 0 < price < PRICE_LIMIT:
+                raise BadFrame(f"{symbol}: LAST_PRICE {price!r} out of range", kind="bad LAST_PRICE")
+        total = get(TOTAL_VOLUME)
+        if type(total) is not int or not 0 <= total < VOLUME_LIMIT:
+            total = _count(item, TOTAL_VOLUME, symbol)
+        size = get(LAST_SIZE)
+        if type(size) is not int or not 0 <= size < VOLUME_LIMIT:
+            _count(item, LAST_SIZE, symbol)
         now_ms = self._now() * 1000
         day = self._today(now_ms)
-        time_ms = self._time(_number(item, TRADE_TIME_MILLIS, symbol), now_ms, symbol, "trade time")
+        trade_ms = get(TRADE_TIME_MILLIS)
+        if type(trade_ms) is not int or not 0 < trade_ms < VOLUME_LIMIT:
+            trade_ms = _number(item, TRADE_TIME_MILLIS, symbol)
+        time_ms = self._time(trade_ms, now_ms, symbol, "trade time")
 
         old = self._state.get(symbol)
         # today's state; a new one at the symbol's first item, or its first of a new exchange date

@@ -339,6 +339,7 @@ class SchwabStream:
         seen_at = self._saw_data()
         frame_ms = message.get("timestamp")
         frame_ms = frame_ms if type(frame_ms) is int or type(frame_ms) is float else None  # not bool
+        by_symbol = self.stats.last_data_at_by_symbol
         for item in _items(message):
             try:
                 tick = self.merger.apply(item, frame_ms)
@@ -348,7 +349,7 @@ class SchwabStream:
             except Exception as exc:
                 self._problems.internal_error(exc, "QuoteMerger.apply")
                 continue
-            self.stats.last_data_at_by_symbol[item[SYMBOL]] = seen_at
+            by_symbol[item[SYMBOL]] = seen_at
             if tick is not None:
                 try:
                     self._on_tick(tick)
@@ -412,7 +413,7 @@ async def _close(stream: StreamClient | None) -> None:
 def _items(message: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The items of a data entry (the decoder has checked it is a list of objects)."""
     content = message.get("content")
-    return content if isinstance(content, list) else []
+    return content if type(content) is list else []
 
 
 def _log_reconnect(state: RetryCallState) -> None:
