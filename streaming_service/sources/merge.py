@@ -149,9 +149,11 @@ class QuoteMerger:
         now_ms = self._now() * 1000
         day = self._today(now_ms)
         trade_ms = get(TRADE_TIME_MILLIS)
-        if type(trade_ms) is not int or not 0 < trade_ms < VOLUME_LIMIT:
-            trade_ms = _number(item, TRADE_TIME_MILLIS, symbol)
-        time_ms = self._time(trade_ms, now_ms, symbol, "trade time")
+        start, end = self._day
+        if type(trade_ms) is int and start <= trade_ms < end and trade_ms <= now_ms + self._max_future_ms:
+            time_ms: int | None = trade_ms  # today's, not in the future: what `_time` would accept
+        else:  # absent, or the full checks (null, other types, other days... raise)
+            time_ms = self._time(_number(item, TRADE_TIME_MILLIS, symbol), now_ms, symbol, "trade time")
 
         old = self._state.get(symbol)
         # today's state; a new one at the symbol's first item, or its first of a new exchange date
@@ -173,7 +175,11 @@ class QuoteMerger:
             else:
                 # after a gap, the trade time known from before it is stale: the frame's is better
                 trade_ms = time_ms if time_ms is not None else (None if closing else known_time)
-                tick = self._trade(symbol, last_price, trade_ms, frame_time_ms, now_ms, total - previous)
+                if trade_ms is not None and last_price is not None:  # the usual trade, at once
+                    stamp = datetime.fromtimestamp(trade_ms / 1000, UTC)
+                    tick = Tick(symbol, stamp, last_price, total - previous)
+                else:
+                    tick = self._trade(symbol, last_price, trade_ms, frame_time_ms, now_ms, total - previous)
 
         state.last_price = last_price
         state.trade_time_ms = time_ms if time_ms is not None else known_time
