@@ -56,8 +56,21 @@ with quiet_library_warnings():
 TARGET = 0.75
 FEEDS = ("equities", "options")
 PATHS = ("orjson decode", "stdlib json decode", "websockets recv", "stock schwab-py", "ours, wire to row")
-#: µs per frame before the wire work (commit a43f1b2, this bench, 200k equity / 10k option frames).
-BASELINE: dict[tuple[str, str], float] = {}
+#: µs per frame before the wire work: the data path of commit a43f1b2 under this bench (200k equity
+#: and 10k option frames, least of 3, plain frames), on the 2-vCPU dev box. Same-run ratios are what
+#: compare; absolute figures move with the machine and its load.
+BASELINE: dict[tuple[str, str], float] = {
+    ("equities", "orjson decode"): 1.02,
+    ("equities", "stdlib json decode"): 3.85,
+    ("equities", "websockets recv"): 10.84,
+    ("equities", "stock schwab-py"): 32.34,
+    ("equities", "ours, wire to row"): 82.28,
+    ("options", "orjson decode"): 45.10,
+    ("options", "stdlib json decode"): 184.08,
+    ("options", "websockets recv"): 16.67,
+    ("options", "stock schwab-py"): 1103.14,
+    ("options", "ours, wire to row"): 1854.76,
+}
 DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
 
 
