@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from streaming_service.sources.merge import WIRE_NAMES
 from streaming_service.sources.schwab import BadFrame, QuoteMerger
 
 T0 = 1_764_000_000_000  # epoch ms: 2025-11-24 11:00 New York
@@ -25,8 +26,16 @@ class Clock:
         return self.ms / 1000
 
 
+KEYS = {name: key for key, name in WIRE_NAMES.items()}
+
+
+def wire(item: dict[str, Any]) -> dict[str, Any]:
+    """`item` with schwab-py's field names written as the wire keys the merger reads."""
+    return {KEYS.get(name, name): value for name, value in item.items()}
+
+
 def snap(**fields: Any) -> dict[str, Any]:
-    return {"key": "QQQ", "delayed": False, **fields}
+    return wire({"key": "QQQ", "delayed": False, **fields})
 
 
 def merger(clock: Clock | None = None, **options: Any) -> QuoteMerger:
@@ -88,9 +97,9 @@ def test_dropped_frame_folds_its_volume_into_the_next_trade() -> None:
 
 def test_symbols_are_merged_independently() -> None:
     m = merger()
-    m.apply({"key": "QQQ", "LAST_PRICE": 500.0, "TOTAL_VOLUME": 10, "TRADE_TIME_MILLIS": T0})
-    m.apply({"key": "SPY", "LAST_PRICE": 600.0, "TOTAL_VOLUME": 20, "TRADE_TIME_MILLIS": T0})
-    tick = m.apply({"key": "SPY", "TOTAL_VOLUME": 25})
+    m.apply(wire({"key": "QQQ", "LAST_PRICE": 500.0, "TOTAL_VOLUME": 10, "TRADE_TIME_MILLIS": T0}))
+    m.apply(wire({"key": "SPY", "LAST_PRICE": 600.0, "TOTAL_VOLUME": 20, "TRADE_TIME_MILLIS": T0}))
+    tick = m.apply(wire({"key": "SPY", "TOTAL_VOLUME": 25}))
     assert tick is not None and (tick.symbol, tick.price, tick.volume) == ("SPY", 600.0, 5)
 
 
@@ -131,7 +140,7 @@ def test_symbols_are_merged_independently() -> None:
 def test_bad_items_raise_and_merge_nothing(item: dict[str, Any], kind: str) -> None:
     m = started(symbols=("QQQ",))
     with pytest.raises(BadFrame) as refused:
-        m.apply({**item, "TOTAL_VOLUME": item.get("TOTAL_VOLUME", 1_100)} if "key" in item else item)
+        m.apply({**item, "8": item.get("8", 1_100)} if "key" in item else wire(item))
     assert refused.value.kind == kind
     assert len(str(refused.value)) <= 200
     tick = m.apply(snap(TOTAL_VOLUME=1_150))

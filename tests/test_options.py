@@ -24,7 +24,13 @@ from streaming_service.service import Service
 from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 from streaming_service.simulator.options import OptionBook
 from streaming_service.simulator.server import OPTION_SERVICE
-from streaming_service.sources.options import BadOptionItem, OptionQuotes, OptionsTracker, select_window
+from streaming_service.sources.options import (
+    OPTION_KEYS,
+    BadOptionItem,
+    OptionQuotes,
+    OptionsTracker,
+    select_window,
+)
 
 Tracked = tuple[OptionsTracker, list[set[str]]]
 
@@ -86,6 +92,14 @@ FIRST = {"key": CONTRACT.symbol, "STRIKE_TYPE": 500.0, "CONTRACT_TYPE": "C", "EX
          "VEGA": 0.054}  # fmt: skip
 
 
+KEYS = {name: key for key, name in OPTION_KEYS.items()}
+
+
+def wire(item: dict[str, Any]) -> dict[str, Any]:
+    """`item` with schwab-py's field names written as the wire keys `OptionQuotes` reads."""
+    return {KEYS.get(name, name): value for name, value in item.items()}
+
+
 def quotes() -> OptionQuotes:
     book = OptionQuotes()
     book.set_contracts({CONTRACT.symbol: CONTRACT})
@@ -94,9 +108,9 @@ def quotes() -> OptionQuotes:
 
 def test_partial_updates_merge_and_rows_are_rounded() -> None:
     book = quotes()
-    book.apply(FIRST)
-    book.apply({"key": CONTRACT.symbol, "BID_PRICE": 1.15, "LAST_PRICE": 1.17})
-    book.apply({"key": "SPY   261124C00600000", "BID_PRICE": 3.0})  # not tracked: ignored
+    book.apply(wire(FIRST))
+    book.apply(wire({"key": CONTRACT.symbol, "BID_PRICE": 1.15, "LAST_PRICE": 1.17}))
+    book.apply(wire({"key": "SPY   261124C00600000", "BID_PRICE": 3.0}))  # not tracked: ignored
     (row,) = book.snapshot(datetime(2026, 11, 24, 14, 31, tzinfo=UTC))
     assert row == OptionRow(
         "QQQ", datetime(2026, 11, 24, 14, 31, tzinfo=UTC), "CALL", 500.0, SESSION,
@@ -112,17 +126,17 @@ def test_contracts_without_a_quote_are_not_written() -> None:
 
 def test_schwabs_not_computed_greeks_are_stored_as_null() -> None:
     book = quotes()
-    book.apply({**FIRST, "DELTA": -999.0, "VOLATILITY": -999.0})
+    book.apply(wire({**FIRST, "DELTA": -999.0, "VOLATILITY": -999.0}))
     (row,) = book.snapshot(datetime(2026, 11, 24, 14, 31, tzinfo=UTC))
     assert row.delta is None and row.implied_volatility is None and row.gamma == 0.16
-    book.apply({"key": CONTRACT.symbol, "DELTA": 0.5, "VOLATILITY": 20.0})
+    book.apply(wire({"key": CONTRACT.symbol, "DELTA": 0.5, "VOLATILITY": 20.0}))
     (row,) = book.snapshot(datetime(2026, 11, 24, 14, 32, tzinfo=UTC))
     assert row.delta == 0.5 and row.implied_volatility == 0.2
 
 
 def test_expired_contracts_are_not_written() -> None:
     book = quotes()
-    book.apply(FIRST)  # expires 2026-11-24
+    book.apply(wire(FIRST))  # expires 2026-11-24
     assert len(book.snapshot(datetime(2026, 11, 24, 21, 0, tzinfo=UTC))) == 1  # 16:00 New York
     assert book.snapshot(datetime(2026, 11, 25, 4, 59, tzinfo=UTC)) != []  # 23:59 New York, same day
     assert book.snapshot(datetime(2026, 11, 25, 14, 30, tzinfo=UTC)) == []  # next morning
@@ -146,15 +160,15 @@ def test_expired_contracts_are_not_written() -> None:
 def test_bad_items_are_refused_whole(item: dict[str, Any], reason: str) -> None:
     book = quotes()
     with pytest.raises(BadOptionItem, match=reason):
-        book.apply(item)
+        book.apply(wire(item))
     assert book.snapshot(datetime(2026, 11, 24, 14, 31, tzinfo=UTC)) == []
 
 
 def test_a_bad_update_leaves_the_last_good_quote() -> None:
     book = quotes()
-    book.apply(FIRST)
+    book.apply(wire(FIRST))
     with pytest.raises(BadOptionItem):
-        book.apply({"key": CONTRACT.symbol, "BID_PRICE": 9.9, "DELTA": math.nan})
+        book.apply(wire({"key": CONTRACT.symbol, "BID_PRICE": 9.9, "DELTA": math.nan}))
     (row,) = book.snapshot(datetime(2026, 11, 24, 14, 31, tzinfo=UTC))
     assert row.bid == 1.1 and row.delta == 0.5123
 

@@ -1,22 +1,26 @@
 """Streamer frames: decode and check the envelope before schwab-py touches it; `BadFrame`.
 
-`FrameDecoder` replaces schwab-py's `json.loads` (`StreamClient.set_json_decoder`), so every raw
-frame goes through it, including those read while `login()`, SUBS or ADD await their reply. It
-passes on only frames whose envelope schwab-py can dispatch without failing. Any other frame is
-reported to `on_bad` and replaced by `{}`, which schwab-py skips, even while it awaits a reply: a
-stray bad frame there does not abort the request. If the bad frame was the reply, the request
-times out. The exceptions are a malformed "response" section, which is a malformed reply, and
-Schwab's code 12: these raise (`BadFrame`, `StreamSevered`), so the request (or `handle_message`)
-ends at once. The envelope it accepts:
+`FrameDecoder` replaces schwab-py's `json.loads` (our client sets `StreamClient.json_decoder`;
+schwab-py 1.5.1's `set_json_decoder` checks against `schwab.contrib.util`, which `import schwab`
+does not load), so every raw frame goes through it, including those read while `login()`, SUBS or
+ADD await their reply. It passes on only frames whose envelope schwab-py can dispatch without
+failing. Any other frame is reported to `on_bad` and replaced by `{}`, which schwab-py skips, even
+while it awaits a reply: a stray bad frame there does not abort the request. If the bad frame was
+the reply, the request times out. The exceptions are a malformed "response" section, which is a
+malformed reply, and Schwab's code 12: these raise (`BadFrame`, `StreamSevered`), so the request
+(or `handle_message`) ends at once. The envelope it accepts:
 
     {"response": [{"requestid": "<digits>", "service": str, "command": str,
                    "content": {"code": int, "msg": ...}}, ...]}      (non-empty list)
     {"data": [{"service": <one we handle>, "content": [{...}, ...], ...}, ...]}   (non-empty lists)
     {"notify": [{"heartbeat": ...} | {"service": str, ...}, ...]}     (non-empty list)
 
-(one or more sections in one object). A data entry may nest at most `MAX_DEPTH` levels, because
-schwab-py deep-copies it recursively. Item contents (prices, volumes, times) are checked later by
-`QuoteMerger` and `OptionQuotes`, which raise `BadFrame` subclasses as well.
+(one or more sections in one object), parsed with orjson; a frame orjson refuses is parsed again
+with stdlib `json` (NaN, Infinity, 1e400), so what is accepted is what `json.loads` accepts
+(except integers beyond 64 bits, which orjson reads as floats: no field takes them either way).
+A data entry may nest at most `MAX_DEPTH` levels (stock schwab-py deep-copies it recursively; ours
+does not, but a 900-level value is no quote either). Item contents (prices, volumes, times) are
+checked later by `QuoteMerger` and `OptionQuotes`, which raise `BadFrame` subclasses as well.
 
 Messages and excerpts are at most `EXCERPT_CHARS` long (a 900 KB frame never makes a 900 KB log line).
 """
@@ -26,13 +30,9 @@ from __future__ import annotations
 import json
 import reprlib
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, NoReturn
 
-from streaming_service.sources import quiet_library_warnings
-
-with quiet_library_warnings():
-    # schwab-py's set_json_decoder checks against schwab.contrib.util's name for this class
-    from schwab.contrib.util import StreamJsonDecoder
+import orjson
 
 __all__ = [
     "EXCERPT_CHARS",
@@ -86,8 +86,8 @@ def describe(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {exc}"[:EXCERPT_CHARS]
 
 
-class FrameDecoder(StreamJsonDecoder):  # type: ignore[misc]  # schwab-py is untyped
-    """schwab-py JSON decoder that checks the envelope; see the module docstring.
+class FrameDecoder:
+    """schwab-py JSON decoder (`StreamClient.json_decoder`) that checks the envelope (module docstring).
 
     `services`: the data services we have handlers for; data for any other is a bad frame.
     `on_bad`: called once with each bad frame that is skipped (not with those it raises)."""
@@ -111,19 +111,17 @@ class FrameDecoder(StreamJsonDecoder):  # type: ignore[misc]  # schwab-py is unt
     def parse(self, raw: str | bytes) -> dict[str, Any]:
         """Return the parsed frame. Raises `BadFrame` or `StreamSevered`; never anything else."""
         try:
-            frame = json.loads(raw)
-        except RecursionError:
-            raise BadFrame(f"nested too deeply to parse: {excerpt(raw)}", kind="too deeply nested") from None
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integer digit limit
-            raise BadFrame(f"{str(exc)[:80]}: {excerpt(raw)}", kind="not JSON") from None
-        if not isinstance(frame, dict):
+            frame = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            frame = _too_deep(raw) if "depth limit" in str(exc) else _lenient(raw)
+        if type(frame) is not dict:
             raise BadFrame(f"not a JSON object: {excerpt(raw)}", kind="not an object")
         known = False
         if "response" in frame:
             _check_responses(frame["response"])
             known = True
         if "data" in frame:
-            self._check_data(frame["data"])
+            self._check_data(frame["data"], raw, len(frame))
             known = True
         if "notify" in frame:
             _check_notify(frame["notify"])
@@ -132,19 +130,44 @@ class FrameDecoder(StreamJsonDecoder):  # type: ignore[misc]  # schwab-py is unt
             raise BadFrame(f"no response, data or notify: {excerpt(frame)}", kind="unknown frame")
         return frame
 
-    def _check_data(self, entries: Any) -> None:
-        if not isinstance(entries, list) or not entries:
+    def _check_data(self, entries: Any, raw: str | bytes, sections: int) -> None:
+        """Check the data section of `raw` (parsed: `entries`; `sections`: keys of the frame)."""
+        if type(entries) is not list or not entries:
             raise BadFrame(f"data is not a non-empty list: {excerpt(entries)}", kind="malformed data")
+        items = 0
         for entry in entries:
-            if not isinstance(entry, dict) or not isinstance(entry.get("service"), str):
+            service = entry.get("service") if type(entry) is dict else None
+            if type(service) is not str:
                 raise BadFrame(f"data entry without a service: {excerpt(entry)}", kind="malformed data")
-            if entry["service"] not in self._services:
+            if service not in self._services:
                 raise BadFrame(f"data of a service not subscribed: {excerpt(entry)}", kind="other service")
             content = entry.get("content")
-            if not isinstance(content, list) or not content or not all(isinstance(i, dict) for i in content):
+            if (
+                type(content) is not list
+                or not content
+                or not (type(content[0]) is dict if len(content) == 1 else all(map(_is_dict, content)))
+            ):
                 raise BadFrame(f"content is not a list of items: {excerpt(entry)}", kind="malformed data")
-            if _deeper_than(entry, MAX_DEPTH):
-                raise BadFrame(f"data nested deeper than {MAX_DEPTH}", kind="too deeply nested")
+            items += len(content)
+        if sections == 1 and _flat(raw, lists=1 + len(entries), objects=1 + len(entries) + items):
+            return  # no container inside an item or an entry's other fields: 4 levels at most
+        if any(_deeper_than(entry, MAX_DEPTH) for entry in entries):
+            raise BadFrame(f"data nested deeper than {MAX_DEPTH}", kind="too deeply nested")
+
+
+def _lenient(raw: str | bytes) -> Any:
+    """What stdlib `json.loads` makes of a frame orjson refused (NaN, Infinity, 1e400, a lone
+    surrogate escape...), so that such a value fails only its item, as before. Raises `BadFrame`."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        _too_deep(raw)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integer digit limit
+        raise BadFrame(f"{str(exc)[:80]}: {excerpt(raw)}", kind="not JSON") from None
+
+
+def _too_deep(raw: str | bytes) -> NoReturn:
+    raise BadFrame(f"nested too deeply to parse: {excerpt(raw)}", kind="too deeply nested")
 
 
 def _check_responses(responses: Any) -> None:
@@ -187,6 +210,18 @@ def _request_id(value: Any) -> bool:
     if isinstance(value, str):
         return 0 < len(value) <= 9 and value.isascii() and value.isdigit()
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9
+
+
+def _is_dict(value: Any) -> bool:
+    return type(value) is dict
+
+
+def _flat(raw: str | bytes, *, lists: int, objects: int) -> bool:
+    """Whether `raw` has no more `[` and `{` than the envelope's own lists and objects (a fast,
+    sufficient test that nothing nests; a bracket inside a string only makes it say False)."""
+    if isinstance(raw, bytes):
+        return raw.count(b"[") == lists and raw.count(b"{") == objects
+    return raw.count("[") == lists and raw.count("{") == objects
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

@@ -1,7 +1,9 @@
 """LEVELONE_EQUITIES items → trades: merge partial updates per symbol, validating before any change.
 
-Schwab sends a full item per symbol first, then only changed fields (relabelled by schwab-py:
-LAST_PRICE, TOTAL_VOLUME, LAST_SIZE, TRADE_TIME_MILLIS). A trade is a rise of the cumulative
+Schwab sends a full item per symbol first, then only changed fields. Items are read as they come
+off the wire, with Schwab's numeric field keys (schwab-py would relabel them; we skip that, see
+wire.py): "key" the symbol, "3" LAST_PRICE, "8" TOTAL_VOLUME, "9" LAST_SIZE, "35"
+TRADE_TIME_MILLIS (the constants below; messages and kinds use the names). A trade is a rise of the cumulative
 TOTAL_VOLUME and its volume is the rise, so a dropped frame never loses volume: it folds into the
 next trade. Quote-only updates are not trades.
 
@@ -55,13 +57,36 @@ import structlog
 from streaming_service.models import Tick
 from streaming_service.sources.frames import BadFrame, excerpt
 
-__all__ = ["PRICE_LIMIT", "VOLUME_LIMIT", "QuoteMerger"]
+__all__ = [
+    "LAST_PRICE",
+    "LAST_SIZE",
+    "PRICE_LIMIT",
+    "SYMBOL",
+    "TOTAL_VOLUME",
+    "TRADE_TIME_MILLIS",
+    "VOLUME_LIMIT",
+    "WIRE_NAMES",
+    "QuoteMerger",
+]
 
 log = structlog.get_logger(__name__)
 NEW_YORK = ZoneInfo("America/New_York")
 PRICE_LIMIT = 1e8  # DECIMAL(10,2) holds less than this
 VOLUME_LIMIT = 2**63  # BIGINT holds less than this
 _MISSING: Any = object()
+# LEVELONE_EQUITIES wire keys (StreamClient.LevelOneEquityFields values; tests/test_wire_parity.py)
+SYMBOL = "key"
+LAST_PRICE = "3"
+TOTAL_VOLUME = "8"
+LAST_SIZE = "9"
+TRADE_TIME_MILLIS = "35"
+#: wire key → schwab-py's name, for messages (and to relabel in tests)
+WIRE_NAMES = {
+    LAST_PRICE: "LAST_PRICE",
+    TOTAL_VOLUME: "TOTAL_VOLUME",
+    LAST_SIZE: "LAST_SIZE",
+    TRADE_TIME_MILLIS: "TRADE_TIME_MILLIS",
+}
 
 
 @dataclass(slots=True)
@@ -101,21 +126,34 @@ class QuoteMerger:
         self._day = (0.0, 0.0)  # [start, end) of the current exchange date, epoch ms
 
     def apply(self, item: Mapping[str, Any], frame_time_ms: float | None = None) -> Tick | None:
-        """Merge one item; return the trade it reports, if any. Raises `BadFrame`, merging nothing
-        (except that a refused TOTAL_VOLUME is remembered, see the module docstring)."""
-        symbol = item.get("key")
+        """Merge one item (wire keys); return the trade it reports, if any. Raises `BadFrame`, merging
+        nothing (except that a refused TOTAL_VOLUME is remembered, see the module docstring)."""
+        symbol = item.get(SYMBOL)
         if not isinstance(symbol, str) or not symbol:
             raise BadFrame(f"item without a symbol key: {excerpt(item)}", kind="bad symbol")
         if self._symbols is not None and symbol not in self._symbols:
             raise BadFrame(f"{excerpt(symbol)} is not subscribed", kind="unsubscribed symbol")
-        price = _number(item, "LAST_PRICE", symbol)
-        if price is not None and not 0 < price < PRICE_LIMIT:
-            raise BadFrame(f"{symbol}: LAST_PRICE {price!r} out of range", kind="bad LAST_PRICE")
-        total = _count(item, "TOTAL_VOLUME", symbol)
-        _count(item, "LAST_SIZE", symbol)
+        # each field: a fast path for the usual exact type and range, else the full check (raises)
+        get = item.get
+        price = get(LAST_PRICE)
+        if type(price) is not float or not 0.0 < price < PRICE_LIMIT:
+            price = _number(item, LAST_PRICE, symbol)
+            if price is not None and not 0 < price < PRICE_LIMIT:
+                raise BadFrame(f"{symbol}: LAST_PRICE {price!r} out of range", kind="bad LAST_PRICE")
+        total = get(TOTAL_VOLUME)
+        if type(total) is not int or not 0 <= total < VOLUME_LIMIT:
+            total = _count(item, TOTAL_VOLUME, symbol)
+        size = get(LAST_SIZE)
+        if type(size) is not int or not 0 <= size < VOLUME_LIMIT:
+            _count(item, LAST_SIZE, symbol)
         now_ms = self._now() * 1000
         day = self._today(now_ms)
-        time_ms = self._time(_number(item, "TRADE_TIME_MILLIS", symbol), now_ms, symbol, "trade time")
+        trade_ms = get(TRADE_TIME_MILLIS)
+        start, end = self._day
+        if type(trade_ms) is int and start <= trade_ms < end and trade_ms <= now_ms + self._max_future_ms:
+            time_ms: int | None = trade_ms  # today's, not in the future: what `_time` would accept
+        else:  # absent, or the full checks (null, other types, other days... raise)
+            time_ms = self._time(_number(item, TRADE_TIME_MILLIS, symbol), now_ms, symbol, "trade time")
 
         old = self._state.get(symbol)
         # today's state; a new one at the symbol's first item, or its first of a new exchange date
@@ -137,7 +175,11 @@ class QuoteMerger:
             else:
                 # after a gap, the trade time known from before it is stale: the frame's is better
                 trade_ms = time_ms if time_ms is not None else (None if closing else known_time)
-                tick = self._trade(symbol, last_price, trade_ms, frame_time_ms, now_ms, total - previous)
+                if trade_ms is not None and last_price is not None:  # the usual trade, at once
+                    stamp = datetime.fromtimestamp(trade_ms / 1000, UTC)
+                    tick = Tick(symbol, stamp, last_price, total - previous)
+                else:
+                    tick = self._trade(symbol, last_price, trade_ms, frame_time_ms, now_ms, total - previous)
 
         state.last_price = last_price
         state.trade_time_ms = time_ms if time_ms is not None else known_time
@@ -265,20 +307,29 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def _number(item: Mapping[str, Any], name: str, symbol: str) -> float | None:
+def _number(item: Mapping[str, Any], key: str, symbol: str) -> float | None:
     """The field's value if present; None if absent. Raises `BadFrame` if present but not a number."""
-    value = item.get(name, _MISSING)
-    if value is _MISSING:
+    value = item.get(key, _MISSING)
+    kind = type(value)  # fast paths first: exact floats and ints, as JSON gives them
+    if kind is float:
+        if value - value == 0.0:  # finite (inf - inf and nan - nan are nan)
+            return value  # type: ignore[no-any-return]
+    elif kind is int:
+        if -VOLUME_LIMIT < value < VOLUME_LIMIT:
+            return value  # type: ignore[no-any-return]
+    elif value is _MISSING:
         return None
     if not _is_number(value):
+        name = WIRE_NAMES[key]
         raise BadFrame(f"{symbol}: {name} is {excerpt(value)}, not a finite number", kind=f"bad {name}")
     return value  # type: ignore[no-any-return]
 
 
-def _count(item: Mapping[str, Any], name: str, symbol: str) -> int | None:
-    value = _number(item, name, symbol)
-    if value is None:
-        return None
+def _count(item: Mapping[str, Any], key: str, symbol: str) -> int | None:
+    value = _number(item, key, symbol)
+    if value is None or (type(value) is int and value >= 0):
+        return value
     if not 0 <= value < VOLUME_LIMIT or (isinstance(value, float) and not value.is_integer()):
+        name = WIRE_NAMES[key]
         raise BadFrame(f"{symbol}: {name} is {value!r}, not a share count", kind=f"bad {name}")
     return int(value)

@@ -6,9 +6,10 @@ calls and puts. It is chosen again ("rolled") when the price moves more than one
 the window's centre or an expiration in it has passed; the stream then ADDs the new contracts and
 UNSUBS the ones that left, on the same connection.
 
-Quotes: the stream sends a full item per contract first, then only changed fields. The chain is
-the authority on a contract's strike, type and expiration; the stream's copies (strike in field 20,
-which schwab-py labels STRIKE_TYPE; type in 21; expiration in 12/23/26) must agree. The first
+Quotes: the stream sends a full item per contract first, then only changed fields, read with
+Schwab's numeric wire keys (`OPTION_KEYS`: wire key → schwab-py's name, which messages use). The
+chain is the authority on a contract's strike, type and expiration; the stream's copies (strike in
+field 20, which schwab-py labels STRIKE_TYPE; type in 21; expiration in 12/23/26) must agree. The first
 item of a contract must carry its strike and type. An item with a wrong or missing identity, a
 non-numeric, non-finite or out-of-range number, or a negative size is skipped whole (`BadFrame`).
 Schwab's -999 for a greek or the volatility means "not computed" and becomes NULL.
@@ -42,7 +43,7 @@ from streaming_service.sources.schwab_client import raise_for_auth_status, schwa
 with quiet_library_warnings():
     from schwab.streaming import StreamClient
 
-__all__ = ["OPTION_FIELDS", "BadOptionItem", "OptionQuotes", "OptionsTracker", "select_window"]
+__all__ = ["OPTION_FIELDS", "OPTION_KEYS", "BadOptionItem", "OptionQuotes", "OptionsTracker", "select_window"]
 
 log = structlog.get_logger(__name__)
 NEW_YORK = ZoneInfo("America/New_York")
@@ -54,9 +55,21 @@ OPTION_FIELDS = [
     _F.VOLATILITY, _F.EXPIRATION_YEAR, _F.STRIKE_TYPE, _F.CONTRACT_TYPE, _F.EXPIRATION_MONTH,
     _F.EXPIRATION_DAY, _F.DELTA, _F.GAMMA, _F.THETA, _F.VEGA,
 ]  # fmt: skip
-_PRICES = ("BID_PRICE", "ASK_PRICE", "LAST_PRICE")
-_GREEKS = ("DELTA", "GAMMA", "THETA", "VEGA")
-_SIZES = ("TOTAL_VOLUME", "OPEN_INTEREST")
+#: LEVELONE_OPTIONS wire key → schwab-py's name (LevelOneOptionFields; tests/test_wire_parity.py)
+OPTION_KEYS = {
+    "2": "BID_PRICE", "3": "ASK_PRICE", "4": "LAST_PRICE", "8": "TOTAL_VOLUME", "9": "OPEN_INTEREST",
+    "10": "VOLATILITY", "12": "EXPIRATION_YEAR", "20": "STRIKE_TYPE", "21": "CONTRACT_TYPE",
+    "23": "EXPIRATION_MONTH", "26": "EXPIRATION_DAY", "28": "DELTA", "29": "GAMMA", "30": "THETA",
+    "31": "VEGA",
+}  # fmt: skip
+_STRIKE, _TYPE = "20", "21"
+_YEAR, _MONTH, _DAY = "12", "23", "26"
+_PRICES = ("2", "3", "4")  # BID_PRICE, ASK_PRICE, LAST_PRICE
+_GREEKS = ("28", "29", "30", "31")  # DELTA, GAMMA, THETA, VEGA
+_VALUES = (*_PRICES, *_GREEKS, "10")  # ... and VOLATILITY
+_SIZES = ("8", "9")  # TOTAL_VOLUME, OPEN_INTEREST
+_VALUE_FIELDS = tuple((key, OPTION_KEYS[key], key in _PRICES) for key in _VALUES)  # (key, name, price?)
+_MISSING: Any = object()
 _DECIMAL_10_4_LIMIT = 1e6  # option_prices' DECIMAL(10, 4) columns hold less than this
 _NOT_AVAILABLE = -999.0  # Schwab's value for a greek or volatility it could not compute: stored as NULL
 
@@ -124,33 +137,46 @@ class OptionQuotes:
         self._state = {s: v for s, v in self._state.items() if s in self.contracts}
 
     def apply(self, item: Mapping[str, Any]) -> None:
-        """Merge one relabelled item; items of untracked contracts are ignored. Raises `BadOptionItem`."""
+        """Merge one item (wire keys); items of untracked contracts are ignored. Raises `BadOptionItem`.
+
+        The state keeps schwab-py's names (`OPTION_KEYS`)."""
         symbol = item.get("key")
         contract = self.contracts.get(symbol) if isinstance(symbol, str) else None
         if contract is None:
             return
         state = self._state.get(contract.symbol)
-        if state is None and ("STRIKE_TYPE" not in item or "CONTRACT_TYPE" not in item):
+        if state is None and (_STRIKE not in item or _TYPE not in item):
             raise BadOptionItem(
                 f"{contract.symbol}: first item lacks the strike (20) or type (21): {dict(item)}"
             )
         _check_identity(contract, item)
         update: dict[str, float | None] = {}
-        for name in (*_PRICES, *_GREEKS, "VOLATILITY"):
-            if name in item:
-                value = _number(contract, name, item[name])
-                if name in _PRICES and value < 0:
-                    raise BadOptionItem(f"{contract.symbol}: {name} is negative ({value})")
-                if abs(value) >= _DECIMAL_10_4_LIMIT:
-                    raise BadOptionItem(f"{contract.symbol}: {name} is {value}, beyond the column's range")
-                update[name] = None if value == _NOT_AVAILABLE and name not in _PRICES else value
-        for name in _SIZES:
-            if name in item:
-                value = _number(contract, name, item[name])
-                if value < 0 or value != int(value):
-                    raise BadOptionItem(f"{contract.symbol}: {name} is {item[name]!r}, not a count")
-                update[name] = int(value)
-        self._state.setdefault(contract.symbol, {}).update(update)
+        for key, name, price in _VALUE_FIELDS:
+            value = item.get(key, _MISSING)
+            if value is _MISSING:
+                continue
+            if type(value) is not float or value - value != 0.0:  # fast path: a finite float
+                value = _number(contract, key, value)
+            if price and value < 0:
+                raise BadOptionItem(f"{contract.symbol}: {name} is negative ({value})")
+            if not -_DECIMAL_10_4_LIMIT < value < _DECIMAL_10_4_LIMIT:
+                raise BadOptionItem(f"{contract.symbol}: {name} is {value}, beyond the column's range")
+            update[name] = None if value == _NOT_AVAILABLE and not price else value
+        for key in _SIZES:
+            value = item.get(key, _MISSING)
+            if value is _MISSING:
+                continue
+            if type(value) is not int or value < 0:
+                number = _number(contract, key, value)
+                if number < 0 or number != int(number):
+                    raise BadOptionItem(f"{contract.symbol}: {OPTION_KEYS[key]} is {value!r}, not a count")
+                value = int(number)
+            update[OPTION_KEYS[key]] = value
+        state = self._state.get(contract.symbol)
+        if state is None:
+            self._state[contract.symbol] = update
+        else:
+            state.update(update)
 
     def snapshot(self, timestamp: datetime) -> list[OptionRow]:
         """One row per tracked contract that has a quote and has not expired by `timestamp`'s
@@ -164,28 +190,27 @@ class OptionQuotes:
 
 
 def _check_identity(contract: OptionContract, item: Mapping[str, Any]) -> None:
-    strike = item.get("STRIKE_TYPE", contract.strike)
-    if (
-        not isinstance(strike, int | float)
-        or isinstance(strike, bool)
-        or abs(strike - contract.strike) > 1e-6
-    ):
+    strike = item.get(_STRIKE, contract.strike)
+    number = strike if type(strike) is float or type(strike) is int else None  # not bool
+    if number is None or abs(number - contract.strike) > 1e-6:
         raise BadOptionItem(
             f"{contract.symbol}: strike {strike!r} does not match the chain's {contract.strike}"
         )
-    kind = item.get("CONTRACT_TYPE", contract.option_type[0])
+    kind = item.get(_TYPE, contract.option_type[0])
     if kind != contract.option_type[0]:
         raise BadOptionItem(f"{contract.symbol}: contract type {kind!r} is not {contract.option_type[0]!r}")
     expiration = contract.expiration
-    for name, expected in (("EXPIRATION_YEAR", expiration.year), ("EXPIRATION_MONTH", expiration.month),
-                           ("EXPIRATION_DAY", expiration.day)):  # fmt: skip
-        if name in item and item[name] != expected:
-            raise BadOptionItem(f"{contract.symbol}: {name} {item[name]!r} does not match {expiration}")
+    for key, expected in ((_YEAR, expiration.year), (_MONTH, expiration.month), (_DAY, expiration.day)):
+        value = item.get(key, expected)
+        if value != expected:
+            raise BadOptionItem(
+                f"{contract.symbol}: {OPTION_KEYS[key]} {value!r} does not match {expiration}"
+            )
 
 
-def _number(contract: OptionContract, name: str, value: Any) -> float:
+def _number(contract: OptionContract, key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadOptionItem(f"{contract.symbol}: {name} is {value!r}, not a finite number")
+        raise BadOptionItem(f"{contract.symbol}: {OPTION_KEYS[key]} is {value!r}, not a finite number")
     return float(value)
 
 
@@ -280,7 +305,7 @@ class OptionsTracker:
             self._roll.set()
 
     def on_item(self, item: Mapping[str, Any]) -> None:
-        """Merge one option item (raises `BadOptionItem`)."""
+        """Merge one option item, keyed as on the wire (raises `BadOptionItem`)."""
         self.quotes.apply(item)
 
     async def run(self, subscribe: Subscriber) -> None:

@@ -1,6 +1,7 @@
 """Schwab streamer → `Tick`s (and option items), forever: reconnect, re-subscribe, survive any frame.
 
-Each connection (`_session`) uses a fresh schwab-py `StreamClient`, with our `FrameDecoder`
+Each connection (`_session`) uses a fresh `WireStreamClient` (wire.py: schwab-py's StreamClient
+for the protocol, data items handed over with their wire keys), with our `FrameDecoder`
 (frames.py) and our handlers. It logs in, SUBS LEVELONE_EQUITIES (merged into trades by
 `QuoteMerger`, merge.py), SUBS the option contracts, then reads frames. Every request, login
 included, must be answered within `request_timeout_s`.
@@ -19,7 +20,10 @@ What happens to a frame:
 
 Watchdog: while subscribed, a data frame must reach our handlers at least every `stale_after_s`
 (heartbeats are not data). Otherwise (heartbeats only, or a socket gone silent) the connection is
-dropped and made again: `stream stale, reconnecting`, counted in `stats.stale_reconnects`.
+dropped and made again: `stream stale, reconnecting`, counted in `stats.stale_reconnects`. One
+watchdog timer per connection fires when the last data frame would be `stale_after_s` old (not
+once per frame; it re-arms itself if data came meanwhile) and cancels the read; the reader turns
+that cancellation, and only that one, into `_Stale`. A network `TimeoutError` stays a network error.
 
 Gaps: `receiving_until_ms` is the exchange time of the last data frame and `end_cause` why the last
 connection ended ("disconnect" or "stale"); `before_subscribe`, if given, is awaited after each
@@ -57,10 +61,11 @@ from streaming_service.sources.frames import (
     describe,
     excerpt,
 )
-from streaming_service.sources.merge import QuoteMerger
+from streaming_service.sources.merge import SYMBOL, QuoteMerger
 from streaming_service.sources.options import OPTION_FIELDS
 from streaming_service.sources.schwab_client import schwab_errors
 from streaming_service.sources.stats import Problems, StreamStats
+from streaming_service.sources.wire import WireStreamClient
 
 with quiet_library_warnings():
     from schwab.streaming import StreamClient, UnexpectedResponse, UnexpectedResponseCode
@@ -185,11 +190,13 @@ class SchwabStream:
             except _Healthy:
                 log.info("stream ended after a healthy session; reconnecting now")
 
+    def _connection(self) -> WireStreamClient:
+        """A new client with our decoder and handlers, not logged in yet."""
+        handlers = {_EQUITIES: self._handle, _OPTIONS: self._handle_options}
+        return WireStreamClient(self._client, self._decoder, handlers)
+
     async def _session(self) -> None:
-        stream = StreamClient(self._client)
-        stream.set_json_decoder(self._decoder)
-        stream.add_level_one_equity_handler(self._handle)
-        stream.add_level_one_option_handler(self._handle_options)
+        stream = self._connection()
         loop = asyncio.get_running_loop()
         try:
             await self._request("login", self._login(stream))
@@ -217,33 +224,38 @@ class SchwabStream:
             self._live = None
             await _close(stream)
 
-    async def _read(self, stream: StreamClient, loop: asyncio.AbstractEventLoop) -> None:
-        """Dispatch frames until the connection ends or goes stale (raises)."""
-        while True:
-            deadline = self._data_at + self._stale_after_s
-            try:
-                async with asyncio.timeout_at(deadline):
+    async def _read(self, stream: WireStreamClient, loop: asyncio.AbstractEventLoop) -> None:
+        """Dispatch frames until the connection ends (raises its error) or goes stale (`_Stale`).
+        Cancel-safe: a cancellation from outside propagates as `CancelledError`."""
+        watchdog = _Watchdog(self, loop)
+        try:
+            while True:
+                try:
                     await stream.handle_message()
-            except TimeoutError:
-                if loop.time() < deadline:
-                    raise  # not the watchdog's: a network timeout
-                self.stats.stale_reconnects += 1
-                self.end_cause = "stale"
-                log.warning(
-                    "stream stale, reconnecting",
-                    no_data_for_s=round(loop.time() - self._data_at, 1),
-                    stale_reconnects=self.stats.stale_reconnects,
-                )
-                raise _Stale(f"no data frame for {self._stale_after_s} s") from None
-            except _ENDS:
-                raise
-            except BadFrame as exc:
-                self._problems.bad_frame(exc)
-            except Exception as exc:  # a parse error by construction: our handlers catch their own
-                kind = "unexpected response" if isinstance(exc, UnexpectedResponse) else type(exc).__name__
-                self._problems.bad_frame(BadFrame(describe(exc), kind=kind))
-            self.stats.frames += 1
-            self.stats.last_frame_at = loop.time()
+                except _ENDS:
+                    raise
+                except BadFrame as exc:
+                    self._problems.bad_frame(exc)
+                except Exception as exc:  # a parse error by construction: our handlers catch their own
+                    kind = (
+                        "unexpected response" if isinstance(exc, UnexpectedResponse) else type(exc).__name__
+                    )
+                    self._problems.bad_frame(BadFrame(describe(exc), kind=kind))
+                self.stats.frames += 1
+                self.stats.last_frame_at = loop.time()
+        except asyncio.CancelledError:
+            if not watchdog.fired or watchdog.reader.uncancel() > 0:
+                raise  # cancelled from outside (too)
+            self.stats.stale_reconnects += 1
+            self.end_cause = "stale"
+            log.warning(
+                "stream stale, reconnecting",
+                no_data_for_s=round(loop.time() - self._data_at, 1),
+                stale_reconnects=self.stats.stale_reconnects,
+            )
+            raise _Stale(f"no data frame for {self._stale_after_s} s") from None
+        finally:
+            watchdog.stop()
 
     async def _request(self, what: str, request: Awaitable[None]) -> None:
         """Await `request` (login, SUBS, ADD, UNSUBS) within `request_timeout_s` (else TimeoutError).
@@ -323,10 +335,11 @@ class SchwabStream:
             )
 
     def _handle(self, message: Mapping[str, Any]) -> None:
-        """schwab-py handler: one relabelled LEVELONE_EQUITIES data entry. Never raises."""
+        """Data handler: one LEVELONE_EQUITIES data entry, items keyed as on the wire. Never raises."""
         seen_at = self._saw_data()
         frame_ms = message.get("timestamp")
-        frame_ms = frame_ms if isinstance(frame_ms, int | float) and not isinstance(frame_ms, bool) else None
+        frame_ms = frame_ms if type(frame_ms) is int or type(frame_ms) is float else None  # not bool
+        by_symbol = self.stats.last_data_at_by_symbol
         for item in _items(message):
             try:
                 tick = self.merger.apply(item, frame_ms)
@@ -336,7 +349,7 @@ class SchwabStream:
             except Exception as exc:
                 self._problems.internal_error(exc, "QuoteMerger.apply")
                 continue
-            self.stats.last_data_at_by_symbol[item["key"]] = seen_at
+            by_symbol[item[SYMBOL]] = seen_at
             if tick is not None:
                 try:
                     self._on_tick(tick)
@@ -344,7 +357,7 @@ class SchwabStream:
                     self._problems.internal_error(exc, "on_tick")
 
     def _handle_options(self, message: Mapping[str, Any]) -> None:
-        """schwab-py handler: one relabelled LEVELONE_OPTIONS data entry. Never raises."""
+        """Data handler: one LEVELONE_OPTIONS data entry, items keyed as on the wire. Never raises."""
         self._saw_data()
         if self._on_option is None:  # not subscribed: the decoder refuses such frames
             return
@@ -364,6 +377,33 @@ class SchwabStream:
         return now
 
 
+class _Watchdog:
+    """Cancels the current task (the reader) once `stream` had no data frame for `stale_after_s`;
+    `fired` tells that cancellation apart. A loop timer, re-armed once per `stale_after_s`."""
+
+    def __init__(self, stream: SchwabStream, loop: asyncio.AbstractEventLoop) -> None:
+        reader = asyncio.current_task()
+        assert reader is not None, "runs in a task"
+        self.reader, self.fired = reader, False
+        self._stream, self._loop = stream, loop
+        self._timer = loop.call_at(self._deadline(), self._check)
+
+    def _deadline(self) -> float:
+        return self._stream._data_at + self._stream._stale_after_s
+
+    def _check(self) -> None:
+        deadline = self._deadline()
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._check)
+        else:
+            self.fired = True
+            self.reader.cancel("stream stale")
+
+    def stop(self) -> None:
+        """Disarm (idempotent)."""
+        self._timer.cancel()
+
+
 async def _close(stream: StreamClient | None) -> None:
     """Close `stream`'s socket if it has one (schwab-py has no close(); LOGOUT needs a live socket)."""
     if stream is not None and stream._socket is not None:
@@ -373,7 +413,7 @@ async def _close(stream: StreamClient | None) -> None:
 def _items(message: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The items of a data entry (the decoder has checked it is a list of objects)."""
     content = message.get("content")
-    return content if isinstance(content, list) else []
+    return content if type(content) is list else []
 
 
 def _log_reconnect(state: RetryCallState) -> None:
