@@ -134,7 +134,7 @@ class Batcher:
         """The pipeline's open rows changed (they are pulled in by `drain`). In low-latency mode,
         wake the writer to commit and write them now; otherwise nothing (the committer pulls them
         in within `commit_every`). Never blocks."""
-        if self._size == 1:
+        if self.eager:
             self._wake.set()
 
     def add_options(self, rows: list[OptionRow]) -> None:

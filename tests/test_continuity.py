@@ -73,20 +73,26 @@ def read_gaps(url: str) -> list[tuple[int, int, str, int, int | None, bool]]:
     return [(_ms(a), _ms(b), cause, n, missing, bool(opt)) for a, b, cause, n, missing, opt in rows]
 
 
-def reference(market: SimulatedMarket, gaps: list[tuple[int, int]]) -> pd.DataFrame:
+Gap = tuple[int, int, int]  # (last trade seen, ended_at, first minute counted in the first live row)
+
+
+def reference(market: SimulatedMarket, gaps: list[Gap]) -> pd.DataFrame:
     """The trades as the service can know them, with VWAP and SMA9 after each (see the module
-    docstring): a trade inside a gap (started_at, ended_at] is not seen one by one; each minute of
-    it is one trade of the minute's unseen volume at the minute's last price."""
+    docstring): a trade inside a gap (seen, ended] is not seen one by one. Each minute of it before
+    `lumped_from` is one trade of the minute's unseen volume at the minute's last price (price
+    history); the unseen trades from `lumped_from` on are one trade at the last of them (the first
+    TOTAL_VOLUME after the gap)."""
     df = pd.DataFrame(
         [(t.timestamp_ms, t.price, t.size) for t in market.trades], columns=["ms", "price", "size"]
     )
-    df["minute"] = df.ms - df.ms % MINUTE_MS
+    df["group"] = df.ms - df.ms % MINUTE_MS
     unseen = pd.Series(False, index=df.index)
-    for started, ended in gaps:
-        unseen |= (df.ms > started) & (df.ms <= ended)
-    minutes = (
-        df[unseen].groupby("minute").agg(ms=("ms", "last"), price=("price", "last"), size=("size", "sum"))
-    )
+    for seen, ended, lumped_from in gaps:
+        inside = (df.ms > seen) & (df.ms <= ended)
+        unseen |= inside
+        df.loc[inside & (df.group >= lumped_from), "group"] = lumped_from
+    by_group = df[unseen].groupby("group")
+    minutes = by_group.agg(ms=("ms", "last"), price=("price", "last"), size=("size", "sum"))
     df = (
         pd.concat([df[~unseen], minutes.reset_index()])
         .sort_values("ms", kind="stable")
@@ -97,6 +103,16 @@ def reference(market: SimulatedMarket, gaps: list[tuple[int, int]]) -> pd.DataFr
     closes = df.groupby("bar").price.last()
     df["sma9"] = (df.bar.map(closes.shift(1).rolling(8).sum()) + df.price) / 9
     return df
+
+
+def as_filled(market: SimulatedMarket, seen: int, ended: int, backfilled: int) -> Gap:
+    """The gap as the service filled it: its `backfilled` rows are the first traded minutes after
+    the last seen trade's; the unseen trades after them are counted in the first live row (the
+    minute in which streaming resumed, and also the one before when the subscription straddled a
+    minute boundary after the price history was read)."""
+    after = sorted({m for t in market.trades if (m := t.timestamp_ms - t.timestamp_ms % MINUTE_MS) > seen})
+    lumped_from = after[backfilled - 1] + MINUTE_MS if backfilled else seen - seen % MINUTE_MS + MINUTE_MS
+    return seen, ended, min(lumped_from, ended - ended % MINUTE_MS)
 
 
 def seen_until(rows: pd.DataFrame, started: int) -> int:
@@ -113,7 +129,7 @@ def backfilled_minutes(market: SimulatedMarket, seen: int, ended: int) -> set[in
     return {m for t in market.trades if first <= (m := t.timestamp_ms - t.timestamp_ms % MINUTE_MS) < last}
 
 
-def assert_indicators_match(rows: pd.DataFrame, market: SimulatedMarket, gaps: list[tuple[int, int]]) -> None:
+def assert_indicators_match(rows: pd.DataFrame, market: SimulatedMarket, gaps: list[Gap]) -> None:
     """Each row's indicators equal the reference's just before the next row (its last trade),
     within 0.01 (the columns round to 0.005)."""
     ref = reference(market, gaps)
@@ -189,7 +205,8 @@ async def test_a_restart_inside_an_open_row_continues_it_exactly(
     assert first.continuity.gaps == [] and len(second.continuity.gaps) == 1
     assert [cause for _, _, cause, *_ in gaps] == ["restart"]
     seen = first.pipeline.builders["QQQ"].last_ms  # the last trade the first run streamed
-    assert_indicators_match(rows, market, [(seen, ended) for _, ended, *_ in gaps])
+    ((_, ended, _, backfilled, _, _),) = gaps
+    assert_indicators_match(rows, market, [as_filled(market, seen, ended, backfilled)])
 
 
 async def test_five_minutes_down_are_backfilled_from_price_history(tmp_path: Path) -> None:
@@ -209,8 +226,8 @@ async def test_five_minutes_down_are_backfilled_from_price_history(tmp_path: Pat
     assert started <= down_from * 1000 < ended and ended - started >= 5 * MINUTE_MS
     seen = seen_until(rows, started)
     inside = backfilled_minutes(market, seen, ended)
-    assert backfilled == len(inside) >= 4
-    assert inside <= set(rows.ms)  # every minute of the gap has its row
+    assert len(inside) >= backfilled >= max(4, len(inside) - 1)  # see `as_filled`
+    assert sorted(inside)[:backfilled] == sorted(inside & set(rows.ms))  # each filled minute has its row
     assert rows.volume.sum() == market.total_volume("QQQ")
     print(
         f"gap {(ended - started) / 1000:.0f} s: {backfilled} minute rows backfilled, "
@@ -218,7 +235,7 @@ async def test_five_minutes_down_are_backfilled_from_price_history(tmp_path: Pat
     )
     assert missing is not None and missing >= 0
     assert second.continuity.gaps[0].equity_backfilled_rows == backfilled
-    assert_indicators_match(rows, market, [(seen, ended)])
+    assert_indicators_match(rows, market, [as_filled(market, seen, ended, backfilled)])
 
 
 async def test_first_start_mid_session_backfills_from_the_open(tmp_path: Path) -> None:
@@ -234,7 +251,7 @@ async def test_first_start_mid_session_backfills_from_the_open(tmp_path: Path) -
     ((started, ended, cause, backfilled, missing, _),) = gaps
     assert (started, cause) == (market.open_ms, "restart") and backfilled == 90
     print(f"first start at 11:00: {backfilled} minutes backfilled, {missing} shares in the first live row")
-    assert_indicators_match(rows, market, [(started - 1, ended)])
+    assert_indicators_match(rows, market, [as_filled(market, started - 1, ended, backfilled)])
 
 
 async def test_a_restart_overnight_leaks_nothing_into_the_next_day(tmp_path: Path) -> None:
@@ -275,15 +292,18 @@ async def test_reconnect_gaps_are_recorded_and_filled(tmp_path: Path) -> None:
     print("gaps (s, cause, backfilled rows, shares in the first live row):",
           [(round((e - s) / 1000, 1), cause, n, missing) for s, e, cause, n, missing, _ in gaps])  # fmt: skip
     assert [cause for _, _, cause, *_ in gaps] == ["disconnect"] * 3
-    seen = [(seen_until(rows, started), ended) for started, ended, *_ in gaps]
-    for (started, ended, _, backfilled, missing, _), (last_seen, _) in zip(gaps, seen, strict=True):
-        inside = backfilled_minutes(market, last_seen, ended)
-        assert backfilled == len(inside) and inside <= set(rows.ms)  # no whole minute without its row
+    filled = []
+    for started, ended, _, backfilled, missing, _ in gaps:
+        seen = seen_until(rows, started)
+        inside = backfilled_minutes(market, seen, ended)
+        assert len(inside) >= backfilled >= len(inside) - 1  # see `as_filled`
+        assert sorted(inside)[:backfilled] == sorted(inside & set(rows.ms))  # each filled minute has its row
         assert missing is not None and missing >= 0
         if ended - started < MINUTE_MS:
             assert backfilled == 0
+        filled.append(as_filled(market, seen, ended, backfilled))
     assert rows.volume.sum() == market.total_volume("QQQ")
-    assert_indicators_match(rows, market, seen)
+    assert_indicators_match(rows, market, filled)
 
 
 def test_the_demo_shows_a_restart_gap_being_backfilled(tmp_path: Path) -> None:
@@ -326,4 +346,4 @@ async def test_a_new_machine_mid_session_continues_from_the_sinks_rows(tmp_path:
     assert started == seen - seen % MINUTE_MS  # the gap starts at the last row the database had
     assert cause == "restart" and backfilled >= 2
     assert rows.volume.sum() == market.total_volume("QQQ")
-    assert_indicators_match(rows, market, [(seen, ended)])
+    assert_indicators_match(rows, market, [as_filled(market, seen, ended, backfilled)])
