@@ -23,31 +23,21 @@ import argparse
 import asyncio
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from _rows import Row, print_table, row  # first: it puts tests/ on sys.path
 
 # isort: split
 
+from catchup import direct, rows
 from harness import running_service
 from pg_cluster import PgCluster, fresh_database
 
-from streaming_service.batcher import MAX_BATCH_ROWS
-from streaming_service.models import Batch, EquityRow, IndicatorRow
 from streaming_service.simulator import SchwabSimulator, SimulatedMarket
-from streaming_service.sinks.postgres import PostgresSink
 
 T0 = datetime(2026, 11, 24, 14, 30, tzinfo=UTC)
 _SAMPLE_S = 0.05
-
-
-def _pairs(count: int, ticker: str) -> list[tuple[EquityRow, IndicatorRow]]:
-    out = []
-    for i in range(count):
-        ts = T0 + timedelta(milliseconds=10 * i)
-        out.append((EquityRow(ticker, ts, 500 + i % 100 / 100, 100), IndicatorRow(ticker, ts, 500.1, 500.2)))
-    return out
 
 
 def _rss_mib() -> float:
@@ -55,21 +45,6 @@ def _rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-async def _direct(dsn: str, pairs: int) -> float:
-    """Rows/s straight into the sink, batches of MAX_BATCH_ROWS rows."""
-    sink = PostgresSink(dsn)
-    await sink.open()
-    data = _pairs(pairs, "BASE")
-    half = MAX_BATCH_ROWS // 2
-    started = time.perf_counter()
-    for i in range(0, len(data), half):
-        chunk = data[i : i + half]
-        await sink.write(Batch(tuple(e for e, _ in chunk), tuple(ind for _, ind in chunk)))
-    took = time.perf_counter() - started
-    await sink.aclose()
-    return 2 * pairs / took
 
 
 async def _run(quick: bool) -> list[Row]:
@@ -93,7 +68,7 @@ async def _run(quick: bool) -> list[Row]:
             rss_before = _rss_mib()
 
             await asyncio.to_thread(cluster.stop)
-            for pair in _pairs(backlog, "BKLG"):
+            for pair in rows(backlog, "BKLG"):
                 service.batcher.add(pair)
             await asyncio.sleep(outage_s)  # the outage
             await asyncio.to_thread(cluster.start)
@@ -112,7 +87,7 @@ async def _run(quick: bool) -> list[Row]:
             ticks_during = (pipeline.ticks - ticks) / took
             print(f"outage {outage_s:.0f}s; {stats.rows_written - written:,} rows drained in "
                   f"{took:.2f}s; probes {stats.probes}")  # fmt: skip
-        baseline = await _direct(dsn, backlog // 2)
+        baseline = await direct(dsn, backlog // 2)
     return [
         row(f"time to first write after a {outage_s:.0f} s outage", first, "s", max(0.0, due - up_at)),
         row("drain into Postgres (fsync on)", drain, "rows/s", baseline),
