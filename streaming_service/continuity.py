@@ -13,8 +13,9 @@
   history fills it: the rest of that trade's minute (candle volume minus what was streamed in it)
   joins its row, and each later complete minute without a row becomes a backfilled row at the
   minute's start (price = candle close, volume = candle volume); the indicators carry on through
-  them. The next TOTAL_VOLUME then counts only what the candles did not hold (the current minute,
-  up to the subscription): nothing is counted twice. One `stream_gaps` row records the gap.
+  them. The next TOTAL_VOLUME then counts only what the candles did not hold (the current minute
+  up to the subscription; also the minute before if the subscription straddled a minute boundary
+  after the history was read): nothing is counted twice. One `stream_gaps` row records the gap.
 - **Cold start** (no checkpoint of today): the session so far is rebuilt from the sink's rows of
   the session (exact), then from price history for the minutes after them; the day's volume by
   price history is the TOTAL_VOLUME baseline, so the first live row counts only the current minute.
