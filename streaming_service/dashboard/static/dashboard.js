@@ -31,6 +31,7 @@ const STATES = {
   stopped: "stopped",
   not_running: "not running",
 };
+const MIN_GAP_PX = 8;
 const EXPIRY_COLORS = ["#2962ff", "#e91e63", "#00897b", "#f57c00", "#7b1fa2", "#6d4c41"];
 
 const $ = (id) => document.getElementById(id);
@@ -48,6 +49,8 @@ const state = {
   data: null, // the data source: {tickers, latestDay, series, since, options, gaps}
   ticker: null,
   day: null,
+  requested: null, // the day asked for (null: the latest)
+  failed: false, // the last load failed
   latestDay: null,
   generation: 0, // bumped by every full load: answers for an older view are dropped
   timer: null,
@@ -128,7 +131,8 @@ async function getJSON(url, headers = {}) {
   try {
     response = await fetch(url, { headers, cache: "no-store" });
   } catch (err) {
-    throw new HttpError(`cannot reach ${url.split("?")[0]} (${err.message})`, 0, null);
+    // A server that is down and one that refuses this page's origin (CORS) look the same here.
+    throw new HttpError(`cannot reach ${url.split("?")[0]} (${err.message}: down, or not allowing this page's origin)`, 0, null);
   }
   const text = await response.text();
   let body = null;
@@ -250,7 +254,8 @@ function createPriceChart() {
     autoSize: true,
     layout: { attributionLogo: true, background: { color: "#ffffff" }, textColor: "#333" },
     localization: { timeFormatter: (t) => `${nyDay.format(new Date(t * 1000))} ${nyTime.format(new Date(t * 1000))}` },
-    timeScale: { timeVisible: true, secondsVisible: false, tickMarkFormatter: tickMark },
+    // A whole day of one-second rows fits: fitContent() may squeeze bars below a pixel.
+    timeScale: { timeVisible: true, secondsVisible: false, tickMarkFormatter: tickMark, minBarSpacing: 0.001 },
     rightPriceScale: { scaleMargins: { top: 0.08, bottom: 0.28 } },
     grid: { vertLines: { color: "#f0f0f0" }, horzLines: { color: "#f0f0f0" } },
   });
@@ -315,6 +320,8 @@ function drawSeries(points) {
 /** Apply rows from the newest second on: the newest second is rebuilt, later ones appended. */
 function applyLive(points) {
   const { price, sma9, vwap, volume } = state.series;
+  const range = state.chart.timeScale().getVisibleLogicalRange();
+  const wholeDay = range && range.from <= 0.5 && range.to >= state.times.length - 1.5; // not zoomed in
   let added = 0;
   for (const group of bySecond(points)) {
     if (state.tail && group.second < state.tail.second) continue; // older than what is drawn
@@ -336,6 +343,7 @@ function applyLive(points) {
     volume.update({ time: p.time, value: p.volume });
     dashboard.lastTimestamp = p.timestamp;
   }
+  if (added && wholeDay) state.chart.timeScale().fitContent(); // keep the whole day in view
   if (added) placeGaps();
   showSubtitle();
   return added;
@@ -349,12 +357,15 @@ function sinceTimestamp() {
 
 // --- gaps ---------------------------------------------------------------------------------------
 
-/** Fractional logical index of time `t` (epoch s) among the chart's points (between neighbours). */
-function logicalOf(t) {
+/** The x coordinate of time `t` (epoch s): interpolated between the neighbouring points (the time
+ * scale only places times that have a point), half a bar outside the first and last. */
+function xOf(scale, t) {
   const times = state.times;
   const n = times.length;
-  if (t <= times[0]) return t < times[0] ? -0.5 : 0;
-  if (t >= times[n - 1]) return t > times[n - 1] ? n - 0.5 : n - 1;
+  const x = (i) => scale.logicalToCoordinate(i);
+  const half = n > 1 ? (x(1) - x(0)) / 2 : 4;
+  if (t <= times[0]) return t < times[0] ? x(0) - half : x(0);
+  if (t >= times[n - 1]) return t > times[n - 1] ? x(n - 1) + half : x(n - 1);
   let lo = 0;
   let hi = n - 1; // times[lo] < t <= times[hi]
   while (hi - lo > 1) {
@@ -362,7 +373,7 @@ function logicalOf(t) {
     if (times[mid] < t) lo = mid;
     else hi = mid;
   }
-  return lo + (t - times[lo]) / (times[hi] - times[lo]);
+  return x(lo) + ((t - times[lo]) / (times[hi] - times[lo])) * (x(hi) - x(lo));
 }
 
 function showSubtitle() {
@@ -379,11 +390,15 @@ function placeGaps() {
   const width = scale.width();
   const plotHeight = $("chart").clientHeight - scale.height();
   for (const gap of state.gaps) {
-    let x1 = scale.logicalToCoordinate(logicalOf(Date.parse(gap.started_at) / 1000));
-    let x2 = scale.logicalToCoordinate(logicalOf(Date.parse(gap.ended_at) / 1000));
+    let x1 = xOf(scale, Date.parse(gap.started_at) / 1000);
+    let x2 = xOf(scale, Date.parse(gap.ended_at) / 1000);
     if (x1 == null || x2 == null || x2 < 0 || x1 > width) continue;
+    if (x2 - x1 < MIN_GAP_PX) { // the time scale has no room for missing time: keep it visible
+      const middle = (x1 + x2) / 2;
+      [x1, x2] = [middle - MIN_GAP_PX / 2, middle + MIN_GAP_PX / 2];
+    }
     x1 = Math.max(0, x1);
-    x2 = Math.min(width, Math.max(x2, x1 + 3));
+    x2 = Math.min(width, x2);
     // The shade lets the mouse through to the chart; its tab on the time axis carries the tooltip.
     const shade = document.createElement("div");
     shade.className = `gap gap-${gap.cause}`;
@@ -530,6 +545,7 @@ async function load(ticker, day) {
   const started = performance.now();
   clearTimeout(state.timer);
   state.ticker = ticker;
+  state.requested = day;
   dashboard.ticker = ticker;
   $("title").textContent = ticker;
   $("subtitle").textContent = "loading…";
@@ -560,12 +576,22 @@ async function load(ticker, day) {
       drawGaps({ table: false, gaps: [] });
       drawOptions({ timestamp: null, contracts: [] });
     }
+    state.failed = false;
     showError(null);
     stamp();
     dashboard.loadMs = Math.round(performance.now() - started);
     dashboard.ready = true;
   } catch (err) {
     if (generation !== state.generation) return;
+    state.failed = true; // the next refresh loads again
+    dashboard.live = false;
+    // Nothing of another ticker or day stays on screen under this one's title.
+    drawSeries([]);
+    drawGaps({ table: false, gaps: [] });
+    drawOptions({ timestamp: null, contracts: [] });
+    $("chart-wrap").hidden = true;
+    $("message").hidden = true;
+    $("options").hidden = true;
     $("subtitle").textContent = "";
     showError(err.message);
   }
@@ -597,8 +623,8 @@ async function refresh(generation) {
       dashboard.updates++;
       showError(null);
       stamp();
-    } else if (!state.day) {
-      await load(state.ticker, null); // no rows yet: look again
+    } else if (state.failed || !state.day) {
+      await load(state.ticker, state.requested); // failed, or no rows yet: look again
       return;
     }
   } catch (err) {
