@@ -468,3 +468,18 @@ def test_day_bounds_follow_new_york_daylight_saving() -> None:
         datetime(2026, 3, 9, 4, tzinfo=UTC),
     )
     assert day_bounds(DAY) == (datetime(2026, 11, 27, 5, tzinfo=UTC), datetime(2026, 11, 28, 5, tzinfo=UTC))
+
+
+async def test_the_anon_key_alone_serves_the_dashboard_but_never_writes() -> None:
+    from streaming_service.check import check_database
+    from streaming_service.errors import ConfigError
+    from streaming_service.sinks import sink_for
+
+    settings = _settings(supabase_url="https://p.supabase.co", supabase_anon_key="anon")
+    assert page_config(settings)["anon_key"] == "anon"
+    with pytest.raises(ConfigError, match="SUPABASE_SERVICE_ROLE_KEY is not set"):
+        sink_for(settings)
+    (result,) = await check_database(settings)
+    assert not result.ok and "SUPABASE_SERVICE_ROLE_KEY" in result.fix
+    with pytest.raises(ValueError, match="SUPABASE_URL must be set too"):
+        _settings(supabase_anon_key="anon")
