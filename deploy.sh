@@ -58,7 +58,7 @@ Subcommands:
   destroy [--yes] delete the instance and release its static IP (asks unless --yes)
   token           push data/schwab_token.json to the instance even if the instance's is newer,
                   restarting the service (it would otherwise keep its old login)
-  tunnel          forward 127.0.0.1:PORT here (--port) to /healthz on the instance; Ctrl-C ends it
+  tunnel          forward 127.0.0.1:PORT here (--port) to the dashboard and /healthz on the instance; Ctrl-C ends it
 
 Options (or the environment variable in brackets):
   --name NAME       instance name [INSTANCE_NAME, default equity-options-streamer]
@@ -672,7 +672,7 @@ cmd_tunnel() {
   check_ssh_key
   check_aws
   ssh_to_instance
-  say "http://127.0.0.1:$TUNNEL_PORT/healthz is the instance's /healthz while this runs (Ctrl-C ends it)"
+  say "http://127.0.0.1:$TUNNEL_PORT/ is the instance's dashboard (and /healthz its health) while this runs (Ctrl-C ends it)"
   exec ssh -N -o ExitOnForwardFailure=yes -L "$TUNNEL_PORT:127.0.0.1:$BOX_HEALTH_PORT" "${SSH_OPTS[@]}" "$TARGET"
 }
 

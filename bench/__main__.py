@@ -5,7 +5,8 @@ Each part measures its figures and a baseline in the same run and prints the rat
 - sinks: rows/s of our sinks against a naive one-row-per-request writer;
 - latency: trade → committed row, p50/p99, low-latency settings and defaults;
 - recovery: first write after a database outage, drain rows/s, RSS while draining;
-- soak: steady RSS and growth of `run` over a simulated session, import cost per dependency.
+- soak: steady RSS and growth of `run` over a simulated session, import cost per dependency;
+- dashboard: ticks/s and CPU of `run` with pages polling its dashboard API, against nobody looking.
 `--quick` runs each in seconds (CI runs it to keep the code working; no thresholds). `--write`
 also writes the table as Markdown with the machine, date and library versions.
 """
@@ -23,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PARTS = ("wire", "sinks", "latency", "recovery", "soak")
+PARTS = ("wire", "sinks", "latency", "recovery", "soak", "dashboard")
 LIBRARIES = ("schwab-py", "websockets", "orjson", "psycopg", "supabase", "postgrest", "httpx")
 
 

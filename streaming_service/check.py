@@ -82,7 +82,12 @@ async def check_database(settings: Settings) -> list[CheckResult]:
     if url.startswith(("postgresql://", "postgres://")):
         return await _check_postgres(url)
     if url == "supabase":
-        assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
+        assert settings.supabase_url is not None
+        if settings.supabase_service_role_key is None:
+            return [CheckResult(
+                "Supabase", False, "SUPABASE_SERVICE_ROLE_KEY is not set: the service cannot write",
+                "set SUPABASE_SERVICE_ROLE_KEY (SUPABASE_ANON_KEY only reads, for the dashboard)",
+            )]  # fmt: skip
         return await _check_supabase(
             settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
         )

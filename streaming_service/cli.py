@@ -102,6 +102,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(command=_check)
 
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve the chart of the recorded data (price, SMA9, VWAP, option smile) on this machine",
+        description="Serve the dashboard for the configured database (DATABASE_URL, or Supabase with "
+        "SUPABASE_URL and SUPABASE_ANON_KEY) until Ctrl-C. `run` and `demo` serve the same page on "
+        "HEALTH_PORT.",
+    )
+    dashboard.add_argument(
+        "--port", type=_port, help="TCP port (default: HEALTH_PORT, 8787 unless set)"
+    )
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)"
+    )
+    dashboard.add_argument(
+        "--build",
+        type=Path,
+        metavar="DIR",
+        help="instead of serving, write a static copy of the page into DIR that reads Supabase directly "
+        "with SUPABASE_URL and SUPABASE_ANON_KEY, for any static host",
+    )
+    dashboard.set_defaults(command=_dashboard)
+
     demo = commands.add_parser(
         "demo", help="stream from a local Schwab simulator into ./data/demo.db (never to Supabase)"
     )
@@ -160,6 +182,17 @@ def _clock_time(text: str) -> time:
     if not time(9, 30) < moment < time(16, 0):
         raise argparse.ArgumentTypeError(f"{text} is outside the simulated session (09:30-16:00)")
     return moment
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65_535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1 to 65535)")
+    return int(text)
+
+
+def _local(host: str) -> str:
+    """The address to browse to for a server listening on `host`."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, host)
 
 
 def _positive(kind: type[float]) -> Callable[[str], float]:
@@ -252,6 +285,65 @@ async def _status(args: argparse.Namespace) -> None:
     print(format_health(body))
     if code != 200:
         raise ChecksFailed(f"unhealthy (HTTP {code})")
+
+
+async def _dashboard(args: argparse.Namespace) -> None:
+    from streaming_service.dashboard.api import Dashboard, page_config, write_static_site
+    from streaming_service.http import HealthServer, fetch_health
+
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    if args.build is not None:
+        config = page_config(settings, health=None)
+        if config["source"] != "supabase":
+            raise ConfigError(
+                "config error: --build writes a page that reads Supabase directly: set SUPABASE_URL and "
+                "SUPABASE_ANON_KEY (for SQLite or Postgres, run `streaming-service dashboard` instead)"
+            )
+        if "error" in config:
+            raise ConfigError(f"config error: {config['error']}")
+        try:
+            files = write_static_site(args.build, config)
+        except OSError as exc:
+            raise ConfigError(f"--build {args.build}: cannot write there ({exc})") from None
+        print(f"wrote {len(files)} files to {args.build}: publish that folder on any static host "
+              "(see README, 'Look at the data')")  # fmt: skip
+        return
+    port = settings.health_port if args.port is None else args.port
+    service = (_local(settings.health_host), settings.health_port)
+
+    async def service_health() -> tuple[int, dict[str, Any]]:
+        """The recording service's /healthz, if one answers on HEALTH_PORT (and it is not us)."""
+        if settings.health_port and service != (_local(args.host), port):
+            try:
+                return await asyncio.to_thread(fetch_health, *service, 2.0)
+            except (OSError, ValueError):
+                pass
+        where = f"http://{service[0]}:{service[1]}/healthz" if settings.health_port else "(HEALTH_PORT=0)"
+        return 503, {"state": "not_running", "ok": False, "error": f"no service answers at {where}"}
+
+    dashboard = Dashboard.for_settings(settings)
+    server = HealthServer(args.host, port, service_health, pages=dashboard.answer, timeout=15)
+    try:
+        await server.start()
+    except OSError as exc:
+        await dashboard.aclose()
+        raise ConfigError(
+            f"cannot listen on {args.host}:{port} ({exc.strerror or exc}). If the service runs on this "
+            f"machine, its dashboard is already at http://{_local(args.host)}:{port}/; otherwise pick "
+            "another port with --port"
+        ) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    url = f"http://{_local(args.host)}:{server.port}/"
+    print(f"dashboard: {url} reading {dashboard.source}; Ctrl-C stops it", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.aclose()
+        await dashboard.aclose()
 
 
 async def _check(args: argparse.Namespace) -> None:
@@ -370,7 +462,9 @@ async def _serve(
     service: Service, *, stop_when: Awaitable[None] | None, status_every: float, print_status: bool
 ) -> None:
     """Run `service` until SIGINT/SIGTERM or `stop_when` completes; a second signal cuts the final
-    writing short. Serves /healthz (HEALTH_PORT; 0 = off) and reports status periodically."""
+    writing short. Serves /healthz and the dashboard (HEALTH_PORT; 0 = off) and reports status
+    periodically."""
+    from streaming_service.dashboard.api import Dashboard
     from streaming_service.http import HealthServer
 
     stop, force = asyncio.Event(), asyncio.Event()
@@ -398,11 +492,17 @@ async def _serve(
                 log.info("status", **{k: getattr(status, k) for k in status.__slots__})
 
     settings = service.settings
-    health = HealthServer(settings.health_host, settings.health_port, service.health)
+    dashboard = Dashboard.for_settings(settings)
+    health = HealthServer(
+        settings.health_host, settings.health_port, service.health, pages=dashboard.answer, timeout=15
+    )
     if settings.health_port:
         try:
             await health.start()
-            log.info("health endpoint listening", url=f"http://{settings.health_host}:{health.port}/healthz")
+            url = f"http://{_local(settings.health_host)}:{health.port}/"
+            log.info("health endpoint and dashboard listening", healthz=f"{url}healthz", dashboard=url)
+            if print_status:
+                print(f"dashboard: {url}", flush=True)
         except OSError as exc:  # the recorder matters more than its health page
             log.error("health endpoint not started", error=str(exc), fix="set HEALTH_PORT to a free port")
     try:
@@ -414,5 +514,6 @@ async def _serve(
             reporter.cancel()
     finally:
         await health.aclose()
+        await dashboard.aclose()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

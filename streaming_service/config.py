@@ -29,7 +29,7 @@ _OUR_PREFIXES = (
     "SKIP_", "LOG_", "SPOOL_", "SHUTDOWN_", "SINK_", "STALE_", "HEALTH_", "MAX_VOLUME",
 )  # fmt: skip
 #: Variables with one of those prefixes that belong to others (Supabase's own CLI, for instance).
-_NOT_OURS = frozenset({"SUPABASE_ACCESS_TOKEN", "SUPABASE_DB_PASSWORD", "SUPABASE_ANON_KEY"})
+_NOT_OURS = frozenset({"SUPABASE_ACCESS_TOKEN", "SUPABASE_DB_PASSWORD"})
 _TICKER = re.compile(r"^[A-Z][A-Z0-9./]{0,9}$")
 
 
@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     supabase_url: str | None = Field(None, description="https://<project>.supabase.co")
     supabase_service_role_key: SecretStr | None = Field(
         None, description="the service_role key of your Supabase project"
+    )
+    supabase_anon_key: str | None = Field(
+        None, description="the anon (publishable) key of your Supabase project, for the dashboard"
     )
     dead_letter_path: Path = Field(
         Path("data/dead_letters.jsonl"), description="path of the JSON-lines file for rejected rows"
@@ -144,11 +147,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _supabase_pair(self) -> Settings:
-        if (self.supabase_url is None) != (self.supabase_service_role_key is None):
-            missing = "SUPABASE_SERVICE_ROLE_KEY" if self.supabase_service_role_key is None else (
-                "SUPABASE_URL"
-            )
-            raise ValueError(f"{missing} must be set too (Supabase needs both URL and key)")
+        """A key needs the URL; the URL needs a key (the anon key alone serves only the dashboard)."""
+        if self.supabase_url is None and (self.supabase_service_role_key or self.supabase_anon_key):
+            raise ValueError("SUPABASE_URL must be set too (Supabase needs both URL and key)")
+        if self.supabase_url is not None and not (self.supabase_service_role_key or self.supabase_anon_key):
+            raise ValueError("SUPABASE_SERVICE_ROLE_KEY must be set too (Supabase needs both URL and key)")
         return self
 
     @property

@@ -1,11 +1,11 @@
 """`/healthz` over a tiny HTTP/1.1 server (stdlib asyncio), and its client for `streaming-service status`.
 
-The server answers `GET|HEAD /healthz` with the snapshot's status code and JSON body, anything else
-with a JSON 404 (405 for other methods on /healthz), one request per connection (`Connection:
-close`). Every connection has one deadline for reading the request and writing the answer; a request
-head over `MAX_REQUEST_BYTES` gets 431; connections beyond `max_connections` get 503 at once. Bad
-requests and vanished clients never raise into the caller; a failing snapshot is logged and
-answered with 500.
+The server answers `GET|HEAD /healthz` with the snapshot's status code and JSON body; any other
+path goes to `pages` (the dashboard) if given, else gets a JSON 404; other methods get 405. One
+request per connection (`Connection: close`). Every connection has one deadline for reading the
+request and writing the answer; a request head over `MAX_REQUEST_BYTES` gets 431; connections
+beyond `max_connections` get 503 at once. Bad requests and vanished clients never raise into the
+caller; a failing snapshot or page is logged and answered with 500.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -25,12 +27,30 @@ import structlog
 
 from streaming_service.token import REFRESH_TOKEN_LIFE_S, TokenInfo, describe, format_duration
 
-__all__ = ["MAX_REQUEST_BYTES", "HealthServer", "Snapshot", "fetch_health", "format_health"]
+__all__ = [
+    "MAX_REQUEST_BYTES", "HealthServer", "Pages", "Response", "Snapshot", "fetch_health", "format_health",
+    "json_response",
+]  # fmt: skip
 
 log = structlog.get_logger(__name__)
 
-#: Returns (HTTP status, JSON-serialisable body); called on the event loop for every /healthz request.
-Snapshot = Callable[[], tuple[int, dict[str, Any]]]
+#: Returns (HTTP status, JSON-serialisable body), or an awaitable of it; called on the event loop
+#: for every /healthz request.
+Snapshot = Callable[[], tuple[int, dict[str, Any]] | Awaitable[tuple[int, dict[str, Any]]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An answer to send: status, body and its media type, extra header lines."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+#: Answers a GET of any path but /healthz: `(path, query string) -> Response`.
+Pages = Callable[[str, str], Awaitable[Response]]
 
 MAX_REQUEST_BYTES = 8192
 MAX_RESPONSE_BYTES = 1 << 20
@@ -51,12 +71,14 @@ class HealthServer:
         port: int,
         snapshot: Snapshot,
         *,
+        pages: Pages | None = None,
         timeout: float = 5.0,
         max_connections: int = 16,
     ) -> None:
         """`timeout`: seconds a connection may take to send its request and receive the answer."""
         self._host, self._requested_port = host, port
         self._snapshot = snapshot
+        self._pages = pages
         self._timeout = timeout
         self._max_connections = max_connections
         self._server: asyncio.Server | None = None
@@ -146,32 +168,49 @@ class HealthServer:
         parts = head.split(b"\r\n", 1)[0].split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             return _reply(400, {"error": "not an HTTP/1.x request"})
-        method, path = parts[0].decode("latin-1"), urlsplit(parts[1].decode("latin-1")).path
-        head_only = method == "HEAD"
-        if path != "/healthz":
+        method, target = parts[0].decode("latin-1"), urlsplit(parts[1].decode("latin-1"))
+        path, head_only = target.path, method == "HEAD"
+        if path != "/healthz" and self._pages is None:
             return _reply(404, {"error": f"not found: {path[:100]}; try /healthz"}, head_only=head_only)
         if method not in ("GET", "HEAD"):
             return _reply(405, {"error": "use GET"}, extra="Allow: GET, HEAD\r\n")
         try:
-            status, body = self._snapshot()
-            return _reply(status, body, head_only=head_only)
+            if path == "/healthz":
+                answer = self._snapshot()
+                status, body = await answer if inspect.isawaitable(answer) else answer
+                return _reply(status, body, head_only=head_only)
+            assert self._pages is not None
+            return _encode(await self._pages(path, target.query), head_only=head_only)
         except Exception:
-            log.exception("health snapshot failed")
-            return _reply(500, {"ok": False, "error": "health snapshot failed; see the service log"})
+            what = "health snapshot" if path == "/healthz" else "page"
+            log.exception(f"{what} failed", path=path[:100])
+            return _reply(500, {"ok": False, "error": f"{what} failed; see the service log"})
+
+
+def json_response(status: int, body: dict[str, Any], *, cache: bool = False) -> Response:
+    """A JSON answer. Raises `TypeError`/`ValueError` if `body` is not JSON-able (NaN included)."""
+    headers = () if cache else (("Cache-Control", "no-store"),)
+    return Response(status, json.dumps(body, allow_nan=False).encode(), headers=headers)
 
 
 def _reply(status: int, body: dict[str, Any], *, head_only: bool = False, extra: str = "") -> bytes:
     """A complete HTTP/1.1 response with a JSON body. Raises `TypeError`/`ValueError` if not JSON-able."""
-    data = json.dumps(body, allow_nan=False).encode()
+    return _encode(json_response(status, body), head_only=head_only, extra=extra)
+
+
+def _encode(response: Response, *, head_only: bool = False, extra: str = "") -> bytes:
+    """The whole HTTP/1.1 response: head (with `extra` header lines) and, unless `head_only`, body."""
     try:
-        phrase = HTTPStatus(status).phrase
+        phrase = HTTPStatus(response.status).phrase
     except ValueError:
         phrase = ""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in response.headers)
     head = (
-        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nConnection: close\r\n{extra}\r\n"
+        f"HTTP/1.1 {response.status} {phrase}\r\nContent-Type: {response.content_type}\r\n"
+        f"Content-Length: {len(response.body)}\r\nX-Content-Type-Options: nosniff\r\n"
+        f"Connection: close\r\n{lines}{extra}\r\n"
     )
-    return head.encode("latin-1") + (b"" if head_only else data)
+    return head.encode("latin-1") + (b"" if head_only else response.body)
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

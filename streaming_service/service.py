@@ -401,6 +401,7 @@ class Service:
             },
             "token": self._token_health(now),
             "stream": {
+                "ticks": self.pipeline.ticks,
                 "connects": self.stream.stats.connects,
                 "bad_frames": self.stream.stats.bad_frames,
                 "internal_errors": self.stream.stats.internal_errors,

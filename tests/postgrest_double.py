@@ -17,6 +17,9 @@ the double logs in as `authenticator` and `SET LOCAL ROLE`s, so grants and RLS a
 Errors are `{"code","details","hint","message"}` with PostgREST's SQLSTATE → HTTP status mapping;
 a lost database connection is 503 PGRST000.
 
+Browsers may call it: every answer carries `Access-Control-Allow-Origin: *` and `OPTIONS`
+preflights are answered, as Supabase's gateway does.
+
 Faults on demand, without touching the database: `fail_next(n, "503" | "timeout" | "close",
 table=None)` makes the next n requests (for `table`, if given) answer 503 PGRST000, hang until the
 client gives up, or drop the connection; `answer_next(n, status, body, headers=..., table=None)`
@@ -377,6 +380,14 @@ def _handler(double: PostgrestDouble) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             self._serve("POST")
 
+        def do_OPTIONS(self) -> None:
+            """A browser's CORS preflight, answered as Supabase's gateway does: any origin."""
+            self._send(200, b"", [
+                ("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS"),
+                ("Access-Control-Allow-Headers", self.headers.get("Access-Control-Request-Headers", "*")),
+                ("Access-Control-Max-Age", "3600"),
+            ])  # fmt: skip
+
         def _serve(self, method: str) -> None:
             url = urlsplit(self.path)
             query = parse_qs(url.query, keep_blank_values=True)
@@ -433,6 +444,7 @@ def _handler(double: PostgrestDouble) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, data: bytes, headers: list[tuple[str, str]]) -> None:
             self.send_response(status)
+            self.send_header("Access-Control-Allow-Origin", "*")  # Supabase answers any origin
             for name, value in headers:
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))

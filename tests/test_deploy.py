@@ -245,7 +245,7 @@ def test_ssh_runs_a_command_in_the_remote_dir_and_tunnel_forwards_the_health_por
     assert tunnel.returncode == 0
     (call,) = tunnel.of("ssh")
     assert "-N" in call["argv"] and call["options"]["-L"] == "9999:127.0.0.1:8787"
-    assert "http://127.0.0.1:9999/healthz" in tunnel.stdout
+    assert "http://127.0.0.1:9999/ is the instance's dashboard" in tunnel.stdout
 
 
 def test_down_stops_the_service_keeps_the_instance_and_restart_brings_it_back(live: World) -> None:

@@ -38,7 +38,12 @@ def sink_for(settings: Settings) -> Sink:
     if settings.sink_url == "supabase":
         from streaming_service.sinks.supabase import SupabaseSink
 
-        assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
+        assert settings.supabase_url is not None
+        if settings.supabase_service_role_key is None:
+            raise ConfigError(
+                "config error: SUPABASE_SERVICE_ROLE_KEY is not set: the service writes to Supabase with "
+                "the service_role key (SUPABASE_ANON_KEY can only read, for the dashboard)"
+            )
         return SupabaseSink(
             settings.supabase_url,
             settings.supabase_service_role_key.get_secret_value(),
