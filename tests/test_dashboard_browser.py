@@ -1,0 +1,279 @@
+"""The dashboard page in a real browser (headless Chromium, tests/browser.py), against the real
+server: a running demo (SQLite, live updates), `streaming-service dashboard` over Postgres, and
+Supabase's REST API (the PostgREST double) read with the anon key, served by the `dashboard`
+command and as a static build under a sub-path. Run them alone with `pytest -k browser`.
+
+The page's test hook is `window.dashboard` (see the top of static/dashboard.js). Every wait polls
+the page with a deadline (`browser.wait_for`); nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from browser import browser, page_errors, wait_for
+from postgrest_double import PostgrestDouble, make_key
+from selenium import webdriver
+
+__all__ = ["browser"]  # the fixture, imported for pytest
+
+#: What the page must have drawn before a test looks at it.
+DRAWN = "window.dashboard && window.dashboard.ready && window.dashboard.counts().price > 0"
+#: Every (expiration, type) in the option table, as "expiration|type".
+TABLE_LINES = """
+return [...new Set([...document.querySelectorAll('#options-table tbody tr')].map(
+    (tr) => tr.cells[2].textContent + '|' + tr.cells[1].textContent))]
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _env(**values: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE_", "DATABASE_", "HEALTH_"))}
+    return {**keep, "LOG_FORMAT": "json", **values}
+
+
+def _get(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+@contextlib.contextmanager
+def _service(args: list[str], cwd: Path, env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `streaming-service ARGS` until the block ends; return once http://127.0.0.1:PORT/ serves
+    config.json (fails with the log's tail if it exits or takes over 30 s)."""
+    log = cwd / f"{args[0]}.log"
+    with log.open("wb") as out, subprocess.Popen(
+        [sys.executable, "-m", "streaming_service", *args], cwd=cwd, env=env, stdout=out, stderr=out
+    ) as process:
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"{args[0]} exited {process.returncode}: {log.read_text()[-2000:]}")
+                with contextlib.suppress(OSError):
+                    if _get(f"http://127.0.0.1:{port}/config.json")[0] == 200:
+                        break
+                assert time.monotonic() < deadline, f"not serving after 30 s: {log.read_text()[-2000:]}"
+                time.sleep(0.1)
+            yield process
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
+def _record_demo(database_url: str, cwd: Path, speed: int = 120) -> None:
+    """Record 8 s of demo (16 simulated minutes at speed 120: SMA9 has values) into `database_url`."""
+    subprocess.run(
+        [sys.executable, "-m", "streaming_service", "demo", "--speed", str(speed), "--duration", "8",
+         "--database-url", database_url],
+        cwd=cwd, env=_env(HEALTH_PORT="0"), capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+
+
+def _open(driver: webdriver.Chrome, url: str, within: float = 30.0) -> float:
+    """Load `url`, mark the window (a reload would lose the mark), wait until a chart is drawn;
+    the seconds that took."""
+    started = time.monotonic()
+    driver.get(url)
+    driver.execute_script("window.__sameDocument = true;")
+    wait_for(driver, DRAWN, within, "the page draws price points")
+    return time.monotonic() - started
+
+
+def _state(driver: webdriver.Chrome) -> dict[str, Any]:
+    state: dict[str, Any] = driver.execute_script(
+        "const d = window.dashboard; return {source: d.source, ticker: d.ticker, day: d.day, live: d.live,"
+        " lastTimestamp: d.lastTimestamp, updates: d.updates, loadMs: d.loadMs, error: d.error,"
+        " counts: d.counts(), smile: d.smile(), gaps: d.gaps()};"
+    )
+    return state
+
+
+def _assert_smile_matches_table(driver: webdriver.Chrome) -> dict[str, Any]:
+    """Every expiration of the option table has a CALL and a PUT line with points; the state."""
+    wait_for(driver, "window.dashboard.smile().length > 0", 30, "the smile is drawn")
+    state = _state(driver)
+    lines = {f"{s['expiration']}|{s['type']}": s["points"] for s in state["smile"]}
+    table = set(driver.execute_script(TABLE_LINES))
+    expirations = {line.split("|")[0] for line in table}
+    assert expirations, "the option table is empty"
+    for expiration in expirations:
+        for kind in ("CALL", "PUT"):
+            assert lines.get(f"{expiration}|{kind}", 0) > 0, (expiration, kind, lines)
+    return state
+
+
+def _assert_no_script_errors(driver: webdriver.Chrome) -> None:
+    """Nothing but failed resource loads (a 503 /healthz is a normal answer) at SEVERE level."""
+    errors = [m for m in page_errors(driver) if "Failed to load resource" not in m]
+    assert not errors, errors
+
+
+def test_browser_demo_page_draws_and_updates_live(browser: webdriver.Chrome, tmp_path: Path) -> None:
+    port = _free_port()
+    args = ["demo", "--speed", "60", "--database-url", f"sqlite:///{tmp_path / 'demo.db'}"]
+    with _service(args, tmp_path, _env(HEALTH_PORT=str(port)), port):
+        load_s = _open(browser, f"http://127.0.0.1:{port}/")
+        wait_for(browser, "window.dashboard.counts().sma9 > 0 && window.dashboard.counts().vwap > 0", 30,
+                 "SMA9 and VWAP lines have points")  # fmt: skip
+        wait_for(browser, "document.getElementById('health').textContent.startsWith('streaming')", 15,
+                 "the health line says streaming")  # fmt: skip
+        before = _state(browser)
+        assert before["source"] == "api" and before["live"] and before["error"] is None, before
+        started = time.monotonic()
+        wait_for(
+            browser,
+            f"Date.parse(window.dashboard.lastTimestamp) > Date.parse({json.dumps(before['lastTimestamp'])})"
+            f" || window.dashboard.counts().price > {before['counts']['price']}",
+            30,
+            "a newer row appears without a reload",
+        )
+        update_s = time.monotonic() - started
+        assert browser.execute_script("return window.__sameDocument === true"), "the page was reloaded"
+        assert browser.execute_script("return performance.getEntriesByType('navigation').length") == 1
+        after = _assert_smile_matches_table(browser)
+        assert after["updates"] >= 1 and after["error"] is None, after
+        shot = tmp_path / "dashboard-demo.png"
+        browser.save_screenshot(str(shot))
+        _assert_no_script_errors(browser)
+    print(f"\nscreenshot: {shot}")
+    print(
+        f"demo page: drawn {load_s:.2f} s after navigation (first load {before['loadMs']} ms); "
+        f"{before['counts']} points, then {after['counts']['price']} price points after "
+        f"{after['updates']} live refreshes; a newer row showed {update_s:.1f} s after looking; "
+        f"smile lines {[(s['expiration'], s['type'], s['points']) for s in after['smile']]}"
+    )
+
+
+def test_browser_dashboard_command_reads_postgres(
+    browser: webdriver.Chrome, postgres_dsn: str, tmp_path: Path
+) -> None:
+    _record_demo(postgres_dsn, tmp_path)
+    port = _free_port()
+    env = _env(DATABASE_URL=postgres_dsn, HEALTH_PORT=str(_free_port()))
+    with _service(["dashboard", "--port", str(port)], tmp_path, env, port):
+        load_s = _open(browser, f"http://127.0.0.1:{port}/")
+        wait_for(browser, "window.dashboard.counts().sma9 > 0", 10, "the SMA9 line has points")
+        state = _assert_smile_matches_table(browser)
+        assert state["source"] == "api" and state["error"] is None, state
+        # No recording service answers: /healthz is a 503 the page reads as "not running".
+        wait_for(browser, "document.getElementById('health').textContent.startsWith('not running')", 15,
+                 "the health line says not running")  # fmt: skip
+        # The day before has no rows: a message, not an empty chart.
+        before = (date.fromisoformat(state["day"]) - timedelta(days=1)).isoformat()
+        browser.execute_script(
+            "const input = document.getElementById('day'); input.value = arguments[0];"
+            "input.dispatchEvent(new Event('change'));",
+            before,
+        )
+        wait_for(browser, f"window.dashboard.day === '{before}' && window.dashboard.ready", 15, "day changed")
+        message = browser.find_element("id", "message")
+        assert message.is_displayed() and message.text == f"no rows for QQQ on {before}", message.text
+        assert not browser.find_element("id", "chart-wrap").is_displayed()
+        assert not browser.execute_script("return window.dashboard.live")
+        _assert_no_script_errors(browser)
+    lines = len(state["smile"])
+    print(f"\npostgres page: drawn in {load_s:.2f} s; {state['counts']} points; {lines} smile lines")
+
+
+def _write_refused(double_url: str, key: str) -> tuple[int, Any]:
+    row = {"ticker": "QQQ", "timestamp": "2026-01-02T15:00:00+00:00", "price": 1.0, "volume": 1}
+    headers = {"apikey": key, "Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    return _get(f"{double_url}/rest/v1/equity_data", json.dumps([row]).encode(), headers)
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def _static_host(root: Path) -> Iterator[int]:
+    """A plain static file server for `root` (no API, no config of its own); its port."""
+    handler = functools.partial(_Quiet, directory=str(root))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+
+
+def test_browser_reads_supabase_with_the_anon_key(
+    browser: webdriver.Chrome, supabase_dsn: str, tmp_path: Path
+) -> None:
+    _record_demo(supabase_dsn, tmp_path, speed=240)  # over 1000 rows: the page reads them in pages
+    with psycopg.connect(supabase_dsn) as conn:
+        ((rows,),) = conn.execute("SELECT count(*) FROM equity_data").fetchall()
+    assert rows > 1000
+    anon, service_role = make_key("anon"), make_key("service_role")
+    with PostgrestDouble(supabase_dsn) as double:
+        status, body = _write_refused(double.url, anon)
+        assert status in (401, 403) and body["code"] == "42501", (status, body)
+
+        port = _free_port()
+        env = _env(SUPABASE_URL=double.url, SUPABASE_ANON_KEY=anon, SUPABASE_SERVICE_ROLE_KEY=service_role,
+                   HEALTH_PORT=str(_free_port()))  # fmt: skip
+        with _service(["dashboard", "--port", str(port)], tmp_path, env, port):
+            config = _get(f"http://127.0.0.1:{port}/config.json")[1]
+            assert config["source"] == "supabase" and config["anon_key"] == anon
+            assert service_role not in json.dumps(config)
+            served_s = _open(browser, f"http://127.0.0.1:{port}/")
+            served = _assert_smile_matches_table(browser)
+            assert served["source"] == "supabase" and served["error"] is None, served
+            assert served["counts"]["price"] == rows, (served, rows)  # every page read, each row once
+
+        # The same page as a static build, under a sub-path of a plain file server.
+        site = tmp_path / "www" / "some" / "path"
+        subprocess.run(
+            [sys.executable, "-m", "streaming_service", "dashboard", "--build", str(site)],
+            cwd=tmp_path, env=env, capture_output=True, timeout=30, check=True,
+        )  # fmt: skip
+        with _static_host(tmp_path / "www") as static_port:
+            static_s = _open(browser, f"http://127.0.0.1:{static_port}/some/path/")
+            built = _assert_smile_matches_table(browser)
+            assert built["source"] == "supabase" and built["error"] is None, built
+            assert built["counts"] == served["counts"], (built, served)
+            assert not browser.find_element("id", "health").is_displayed()  # health: null
+            _assert_no_script_errors(browser)
+
+        reads = [r for r in double.requests if r.method == "GET"]
+        assert reads and all(r.headers.get("authorization") == f"Bearer {anon}" for r in reads)
+        assert all(r.headers.get("apikey") == anon for r in reads)
+        assert not [r for r in double.requests if r.method == "POST" and r.headers.get("apikey") != anon]
+        equity = [r for r in reads if r.path == "/rest/v1/equity_data"]
+        paged = [r for r in equity if r.query.get("offset", ["0"]) != ["0"]]
+        assert paged, "no second page asked for"
+    print(
+        f"\nsupabase page: drawn in {served_s:.2f} s from the dashboard command, {static_s:.2f} s as a "
+        f"static build; {rows} rows, {served['counts']} points; {len(reads)} GETs to the double "
+        f"({len(paged)} equity pages past the first); anon write refused with {status} {body['code']}"
+    )
