@@ -59,6 +59,8 @@ const state = {
   times: [], // chart times (epoch s) of the price series, ascending
   tail: null, // {second, rows: Map<ms, row>}: the rows of the newest second (it may still grow)
   rows: 0, // rows of the day drawn (the API's count; live rows added)
+  liveAdded: 0, // chart points added by live refreshes since the last full load
+  moved: false, // the user scrolled or zoomed the price chart
   downsampled: false,
   gaps: [],
   smileChart: null,
@@ -132,7 +134,8 @@ async function getJSON(url, headers = {}) {
     response = await fetch(url, { headers, cache: "no-store" });
   } catch (err) {
     // A server that is down and one that refuses this page's origin (CORS) look the same here.
-    throw new HttpError(`cannot reach ${url.split("?")[0]} (${err.message}: down, or not allowing this page's origin)`, 0, null);
+    const why = /^https?:/.test(url) ? `${err.message}: down, or not allowing this page's origin` : err.message;
+    throw new HttpError(`cannot reach ${url.split("?")[0]} (${why})`, 0, null);
   }
   const text = await response.text();
   let body = null;
@@ -272,6 +275,13 @@ function createPriceChart() {
     }),
   };
   chart.priceScale("volume").applyOptions({ scaleMargins: { top: 0.78, bottom: 0 } });
+  // Once the user scrolls or zooms, live rows no longer refit the day; a double click does again.
+  const moved = () => { state.moved = true; };
+  for (const event of ["wheel", "mousedown", "touchstart", "keydown"]) $("chart").addEventListener(event, moved, { passive: true });
+  $("chart").addEventListener("dblclick", () => {
+    state.moved = false;
+    chart.timeScale().fitContent();
+  });
   chart.timeScale().subscribeVisibleLogicalRangeChange(placeGaps);
   chart.timeScale().subscribeSizeChange(placeGaps);
   state.chart = chart;
@@ -303,7 +313,8 @@ function pointsOf({ second, rows }) {
   return { time: second, price: last.price, sma9: lastOf("sma9"), vwap: lastOf("vwap"), volume, timestamp: last.timestamp };
 }
 
-function drawSeries(points) {
+/** Draw a whole series; `view`: a time range to show (null: the whole day). */
+function drawSeries(points, view = null) {
   const seconds = bySecond(points);
   const merged = seconds.map(pointsOf);
   const { price, sma9, vwap, volume } = state.series;
@@ -314,14 +325,20 @@ function drawSeries(points) {
   state.times = merged.map((p) => p.time);
   state.tail = seconds.length ? seconds[seconds.length - 1] : null;
   dashboard.lastTimestamp = merged.length ? merged[merged.length - 1].timestamp : null;
-  state.chart.timeScale().fitContent();
+  state.liveAdded = 0;
+  if (view && merged.length) state.chart.timeScale().setVisibleRange(view);
+  else state.chart.timeScale().fitContent();
+}
+
+/** The time range shown if the user zoomed or scrolled, null while the whole day is in view. */
+function zoomed() {
+  return state.moved ? state.chart.timeScale().getVisibleRange() : null;
 }
 
 /** Apply rows from the newest second on: the newest second is rebuilt, later ones appended. */
 function applyLive(points) {
   const { price, sma9, vwap, volume } = state.series;
-  const range = state.chart.timeScale().getVisibleLogicalRange();
-  const wholeDay = range && range.from <= 0.5 && range.to >= state.times.length - 1.5; // not zoomed in
+  const wholeDay = !state.moved;
   let added = 0;
   for (const group of bySecond(points)) {
     if (state.tail && group.second < state.tail.second) continue; // older than what is drawn
@@ -343,6 +360,7 @@ function applyLive(points) {
     volume.update({ time: p.time, value: p.volume });
     dashboard.lastTimestamp = p.timestamp;
   }
+  state.liveAdded += added;
   if (added && wholeDay) state.chart.timeScale().fitContent(); // keep the whole day in view
   if (added) placeGaps();
   showSubtitle();
@@ -539,16 +557,19 @@ async function refreshHealth() {
   el.className = `health ${body.ok ? "ok" : "bad"}`;
 }
 
-/** Load and draw `ticker` on `day` (null: its latest day with rows). */
-async function load(ticker, day) {
+/** Load and draw `ticker` on `day` (null: its latest day with rows). `again`: the same view
+ * reloaded (no "loading…", a zoomed-in time range kept). */
+async function load(ticker, day, again = false) {
   const generation = ++state.generation;
   const started = performance.now();
+  const view = again && state.times.length ? zoomed() : null;
+  if (!again) state.moved = false;
   clearTimeout(state.timer);
   state.ticker = ticker;
   state.requested = day;
   dashboard.ticker = ticker;
   $("title").textContent = ticker;
-  $("subtitle").textContent = "loading…";
+  if (!again) $("subtitle").textContent = "loading…";
   try {
     const series = await state.data.series(ticker, day);
     if (generation !== state.generation) return;
@@ -563,7 +584,7 @@ async function load(ticker, day) {
     $("message").textContent = state.day ? `no rows for ${ticker} on ${state.day}` : `no rows for ${ticker} yet`;
     $("chart-wrap").hidden = empty;
     $("options").hidden = !state.day;
-    drawSeries(series.points);
+    drawSeries(series.points, view);
     state.rows = series.rows;
     state.downsampled = series.downsampled;
     showSubtitle();
@@ -583,6 +604,11 @@ async function load(ticker, day) {
     dashboard.ready = true;
   } catch (err) {
     if (generation !== state.generation) return;
+    if (again) { // what is drawn stays; the next refresh tries again
+      showError(err.message);
+      schedule(generation);
+      return;
+    }
     state.failed = true; // the next refresh loads again
     dashboard.live = false;
     // Nothing of another ticker or day stays on screen under this one's title.
@@ -616,6 +642,12 @@ async function refresh(generation) {
         return;
       }
       applyLive(answer.points);
+      // Rows drawn one per second after a downsampled day crowd its time scale: sample again.
+      if (state.downsampled && state.liveAdded > Math.max(100, state.times.length / 10)) {
+        dashboard.updates++;
+        await load(state.ticker, null, true);
+        return;
+      }
       const [options, gaps] = await Promise.all([state.data.options(state.ticker, state.day), state.data.gaps(state.ticker, state.day)]);
       if (generation !== state.generation) return;
       drawOptions(options);
