@@ -1,7 +1,8 @@
 """The dashboard page in a real browser (headless Chromium, tests/browser.py), against the real
 server: a running demo (SQLite, live updates), `streaming-service dashboard` over Postgres, and
 Supabase's REST API (the PostgREST double) read with the anon key, served by the `dashboard`
-command and as a static build under a sub-path. Run them alone with `pytest -k browser`.
+command and as a static build under a sub-path; config.json's error, and New York day bounds in
+another time zone. Run them alone with `pytest -k browser`.
 
 The page's test hook is `window.dashboard` (see the top of static/dashboard.js). Every wait polls
 the page with a deadline (`browser.wait_for`); nothing sleeps to synchronise.
@@ -22,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ import pytest
 from browser import browser, page_errors, wait_for
 from postgrest_double import PostgrestDouble, make_key
 from selenium import webdriver
+
+from streaming_service.dashboard.api import write_static_site
+from streaming_service.dashboard.queries import day_bounds
 
 __all__ = ["browser"]  # the fixture, imported for pytest
 
@@ -277,3 +281,27 @@ def test_browser_reads_supabase_with_the_anon_key(
         f"static build; {rows} rows, {served['counts']} points; {len(reads)} GETs to the double "
         f"({len(paged)} equity pages past the first); anon write refused with {status} {body['code']}"
     )
+
+
+def test_browser_config_error_and_new_york_days_in_any_time_zone(
+    browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """config.json's error is what the page says; the day bounds of its Supabase reads are the
+    server's (DST days included) whatever the browser's own time zone."""
+    message = "set SUPABASE_ANON_KEY to see the chart"
+    config = {"source": "supabase", "error": message, "health": None, "refresh_s": 5, "tickers": ["QQQ"]}
+    write_static_site(tmp_path / "site", config)
+    browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Tokyo"})
+    with _static_host(tmp_path / "site") as port:
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait_for(browser, "window.dashboard && window.dashboard.error", 15, "the config error is shown")
+        banner = browser.find_element("id", "error")
+        assert banner.is_displayed() and banner.text == message
+        assert browser.execute_script("return window.dashboard.ready") is False
+        assert browser.execute_script("return new Date(0).getTimezoneOffset()") == -540  # Tokyo
+        for day in ("2026-03-07", "2026-03-08", "2026-03-09", "2026-06-15", "2026-11-01", "2026-11-02",
+                    "2026-12-31"):  # fmt: skip
+            start, end = browser.execute_script("return window.dashboard.dayBounds(arguments[0])", day)
+            expected = day_bounds(date.fromisoformat(day))
+            assert (datetime.fromisoformat(start), datetime.fromisoformat(end)) == expected, day
+        _assert_no_script_errors(browser)

@@ -2,7 +2,8 @@
 // smile and table, for one ticker and one New York day; the latest day updates live.
 //
 // Data comes from config.json's `source`: "api" (this service's JSON API, same origin) or
-// "supabase" (Supabase's REST API with the anon key, read-only). Every URL is relative.
+// "supabase" (Supabase's REST API with the anon key, read-only). Every URL of this server is
+// relative, so the page works from any directory of any static host.
 //
 // Test hook, `window.dashboard`:
 //   ready          true once the first load is drawn (data, or the "no rows" message)
@@ -16,6 +17,7 @@
 //   counts()       {price, sma9, vwap, volume}: points in each chart series
 //   smile()        [{expiration, type, points}]: one entry per drawn smile line
 //   gaps()         number of shaded gaps
+//   dayBounds(day) [start, end) of a New York day as UTC ISO strings (what Supabase reads are bounded by)
 
 const LWC = window.LightweightCharts;
 const NY = "America/New_York";
@@ -88,6 +90,7 @@ const dashboard = {
     return { expiration, type, points: series.data().length };
   }),
   gaps: () => state.gaps.length,
+  dayBounds: (day) => dayBounds(day).map(iso),
 };
 window.dashboard = dashboard;
 
