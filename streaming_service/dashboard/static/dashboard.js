@@ -37,9 +37,10 @@ const MIN_GAP_PX = 8;
 const EXPIRY_COLORS = ["#2962ff", "#e91e63", "#00897b", "#f57c00", "#7b1fa2", "#6d4c41"];
 
 const $ = (id) => document.getElementById(id);
+const clock = { timeZone: NY, hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
 const nyDate = new Intl.DateTimeFormat("en-CA", { timeZone: NY, year: "numeric", month: "2-digit", day: "2-digit" });
-const nyTime = new Intl.DateTimeFormat("en-GB", { timeZone: NY, hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
-const nyMinute = new Intl.DateTimeFormat("en-GB", { timeZone: NY, hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+const nyTime = new Intl.DateTimeFormat("en-GB", { ...clock, second: "2-digit" });
+const nyMinute = new Intl.DateTimeFormat("en-GB", clock);
 const nyDay = new Intl.DateTimeFormat("en-US", { timeZone: NY, month: "short", day: "numeric" });
 const nyParts = new Intl.DateTimeFormat("en-US", {
   timeZone: NY, hourCycle: "h23", year: "numeric", month: "numeric", day: "numeric",
@@ -48,7 +49,7 @@ const nyParts = new Intl.DateTimeFormat("en-US", {
 
 const state = {
   config: null,
-  data: null, // the data source: {tickers, latestDay, series, since, options, gaps}
+  data: null, // the data source: {tickers, series, since, options, gaps}, in the JSON API's shapes
   ticker: null,
   day: null,
   requested: null, // the day asked for (null: the latest)
@@ -203,7 +204,8 @@ function supabaseSource(config) {
   }
 
   async function latestDay(ticker) {
-    const last = await get("equity_data", `select=timestamp&ticker=eq.${enc(ticker)}&order=timestamp.desc&limit=1`);
+    const query = `select=timestamp&ticker=eq.${enc(ticker)}&order=timestamp.desc&limit=1`;
+    const last = await get("equity_data", query);
     return last.length ? nyDateOf(Date.parse(last[0].timestamp)) : null;
   }
 
@@ -239,7 +241,8 @@ function supabaseSource(config) {
           `&ended_at=gte.${enc(iso(start))}&order=started_at.asc`);
         return { table: true, gaps };
       } catch (err) {
-        if (err.status === 404 || err.code === "42P01" || err.code === "PGRST205") return { table: false, gaps: [] };
+        const noTable = err.status === 404 || err.code === "42P01" || err.code === "PGRST205";
+        if (noTable) return { table: false, gaps: [] }; // no shading
         throw err;
       }
     },
@@ -259,7 +262,7 @@ function createPriceChart() {
   const chart = LWC.createChart($("chart"), {
     autoSize: true,
     layout: { attributionLogo: true, background: { color: "#ffffff" }, textColor: "#333" },
-    localization: { timeFormatter: (t) => `${nyDay.format(new Date(t * 1000))} ${nyTime.format(new Date(t * 1000))}` },
+    localization: { timeFormatter: (t) => `${nyDay.format(t * 1000)} ${nyTime.format(t * 1000)}` },
     // A whole day of one-second rows fits: fitContent() may squeeze bars below a pixel.
     timeScale: { timeVisible: true, secondsVisible: false, tickMarkFormatter: tickMark, minBarSpacing: 0.001 },
     rightPriceScale: { scaleMargins: { top: 0.08, bottom: 0.28 } },
@@ -280,7 +283,9 @@ function createPriceChart() {
   chart.priceScale("volume").applyOptions({ scaleMargins: { top: 0.78, bottom: 0 } });
   // Once the user scrolls or zooms, live rows no longer refit the day; a double click does again.
   const moved = () => { state.moved = true; };
-  for (const event of ["wheel", "mousedown", "touchstart", "keydown"]) $("chart").addEventListener(event, moved, { passive: true });
+  for (const event of ["wheel", "mousedown", "touchstart", "keydown"]) {
+    $("chart").addEventListener(event, moved, { passive: true });
+  }
   $("chart").addEventListener("dblclick", () => {
     state.moved = false;
     chart.timeScale().fitContent();
@@ -313,7 +318,9 @@ function pointsOf({ second, rows }) {
     return null;
   };
   const volume = ordered.reduce((sum, r) => sum + (r.volume || 0), 0);
-  return { time: second, price: last.price, sma9: lastOf("sma9"), vwap: lastOf("vwap"), volume, timestamp: last.timestamp };
+  return {
+    time: second, price: last.price, sma9: lastOf("sma9"), vwap: lastOf("vwap"), volume, timestamp: last.timestamp,
+  };
 }
 
 /** Draw a whole series; `view`: a time range to show (null: the whole day). */
@@ -423,10 +430,11 @@ function placeGaps() {
     // The shade lets the mouse through to the chart; its tab on the time axis carries the tooltip.
     const shade = document.createElement("div");
     shade.className = `gap gap-${gap.cause}`;
-    Object.assign(shade.style, { left: `${x1}px`, width: `${x2 - x1}px`, top: "0", height: `${plotHeight}px` });
+    const across = { left: `${x1}px`, width: `${x2 - x1}px` };
+    Object.assign(shade.style, across, { top: "0", height: `${plotHeight}px` });
     const tab = document.createElement("div");
     tab.className = `gap-tab gap-${gap.cause}`;
-    Object.assign(tab.style, { left: `${x1}px`, width: `${x2 - x1}px`, top: `${plotHeight}px`, height: `${scale.height()}px` });
+    Object.assign(tab.style, across, { top: `${plotHeight}px`, height: `${scale.height()}px` });
     tab.title = describeGap(gap);
     layer.append(shade, tab);
   }
@@ -497,11 +505,15 @@ function drawOptions(answer) {
       });
       state.smileSeries.set(key, series);
     }
-    const points = [...lines.get(key)].sort((a, b) => a[0] - b[0]).map(([strike, iv]) => ({ time: strike, value: iv }));
-    series.setData(points);
-    legend.push(`<span style="--c:${color}" class="${type === "PUT" ? "put" : "call"}">${expiration} ${type}</span>`);
+    const points = [...lines.get(key)].sort((a, b) => a[0] - b[0]);
+    series.setData(points.map(([strike, iv]) => ({ time: strike, value: iv })));
+    const entry = document.createElement("span");
+    entry.className = type === "PUT" ? "put" : "call";
+    entry.style.setProperty("--c", color);
+    entry.textContent = `${expiration} ${type}`;
+    legend.push(entry);
   }
-  $("smile-legend").innerHTML = legend.join(" ");
+  $("smile-legend").replaceChildren(...legend);
   $("smile").hidden = lines.size === 0;
   if (answer.timestamp !== state.optionsTimestamp) state.smileChart.timeScale().fitContent();
   state.optionsTimestamp = answer.timestamp;
@@ -554,7 +566,8 @@ async function refreshHealth() {
   const age = body.tickers && body.tickers[state.ticker] && body.tickers[state.ticker].last_data_age_s;
   if (age != null) parts.push(`data ${age < 10 ? age.toFixed(1) : Math.round(age)} s old`);
   if (body.sink && body.sink.failing_for_s != null) {
-    parts.push(`database failing for ${Math.round(body.sink.failing_for_s)} s${body.sink.last_error ? `: ${body.sink.last_error}` : ""}`);
+    const why = body.sink.last_error ? `: ${body.sink.last_error}` : "";
+    parts.push(`database failing for ${Math.round(body.sink.failing_for_s)} s${why}`);
   }
   el.textContent = parts.join(" · ");
   el.className = `health ${body.ok ? "ok" : "bad"}`;
@@ -592,7 +605,9 @@ async function load(ticker, day, again = false) {
     state.downsampled = series.downsampled;
     showSubtitle();
     if (state.day) {
-      const [options, gaps] = await Promise.all([state.data.options(ticker, state.day), state.data.gaps(ticker, state.day)]);
+      const [options, gaps] = await Promise.all([
+        state.data.options(ticker, state.day), state.data.gaps(ticker, state.day),
+      ]);
       if (generation !== state.generation) return;
       drawGaps(gaps);
       drawOptions(options);
@@ -651,7 +666,9 @@ async function refresh(generation) {
         await load(state.ticker, null, true);
         return;
       }
-      const [options, gaps] = await Promise.all([state.data.options(state.ticker, state.day), state.data.gaps(state.ticker, state.day)]);
+      const [options, gaps] = await Promise.all([
+        state.data.options(state.ticker, state.day), state.data.gaps(state.ticker, state.day),
+      ]);
       if (generation !== state.generation) return;
       drawOptions(options);
       drawGaps(gaps);
