@@ -409,11 +409,13 @@ def _demo_settings(args: argparse.Namespace) -> Settings:
 
 
 def _start_fresh(settings: Settings) -> None:
-    """For a SQLite database, remove the previous demo's file and spool: rows of the same simulated
-    times would otherwise merge into the older run's. (A Postgres database is never touched.)"""
-    if not settings.sink_url.startswith("sqlite:///"):
-        return
-    for path in (DEMO_SPOOL, Path(settings.sink_url.removeprefix("sqlite:///"))):
+    """Remove the previous demo's spool (rows and checkpoint of its simulated day) and, for a SQLite
+    database, its file: rows of the same simulated times would otherwise merge into the older
+    run's. A Postgres database is never touched."""
+    files = [DEMO_SPOOL]
+    if settings.sink_url.startswith("sqlite:///"):
+        files.append(Path(settings.sink_url.removeprefix("sqlite:///")))
+    for path in files:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
@@ -427,9 +429,9 @@ async def _demo(args: argparse.Namespace) -> None:
     from streaming_service.sources.schwab_client import build_schwab_client
 
     sink = sink_for(settings)  # a bad --database-url stops here, before anything is removed
-    fresh = not args.keep and settings.sink_url.startswith("sqlite:///")
-    if fresh:
+    if not args.keep:
         _start_fresh(settings)
+    fresh = not args.keep and settings.sink_url.startswith("sqlite:///")
     market = SimulatedMarket(settings.stream_ticker, seed=args.seed, trades_per_second=args.rate)
     interrupted = asyncio.Event()
     async with SchwabSimulator(market, speed=args.speed) as sim:
@@ -480,7 +482,7 @@ async def _demo(args: argparse.Namespace) -> None:
         f"simulator sent {len(sim.sent_trades)} trades ({traded} shares); "
         f"{status.ticks} ticks received; {status.rows_written} rows written to {service.sink.name} "
         f"({status.option_rows} of them option snapshots)"
-        + (f"; {status.pending_rows} rows wait in the spool: the database did not take them (see the log)"
+        + (f"; {status.pending_rows} rows were not written: the database did not take them (see the log)"
            if status.pending_rows else ""),
         flush=True,
     )

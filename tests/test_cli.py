@@ -122,6 +122,14 @@ def test_demo_against_an_unreachable_database_says_where_the_rows_are(tmp_path: 
     done = _demo(tmp_path, "--duration", "1", "--database-url", "postgresql://u:p@127.0.0.1:1/db")
     assert "never awaited" not in done.stderr
     assert done.returncode == 0, done.stderr
-    assert re.search(r"; \d+ rows wait in the spool: the database did not take them", done.stdout), (
-        done.stdout
-    )
+    assert re.search(r"; \d+ rows were not written: the database did not take", done.stdout), done.stdout
+
+
+def test_demo_with_a_database_that_refuses_the_login_exits_4_with_one_message(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    missing = postgres_dsn.rsplit("/", 1)[0] + "/no_such_database"
+    done = _demo(tmp_path, "--duration", "3", "--database-url", missing)
+    assert done.returncode == 4, done.stderr
+    assert 'database "no_such_database" does not exist' in done.stderr.splitlines()[-1]
+    assert "Traceback" not in done.stderr and "never awaited" not in done.stderr, done.stderr
