@@ -1,6 +1,7 @@
 """`streaming-service check`: a ✓/✗ checklist of what `run` needs, each ✗ with its fix.
 
-Checks, in order: configuration; the Schwab token file (present, readable, refresh-token age
+Checks, in order: configuration; the Schwab app credentials (SCHWAB_APP_KEY and SCHWAB_APP_SECRET set
+and not blank); the Schwab token file (present, readable, refresh-token age
 against its 7-day life); the database (reachable; the three required tables with their columns and
 UNIQUE keys; the credentials can write, proven by an upsert that is rolled back). Nothing is left
 behind. The optional `stream_gaps` table is checked the same way, but its absence is a warning
@@ -24,12 +25,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from streaming_service.config import Settings
 from streaming_service.errors import AuthError, SinkRejected, SinkUnavailable, StreamerError
 from streaming_service.sinks.base import GAPS_MIGRATION, REQUIRED_TABLES, TABLE_COLUMNS, UNIQUE_KEYS
 from streaming_service.token import describe, read_token_info
 
-__all__ = ["CheckResult", "check_database", "check_token"]
+__all__ = ["CheckResult", "check_database", "check_schwab_app", "check_token"]
 
 _PROBE = (
     "INSERT INTO equity_data (ticker, timestamp, price, volume) "
@@ -59,6 +62,26 @@ def _no_gaps_table(fix: str) -> CheckResult:
     return CheckResult(
         "table stream_gaps", True, "missing: gap rows are not recorded (the other tables are)", fix, warn=True
     )
+
+
+def _blank(secret: SecretStr | None) -> bool:
+    return secret is None or not secret.get_secret_value().strip()
+
+
+def check_schwab_app(settings: Settings) -> CheckResult:
+    """Are SCHWAB_APP_KEY and SCHWAB_APP_SECRET set? None, empty and whitespace count as missing
+    (`cp .env.example .env` leaves both empty). The values are never shown."""
+    names = {"SCHWAB_APP_KEY": settings.schwab_app_key, "SCHWAB_APP_SECRET": settings.schwab_app_secret}
+    missing = [name for name, value in names.items() if _blank(value)]
+    if missing:
+        verb = "are" if len(missing) > 1 else "is"
+        return CheckResult(
+            "Schwab app credentials",
+            False,
+            f"{' and '.join(missing)} {verb} not set (missing or blank)",
+            "set SCHWAB_APP_KEY and SCHWAB_APP_SECRET in .env, from your app at developer.schwab.com",
+        )
+    return CheckResult("Schwab app credentials", True, "SCHWAB_APP_KEY and SCHWAB_APP_SECRET set")
 
 
 def check_token(path: Path, *, now: float | None = None) -> CheckResult:
