@@ -365,7 +365,7 @@ async def _dashboard(args: argparse.Namespace) -> None:
 
 
 async def _check(args: argparse.Namespace) -> None:
-    from streaming_service.check import CheckResult, check_database, check_token
+    from streaming_service.check import CheckResult, check_database, check_schwab_app, check_token
 
     try:
         settings = load_settings()
@@ -373,6 +373,7 @@ async def _check(args: argparse.Namespace) -> None:
         print(CheckResult("configuration", False, str(exc).removeprefix("config error: ")).line())
         raise ConfigError("") from None  # already printed, with where to fix it
     results = [CheckResult("configuration", True, f"tickers {','.join(settings.stream_ticker)}")]
+    results.append(check_schwab_app(settings))
     results.append(check_token(settings.schwab_token_path))
     results += await check_database(settings)
     for result in results:

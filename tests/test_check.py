@@ -164,11 +164,6 @@ def test_cli_check_exit_code(tmp_path: Path, age_days: float, code: int) -> None
     assert "checks passed" in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="WIRING PENDING: passes once cli._check calls check.check_schwab_app(settings); "
-    "then remove this mark",
-)
 def test_cli_check_fails_on_blank_schwab_app_credentials(tmp_path: Path) -> None:
     """The first run: `cp .env.example .env` leaves both blank, the token file exists."""
     token_file(tmp_path / "token.json", age_days=1)
