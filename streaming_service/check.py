@@ -1,10 +1,18 @@
 """`streaming-service check`: a ✓/✗ checklist of what `run` needs, each ✗ with its fix.
 
-Checks, in order: configuration; the Schwab token file (present, readable, refresh-token age
-against its 7-day life); the database (reachable; the three required tables with their columns and
-UNIQUE keys; the credentials can write, proven by an upsert that is rolled back). Nothing is left
-behind. The optional `stream_gaps` table is checked the same way, but its absence is a warning
-(⚠, still a pass): `run` records everything else and drops gap rows.
+Checks, in order: configuration; the Schwab app credentials (SCHWAB_APP_KEY and SCHWAB_APP_SECRET set
+and not blank); the Schwab token file (present, readable, refresh-token age against its 7-day life);
+the database (reachable; then per table, each with its own fix: missing, not permitted for the
+connecting role, or the wrong shape (columns or the upsert's UNIQUE key missing); then the
+credentials can write, proven by an upsert that is rolled back). Nothing is left behind. The
+optional `stream_gaps` table is checked the same way, but its absence is a warning (⚠, still a
+pass): `run` records everything else and drops gap rows.
+
+On Postgres the tables are read from pg_catalog, which shows every table whatever the role's
+privileges (information_schema hides those it may not use): "not permitted" names the role
+(`current_user`) and what it lacks: SELECT/INSERT/UPDATE on the table, USAGE on its id sequence,
+and a row-level security policy (the migrations enable RLS with policies for Supabase's roles
+only) — with the GRANT / CREATE POLICY statements that fix it.
 
 Supabase's REST API has no transactions to roll back, so there the write probe is an upsert of one
 deliberately invalid row per table (NULL `volume`, NULL `timestamp`, `option_type` 'ZZZZ', `cause`
@@ -24,12 +32,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from streaming_service.config import Settings
 from streaming_service.errors import AuthError, SinkRejected, SinkUnavailable, StreamerError
 from streaming_service.sinks.base import GAPS_MIGRATION, REQUIRED_TABLES, TABLE_COLUMNS, UNIQUE_KEYS
 from streaming_service.token import describe, read_token_info
 
-__all__ = ["CheckResult", "check_database", "check_token"]
+__all__ = ["CheckResult", "check_database", "check_schwab_app", "check_token"]
 
 _PROBE = (
     "INSERT INTO equity_data (ticker, timestamp, price, volume) "
@@ -59,6 +69,26 @@ def _no_gaps_table(fix: str) -> CheckResult:
     return CheckResult(
         "table stream_gaps", True, "missing: gap rows are not recorded (the other tables are)", fix, warn=True
     )
+
+
+def _blank(secret: SecretStr | None) -> bool:
+    return secret is None or not secret.get_secret_value().strip()
+
+
+def check_schwab_app(settings: Settings) -> CheckResult:
+    """Are SCHWAB_APP_KEY and SCHWAB_APP_SECRET set? None, empty and whitespace count as missing
+    (`cp .env.example .env` leaves both empty). The values are never shown."""
+    names = {"SCHWAB_APP_KEY": settings.schwab_app_key, "SCHWAB_APP_SECRET": settings.schwab_app_secret}
+    missing = [name for name, value in names.items() if _blank(value)]
+    if missing:
+        verb = "are" if len(missing) > 1 else "is"
+        return CheckResult(
+            "Schwab app credentials",
+            False,
+            f"{' and '.join(missing)} {verb} not set (missing or blank)",
+            "set SCHWAB_APP_KEY and SCHWAB_APP_SECRET in .env, from your app at developer.schwab.com",
+        )
+    return CheckResult("Schwab app credentials", True, "SCHWAB_APP_KEY and SCHWAB_APP_SECRET set")
 
 
 def check_token(path: Path, *, now: float | None = None) -> CheckResult:
@@ -94,30 +124,53 @@ async def check_database(settings: Settings) -> list[CheckResult]:
     return [CheckResult("database", False, f"no check for {url!r}", "set DATABASE_URL")]
 
 
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """What the database has under one of our tables' names: its columns, its UNIQUE keys, and the
+    privileges the connecting role lacks on it (`lacking`, as phrases) with the GRANTs that fix them."""
+
+    columns: frozenset[str]
+    unique: frozenset[tuple[str, ...]]
+    lacking: tuple[str, ...] = ()
+    grants: tuple[str, ...] = ()
+
+
 def _schema_results(
-    columns: dict[str, set[str]], unique: dict[str, set[tuple[str, ...]]]
+    found: dict[str, _Table], *, creates: dict[str, str], prefix: str = "", role: str = ""
 ) -> list[CheckResult]:
+    """One line per table: missing (fix: `creates[table]`, how it comes to exist), not permitted for
+    `role` (fix: the GRANTs), or the wrong shape (fix: make way for the real one). `prefix` is the
+    schema shown before table names ("public." on Postgres)."""
     results = []
     for table, expected in TABLE_COLUMNS.items():
-        if table not in REQUIRED_TABLES and table not in columns:
-            results.append(_no_gaps_table(f"`run` creates it (or apply {GAPS_MIGRATION})"))
+        have = found.get(table)
+        if have is None:
+            if table not in REQUIRED_TABLES:
+                results.append(_no_gaps_table(creates[table]))
+            else:
+                results.append(CheckResult(f"table {table}", False, "table missing", creates[table]))
             continue
-        missing = sorted(set(expected) - columns.get(table, set()))
+        problems, fixes = [], []
+        if have.lacking:
+            problems.append(f"not permitted: role {role} lacks {' and '.join(have.lacking)}")
+            fixes.append("; ".join(have.grants))
+        missing = sorted(set(expected) - have.columns)
         key = UNIQUE_KEYS[table]
-        problems = []
-        if table not in columns:
-            problems.append("table missing")
-        elif missing:
-            problems.append(f"columns missing: {', '.join(missing)}")
-        if table in columns and key not in unique.get(table, set()):
-            problems.append(f"no UNIQUE ({', '.join(key)})")
+        shape = [f"columns missing: {', '.join(missing)}"] if missing else []
+        if key not in have.unique:
+            shape.append(f"no UNIQUE ({', '.join(key)})")
+        if shape:
+            problems += shape
+            fixes.append(
+                f"{prefix}{table} was created by something else (or altered since): rename or drop "
+                f"it; then {creates[table]}"
+            )
         results.append(
             CheckResult(
                 f"table {table}",
                 not problems,
                 "; ".join(problems) or f"columns and UNIQUE ({', '.join(key)}) present",
-                "apply supabase/migrations (README, 'Supabase'); `run` creates missing tables "
-                "on Postgres and SQLite by itself",
+                "; ".join(fixes),
             )
         )
     return results
@@ -129,20 +182,26 @@ def _check_sqlite(path: Path) -> list[CheckResult]:
     try:
         with _sqlite(path) as conn:
             tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            columns = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
-            unique: dict[str, set[tuple[str, ...]]] = {}
+            found: dict[str, _Table] = {}
             for table in tables:
+                unique = set()
                 for index in conn.execute(f"PRAGMA index_list({table})"):
                     if index[2]:  # unique
-                        cols = tuple(r[2] for r in conn.execute(f"PRAGMA index_info({index[1]})"))
-                        unique.setdefault(table, set()).add(cols)
+                        unique.add(tuple(r[2] for r in conn.execute(f"PRAGMA index_info({index[1]})")))
+                columns = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                found[table] = _Table(frozenset(columns), frozenset(unique))
             results = [CheckResult("database", True, f"sqlite {path} opened")]
-            results += _schema_results(columns, unique)
+            results += _schema_results(found, creates=dict.fromkeys(TABLE_COLUMNS, "`run` creates it"))
             if all(r.ok for r in results):
-                conn.execute("BEGIN")
-                conn.execute(_PROBE)
-                conn.execute("ROLLBACK")
-                results.append(CheckResult("write", True, "upsert into equity_data works (rolled back)"))
+                try:
+                    conn.execute("BEGIN")
+                    conn.execute(_PROBE)
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:
+                    fix = "make the file and its directory writable for this user (or run as their owner)"
+                    results.append(CheckResult("write", False, f"sqlite {path}: {exc}", fix))
+                else:
+                    results.append(CheckResult("write", True, "upsert into equity_data works (rolled back)"))
             return results
     except sqlite3.Error as exc:
         return [CheckResult("database", False, f"sqlite {path}: {exc}", "check the file and its permissions")]
@@ -155,6 +214,65 @@ def _sqlite(path: Path) -> Iterator[sqlite3.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+#: Who we are, and whether `run` could create missing tables (CREATE on schema public).
+_ROLE_SQL = (
+    "SELECT quote_ident(current_user), coalesce((SELECT has_schema_privilege(oid, 'CREATE') "
+    "FROM pg_namespace WHERE nspname = 'public'), false)"
+)
+#: Our tables in schema public, from pg_catalog (information_schema hides tables the role may not
+#: use): columns; the table privileges the role lacks; the sequences of its serial columns on which
+#: it lacks USAGE (INSERT calls nextval()); whether row-level security stops its upserts (RLS on, the
+#: role neither owns the table nor bypasses RLS, and no permissive policy of the role's covers INSERT
+#: and UPDATE: the migrations enable RLS and add policies only for Supabase's roles).
+_TABLES_SQL = """
+SELECT c.relname,
+       array(SELECT a.attname::text FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       array(SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE']) WITH ORDINALITY AS u(p, o)
+             WHERE NOT has_table_privilege(c.oid, p) ORDER BY o),
+       array(SELECT quote_ident(sn.nspname) || '.' || quote_ident(s.relname)
+             FROM pg_depend d JOIN pg_class s ON s.oid = d.objid
+             JOIN pg_namespace sn ON sn.oid = s.relnamespace
+             WHERE d.classid = 'pg_class'::regclass AND d.refobjid = c.oid AND d.deptype = 'a'
+               AND CASE WHEN s.relkind = 'S' THEN NOT has_sequence_privilege(s.oid, 'USAGE, UPDATE') END
+             ORDER BY s.relname),
+       c.relrowsecurity
+         AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))
+         AND NOT (SELECT rolbypassrls FROM pg_roles WHERE rolname = current_user)
+         AND NOT coalesce((
+             SELECT bool_or(p.polcmd IN ('a', '*')) AND bool_or(p.polcmd IN ('w', '*'))
+             FROM pg_policy p WHERE p.polrelid = c.oid AND p.polpermissive
+               AND (0 = ANY(p.polroles) OR EXISTS (SELECT FROM unnest(p.polroles) AS r(id)
+                                                    WHERE r.id <> 0 AND pg_has_role(r.id, 'USAGE')))
+           ), false)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)
+"""
+_UNIQUE_SQL = (
+    "SELECT t.relname, array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i "
+    "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+    "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+    "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum "
+    "WHERE i.indisunique AND n.nspname = 'public' GROUP BY i.indexrelid, t.relname"
+)
+
+
+def _postgres_creates(role: str, may_create: bool) -> dict[str, str]:
+    """Per table, how a missing table comes to exist: `run` applies the migrations, if the role
+    may create tables in schema public."""
+    creates = {}
+    for table in TABLE_COLUMNS:
+        migrations = "supabase/migrations" if table in REQUIRED_TABLES else GAPS_MIGRATION
+        creates[table] = (
+            f"`run` creates it (or apply {migrations})"
+            if may_create
+            else f"`run` cannot create it: role {role} may not create tables in schema public; "
+            f"apply {migrations} as the database owner and grant {role} SELECT, INSERT, UPDATE on "
+            f"public.{table} and USAGE on its id sequence (or GRANT CREATE ON SCHEMA public TO {role})"
+        )
+    return creates
 
 
 async def _check_postgres(url: str) -> list[CheckResult]:
@@ -171,29 +289,30 @@ async def _check_postgres(url: str) -> list[CheckResult]:
         return [CheckResult("database", False, f"{name}: {reason}", fix)]
     async with conn:
         results = [CheckResult("database", True, f"{name} reachable")]
-        rows = await (
-            await conn.execute(
-                "SELECT table_name, column_name FROM information_schema.columns "
-                "WHERE table_schema = 'public' AND table_name = ANY(%s)",
-                [list(TABLE_COLUMNS)],
-            )
-        ).fetchall()
-        columns: dict[str, set[str]] = {}
-        for table, column in rows:
-            columns.setdefault(table, set()).add(column)
-        keys = await (
-            await conn.execute(
-                "SELECT t.relname, array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i "
-                "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
-                "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
-                "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum "
-                "WHERE i.indisunique AND n.nspname = 'public' GROUP BY i.indexrelid, t.relname"
-            )
-        ).fetchall()
+        role_row = await (await conn.execute(_ROLE_SQL)).fetchone()
+        assert role_row is not None
+        role, may_create = str(role_row[0]), bool(role_row[1])
         unique: dict[str, set[tuple[str, ...]]] = {}
-        for table, cols in keys:
+        for table, cols in await (await conn.execute(_UNIQUE_SQL)).fetchall():
             unique.setdefault(table, set()).add(tuple(cols))
-        results += _schema_results(columns, unique)
+        found: dict[str, _Table] = {}
+        rows = await (await conn.execute(_TABLES_SQL, [list(TABLE_COLUMNS)])).fetchall()
+        for table, columns, privileges, sequences, policed in rows:
+            lacking = [f"{', '.join(privileges)} on public.{table}"] if privileges else []
+            lacking += [f"USAGE on {seq}" for seq in sequences]
+            grants = [f"GRANT SELECT, INSERT, UPDATE ON public.{table} TO {role}"] if privileges else []
+            grants += [f"GRANT USAGE ON SEQUENCE {seq} TO {role}" for seq in sequences]
+            if policed:
+                lacking.append(f"a row-level security policy letting it insert and update public.{table}")
+                grants.append(
+                    f"CREATE POLICY streamer_writes ON public.{table} FOR ALL TO {role} "
+                    "USING (true) WITH CHECK (true) (or connect as the table's owner)"
+                )
+            found[table] = _Table(
+                frozenset(columns), frozenset(unique.get(table, ())), tuple(lacking), tuple(grants)
+            )
+        creates = _postgres_creates(role, may_create)
+        results += _schema_results(found, creates=creates, prefix="public.", role=role)
         if all(r.ok for r in results):
             try:
                 async with conn.transaction(force_rollback=True):
@@ -204,8 +323,10 @@ async def _check_postgres(url: str) -> list[CheckResult]:
                     CheckResult(
                         "write",
                         False,
-                        f"[{exc.sqlstate}] {' '.join(str(exc).split())}",
-                        "the DATABASE_URL user needs INSERT and UPDATE on the three tables",
+                        f"as role {role}: [{exc.sqlstate}] {' '.join(str(exc).split())}",
+                        f"role {role} has the privileges and policies but its upsert into "
+                        "public.equity_data was refused: fix what the error names (a read-only "
+                        "server or role, a trigger, …) or set DATABASE_URL to a role that may write",
                     )
                 )
         return results
@@ -264,6 +385,11 @@ async def _check_supabase(url: str, key: str) -> list[CheckResult]:
                     results.append(_no_gaps_table(f"apply {GAPS_MIGRATION} (`supabase db push`)"))
                     continue
                 message, _, fix = str(exc).partition("; ")
+                message = message.removeprefix(f"{sink.name}: {table}: ")
+                if isinstance(exc, TableMissing):
+                    message = f"table missing: {message}"
+                elif "SUPABASE_SERVICE_ROLE_KEY" in fix:  # 401/403, 42501, a bad JWT
+                    message = f"not permitted: {message}"
                 results.append(CheckResult(f"table {table}", False, message, fix))
                 continue
             except BadRows as exc:

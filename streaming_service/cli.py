@@ -27,6 +27,7 @@ from streaming_service.indicators import EXCHANGE_TZ
 from streaming_service.logs import configure_logging
 
 if TYPE_CHECKING:
+    from streaming_service.config import Settings
     from streaming_service.service import Service
     from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 
@@ -61,7 +62,8 @@ def run_command(command: Coroutine[None, None, None]) -> int:
         error = _streamer_error(exc)
         if error is None:
             raise
-        print(error if isinstance(error, ConfigError) else f"error: {error}", file=sys.stderr)
+        if str(error):  # an empty message was printed already
+            print(error if isinstance(error, ConfigError) else f"error: {error}", file=sys.stderr)
         return next(code for kind, code in EXIT_CODES.items() if isinstance(error, kind))
     return 0
 
@@ -125,13 +127,26 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.set_defaults(command=_dashboard)
 
     demo = commands.add_parser(
-        "demo", help="stream from a local Schwab simulator into ./data/demo.db (never to Supabase)"
+        "demo",
+        help="stream from a local Schwab simulator into ./data/demo.db (never to Supabase)",
+        description="Run the real service against a local Schwab simulator. Reads only HEALTH_PORT, "
+        "HEALTH_HOST, LOG_FORMAT and LOG_LEVEL from the environment and .env; everything else comes "
+        "from these flags.",
     )
-    demo.add_argument("--duration", type=_positive(float), help="stop after N seconds (default: Ctrl-C)")
+    demo.add_argument(
+        "--duration",
+        type=_positive(float),
+        help="stop after N seconds (default: when the simulated session ends, or Ctrl-C)",
+    )
     demo.add_argument(
         "--database-url",
-        default="sqlite:///data/demo.db",
-        help="sqlite:///path.db or postgresql://… (default: %(default)s)",
+        default=DEMO_DATABASE_URL,
+        help="sqlite:///path.db or postgresql://… (default: %(default)s, a fresh file each run)",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="add to the previous run's SQLite file and spool instead of starting fresh",
     )
     demo.add_argument("--ticker", default="QQQ", help="comma-separated tickers (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=1, help="simulator random seed (default: %(default)s)")
@@ -151,10 +166,13 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-interval",
         type=_positive(float),
         default=5.0,
-        help="seconds between writes (default: %(default)s; BATCH_SIZE still applies)",
+        help="seconds between writes (default: %(default)s; a write also happens every 10 rows)",
     )
     demo.add_argument(
-        "--status-every", type=_positive(float), default=2.0, help="seconds between status lines"
+        "--status-every",
+        type=_positive(float),
+        default=2.0,
+        help="seconds between status lines (default: %(default)s)",
     )
     demo.add_argument(
         "--restart-at",
@@ -347,14 +365,15 @@ async def _dashboard(args: argparse.Namespace) -> None:
 
 
 async def _check(args: argparse.Namespace) -> None:
-    from streaming_service.check import CheckResult, check_database, check_token
+    from streaming_service.check import CheckResult, check_database, check_schwab_app, check_token
 
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(CheckResult("configuration", False, str(exc), "edit .env as the message says").line())
-        raise
+        print(CheckResult("configuration", False, str(exc).removeprefix("config error: ")).line())
+        raise ConfigError("") from None  # already printed, with where to fix it
     results = [CheckResult("configuration", True, f"tickers {','.join(settings.stream_ticker)}")]
+    results.append(check_schwab_app(settings))
     results.append(check_token(settings.schwab_token_path))
     results += await check_database(settings)
     for result in results:
@@ -365,22 +384,57 @@ async def _check(args: argparse.Namespace) -> None:
         raise ChecksFailed(f"{len(failed)} check(s) failed")
 
 
-async def _demo(args: argparse.Namespace) -> None:
-    settings = load_settings(
+#: The only settings the demo reads from the environment and .env; all others are the demo's own.
+DEMO_READS = ("health_port", "health_host", "log_format", "log_level")
+DEMO_DATABASE_URL = "sqlite:///data/demo.db"
+DEMO_SPOOL = Path("data/demo_spool.db")
+
+
+def _demo_settings(args: argparse.Namespace) -> Settings:
+    """The demo's settings: its flags, the defaults of every other setting, and only `DEMO_READS`
+    from the environment and .env (so a half-filled .env cannot change or break the demo)."""
+    from streaming_service.config import Settings
+
+    fixed = {name: field.default for name, field in Settings.model_fields.items() if name not in DEMO_READS}
+    fixed.update(
         stream_ticker=args.ticker,
         database_url=args.database_url,
-        skip_market_hours=True,
         batch_interval=args.batch_interval,
-        spool_path=Path("data/demo_spool.db"),
+        skip_market_hours=True,
+        spool_path=DEMO_SPOOL,
         dead_letter_path=Path("data/demo_dead_letters.jsonl"),
     )
+    flags = {"stream_ticker": "--ticker", "database_url": "--database-url"}
+    flags["batch_interval"] = "--batch-interval"
+    return load_settings(flags, check_unknown=False, **fixed)
+
+
+def _start_fresh(settings: Settings) -> None:
+    """Remove the previous demo's spool (rows and checkpoint of its simulated day) and, for a SQLite
+    database, its file: rows of the same simulated times would otherwise merge into the older
+    run's. A Postgres database is never touched."""
+    files = [DEMO_SPOOL]
+    if settings.sink_url.startswith("sqlite:///"):
+        files.append(Path(settings.sink_url.removeprefix("sqlite:///")))
+    for path in files:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    settings = _demo_settings(args)
     configure_logging(settings.log_format, settings.log_level)
     from streaming_service.service import Service
     from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
     from streaming_service.sinks import sink_for
     from streaming_service.sources.schwab_client import build_schwab_client
 
+    sink = sink_for(settings)  # a bad --database-url stops here, before anything is removed
+    if not args.keep:
+        _start_fresh(settings)
+    fresh = not args.keep and settings.sink_url.startswith("sqlite:///")
     market = SimulatedMarket(settings.stream_ticker, seed=args.seed, trades_per_second=args.rate)
+    interrupted = asyncio.Event()
     async with SchwabSimulator(market, speed=args.speed) as sim:
         with tempfile.TemporaryDirectory() as tmp:
             token_path = Path(tmp) / "token.json"
@@ -392,22 +446,35 @@ async def _demo(args: argparse.Namespace) -> None:
                 )
                 return Service(settings, client, sink_for(settings))
 
-            service = new_service()
-            print(f"demo: simulator at {sim.api_base_url}, writing to {service.sink.name}", flush=True)
+            service = Service(
+                settings,
+                build_schwab_client(token_path, "demo-key", "demo-secret", api_base_url=sim.api_base_url),
+                sink,
+            )
+            note = " (a fresh file: --keep adds to the previous run's)" if fresh else ""
+            print(f"demo: simulator at {sim.api_base_url}, writing to {service.sink.name}{note}", flush=True)
             if args.restart_at is not None:
                 restart_at = _session_offset(market, args.restart_at)
-                await _serve(service, stop_when=_market_at(sim, restart_at), status_every=args.status_every,
-                             print_status=True)  # fmt: skip
-                print(f"demo: service stopped at {args.restart_at:%H:%M} (simulated); the market goes on "
-                      f"for {args.down_for:.0f} s, then it starts again", flush=True)  # fmt: skip
-                await _market_at(sim, restart_at + args.down_for)
-                service = new_service()
-            await _serve(
-                service,
-                stop_when=_demo_end(sim, service, args.duration),
-                status_every=args.status_every,
-                print_status=True,
-            )
+
+                async def until_restart() -> None:
+                    await _first(_market_at(sim, restart_at), interrupted.wait())
+
+                await _serve(service, stop_when=until_restart, status_every=args.status_every,
+                             print_status=True, first_signal=interrupted)  # fmt: skip
+                if not interrupted.is_set():
+                    print(f"demo: service stopped at {args.restart_at:%H:%M} (simulated); the market goes on "
+                          f"for {args.down_for:.0f} s, then it starts again", flush=True)  # fmt: skip
+                    await _first(_market_at(sim, restart_at + args.down_for), interrupted.wait())
+                    service = new_service()
+            if not interrupted.is_set():
+                finished = service
+
+                async def demo_end() -> None:
+                    await _first(sim.session_finished.wait(), interrupted.wait(), within=args.duration)
+                    await _freeze_and_catch_up(sim, finished)
+
+                await _serve(service, stop_when=demo_end, status_every=args.status_every, print_status=True,
+                             first_signal=interrupted)  # fmt: skip
         traded = sum(trade.size for trade in sim.sent_trades)
         market_total = sum(market.total_volume(s) for s in market.symbols)
     status = service.status()
@@ -415,7 +482,9 @@ async def _demo(args: argparse.Namespace) -> None:
         f"demo: done. the market traded {market_total} shares; "
         f"simulator sent {len(sim.sent_trades)} trades ({traded} shares); "
         f"{status.ticks} ticks received; {status.rows_written} rows written to {service.sink.name} "
-        f"({status.option_rows} of them option snapshots)",
+        f"({status.option_rows} of them option snapshots)"
+        + (f"; {status.pending_rows} rows were not written: the database did not take them (see the log)"
+           if status.pending_rows else ""),
         flush=True,
     )
 
@@ -432,10 +501,9 @@ async def _market_at(sim: SchwabSimulator, offset_s: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _demo_end(sim: SchwabSimulator, service: Service, duration: float | None) -> None:
-    """Wait for the end of the simulated session or `duration`; then freeze the market and give the
-    service up to 10 s to receive what was already sent, so the demo's totals can be compared."""
-    await _first_of(sim.session_finished.wait(), duration)
+async def _freeze_and_catch_up(sim: SchwabSimulator, service: Service) -> None:
+    """Freeze the market and give the service up to 10 s to receive what was already sent, so the
+    demo's totals can be compared."""
     sim.pause()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
@@ -449,21 +517,29 @@ async def _demo_end(sim: SchwabSimulator, service: Service, duration: float | No
         await asyncio.sleep(0.05)
 
 
-async def _first_of(event_wait: Awaitable[bool], duration: float | None) -> None:
-    """Return when `event_wait` completes or `duration` seconds pass, whichever is first."""
+async def _first(*waits: Awaitable[Any], within: float | None = None) -> None:
+    """Return when the first of `waits` completes (the others are cancelled) or `within` seconds pass."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
     try:
-        async with asyncio.timeout(duration):
-            await event_wait
-    except TimeoutError:
-        pass
+        await asyncio.wait(tasks, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _serve(
-    service: Service, *, stop_when: Awaitable[None] | None, status_every: float, print_status: bool
+    service: Service,
+    *,
+    stop_when: Callable[[], Awaitable[None]] | None,
+    status_every: float,
+    print_status: bool,
+    first_signal: asyncio.Event | None = None,
 ) -> None:
-    """Run `service` until SIGINT/SIGTERM or `stop_when` completes; a second signal cuts the final
-    writing short. Serves /healthz and the dashboard (HEALTH_PORT; 0 = off) and reports status
-    periodically."""
+    """Run `service` until SIGINT/SIGTERM or `stop_when()` completes; a second signal cuts the final
+    writing short. With `first_signal`, the first signal only sets that event (for `stop_when` to
+    finish the run its own way) and the next ones stop, then cut short. Serves /healthz and the
+    dashboard (HEALTH_PORT; 0 = off) and reports status periodically."""
     from streaming_service.dashboard.api import Dashboard
     from streaming_service.http import HealthServer
 
@@ -471,14 +547,17 @@ async def _serve(
     loop = asyncio.get_running_loop()
 
     def on_signal() -> None:
-        (force if stop.is_set() else stop).set()
+        if first_signal is not None and not first_signal.is_set():
+            first_signal.set()
+        else:
+            (force if stop.is_set() else stop).set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
 
     async def stop_later() -> None:
         if stop_when is not None:
-            await stop_when
+            await stop_when()
             stop.set()
 
     async def report() -> None:

@@ -124,6 +124,15 @@ class Settings(BaseSettings):
             raise ValueError(f"not a ticker: {bad[0] if bad else ''!r}")
         return tuple(dict.fromkeys(tickers))
 
+    @field_validator(
+        "schwab_app_key", "schwab_app_secret", "supabase_url", "supabase_service_role_key",
+        "supabase_anon_key", "database_url", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """`SCHWAB_APP_KEY=` (as .env.example leaves it) means not set, not an empty key."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_format", "log_level", mode="before")
     @classmethod
     def _normalise_case(cls, value: Any) -> Any:
@@ -164,14 +173,18 @@ class Settings(BaseSettings):
         return DEFAULT_DATABASE_URL
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read the environment and `.env`, apply `overrides` (CLI flags); raise `ConfigError` if invalid
-    or if a variable looks like ours but is unknown (`STREAM_TICKERS`)."""
+def load_settings(
+    flags: dict[str, str] | None = None, *, check_unknown: bool = True, **overrides: Any
+) -> Settings:
+    """Read the environment and `.env`, apply `overrides`; raise `ConfigError` if invalid or if a
+    variable looks like ours but is unknown (`STREAM_TICKERS`). `flags` maps an override that came
+    from a command-line flag to the flag's name, so an error names the flag, not the variable;
+    `check_unknown=False` skips the unknown-variable check (for commands that read few variables)."""
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
-    if unknown := _unknown_variables():
+        raise ConfigError(_describe(exc, flags or {})) from None
+    if check_unknown and (unknown := _unknown_variables()):
         raise ConfigError("\n".join(unknown))
     return settings
 
@@ -198,7 +211,7 @@ def _unknown_variables(env_file: Path = Path(".env")) -> list[str]:
     return lines
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, flags: dict[str, str]) -> str:
     lines = []
     for error in exc.errors():
         if not error["loc"]:  # a model-level rule; its message names the variables
@@ -211,13 +224,30 @@ def _describe(exc: ValidationError) -> str:
         default = field.default if field else None
         if isinstance(default, tuple):
             default = ",".join(default)
+        problem = f"is invalid ({error['msg'].removeprefix('Value error, ')}); allowed: {allowed}"
+        if name in flags:
+            lines.append(f"config error: {flags[name]} {shown} {problem}.")
+            continue
         lines.append(
-            f"config error: {name.upper()}={shown} is invalid "
-            f"({error['msg'].removeprefix('Value error, ')}); allowed: {allowed}"
+            f"config error: {name.upper()}={shown} {problem}"
             + (f" (default {default})" if default is not None else "")
-            + ". Fix it in .env or the environment."
+            + f". Fix it in {_where_set(name.upper())}."
         )
     return "\n".join(lines)
+
+
+def _where_set(variable: str, env_file: Path = Path(".env")) -> str:
+    """Where a variable's value came from, as far as can be told: the environment wins over .env."""
+    if any(name.upper() == variable for name in os.environ):
+        return "the environment (it overrides .env)"
+    try:
+        text = env_file.read_text(encoding="utf-8")
+    except OSError:
+        return ".env or the environment"
+    for line in text.splitlines():
+        if "=" in line and line.split("=", 1)[0].removeprefix("export ").strip().upper() == variable:
+            return str(env_file)
+    return ".env or the environment"
 
 
 def _redact(value: Any) -> Any:

@@ -91,7 +91,10 @@ def rest_handler(sim: SchwabSimulator) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up (a service stopping): nothing to say
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             return None
