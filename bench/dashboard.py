@@ -25,7 +25,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from typing import Any
 from _rows import ROOT, Row, percentile, print_table, row  # first: it puts tests/ on sys.path
 
 # isort: split
+
+from pg_cluster import free_port
 
 from streaming_service.dashboard.queries import day_bounds
 from streaming_service.models import Batch, EquityRow, IndicatorRow
@@ -104,13 +105,6 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def _yesterday(path: Path, market: SimulatedMarket) -> str:
     """Write the session before the simulator's: 23,400 one-second rows with indicators."""
     day = market.session_date - timedelta(days=1)
@@ -131,7 +125,7 @@ async def _yesterday(path: Path, market: SimulatedMarket) -> str:
 
 async def _measure(load: str, seconds: float) -> dict[str, Any]:
     market = SimulatedMarket(["QQQ"], seed=11, trades_per_second=RATE)
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         day = await _yesterday(Path(tmp) / "rows.db", market)
         token = Path(tmp) / "token.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -110,3 +111,10 @@ async def streaming(
         with suppress(asyncio.CancelledError):
             await task
         await client.close_async_session()
+
+
+def command_env(**values: str) -> dict[str, str]:
+    """This process's environment without where rows go and the health port (a clean shell for a
+    `streaming-service` subprocess), JSON logs, plus `values`."""
+    ours = ("SUPABASE_", "DATABASE_", "HEALTH_")
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(ours)}, "LOG_FORMAT": "json", **values}

@@ -57,7 +57,8 @@ def find_pg_bin() -> Path:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -85,7 +86,7 @@ class PgCluster:
         self.data_dir = self.base_dir / "data"
         self.socket_dir = self.base_dir / "sock"
         self.log_file = self.base_dir / "server.log"
-        self.port = _free_port()
+        self.port = free_port()
         self._initialised = False
         self.running = False
 

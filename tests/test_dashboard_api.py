@@ -7,7 +7,6 @@ import asyncio
 import http.client
 import itertools
 import json
-import os
 import random
 import socket
 import sqlite3
@@ -22,6 +21,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from harness import command_env
+from pg_cluster import free_port
 from postgrest_double import make_key
 
 from streaming_service.config import Settings
@@ -369,21 +370,9 @@ def test_static_build_writes_the_page_and_a_supabase_config(tmp_path: Path) -> N
 # --- the command ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _env(**values: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE_", "DATABASE_", "HEALTH_"))}
-    return {**keep, "LOG_FORMAT": "json", **values}
-
-
 def test_dashboard_command_serves_the_recorded_database(recorded: Recorded, tmp_path: Path) -> None:
-    port = _free_port()
-    env = _env(DATABASE_URL=recorded.url, HEALTH_PORT=str(_free_port()))
+    port = free_port()
+    env = command_env(DATABASE_URL=recorded.url, HEALTH_PORT=str(free_port()))
     with subprocess.Popen(
         [sys.executable, "-m", "streaming_service", "dashboard", "--port", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -407,7 +396,7 @@ def test_dashboard_command_errors_name_the_fix(tmp_path: Path) -> None:
     def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "streaming_service", "dashboard", *args],
-            cwd=tmp_path, env=_env(**env), capture_output=True, text=True, timeout=30,
+            cwd=tmp_path, env=command_env(**env), capture_output=True, text=True, timeout=30,
         )  # fmt: skip
 
     built = run("--build", str(tmp_path / "site"))
@@ -426,11 +415,11 @@ def test_dashboard_command_errors_name_the_fix(tmp_path: Path) -> None:
 
 
 def test_demo_serves_the_dashboard_on_its_health_port(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     with subprocess.Popen(
         [sys.executable, "-m", "streaming_service", "demo", "--speed", "120"],
-        cwd=tmp_path, env=_env(HEALTH_PORT=str(port)), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True,
+        cwd=tmp_path, env=command_env(HEALTH_PORT=str(port)), stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
     ) as process:  # fmt: skip
         try:
             assert process.stdout is not None

@@ -14,8 +14,6 @@ import contextlib
 import functools
 import http.server
 import json
-import os
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +28,8 @@ from typing import Any
 import psycopg
 import pytest
 from browser import browser, page_errors, wait_for
+from harness import command_env
+from pg_cluster import free_port
 from postgrest_double import PostgrestDouble, make_key
 from selenium import webdriver
 
@@ -47,18 +47,6 @@ return [...new Set([...document.querySelectorAll('#options-table tbody tr')].map
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _env(**values: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE_", "DATABASE_", "HEALTH_"))}
-    return {**keep, "LOG_FORMAT": "json", **values}
-
-
 def _get(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(url, data=data, headers=headers or {})
     try:
@@ -73,9 +61,12 @@ def _service(args: list[str], cwd: Path, env: dict[str, str], port: int) -> Iter
     """Run `streaming-service ARGS` until the block ends; return once http://127.0.0.1:PORT/ serves
     config.json (fails with the log's tail if it exits or takes over 30 s)."""
     log = cwd / f"{args[0]}.log"
-    with log.open("wb") as out, subprocess.Popen(
-        [sys.executable, "-m", "streaming_service", *args], cwd=cwd, env=env, stdout=out, stderr=out
-    ) as process:
+    with (
+        log.open("wb") as out,
+        subprocess.Popen(
+            [sys.executable, "-m", "streaming_service", *args], cwd=cwd, env=env, stdout=out, stderr=out
+        ) as process,
+    ):
         try:
             deadline = time.monotonic() + 30
             while True:
@@ -97,7 +88,7 @@ def _record_demo(database_url: str, cwd: Path, speed: int = 120) -> None:
     subprocess.run(
         [sys.executable, "-m", "streaming_service", "demo", "--speed", str(speed), "--duration", "8",
          "--database-url", database_url],
-        cwd=cwd, env=_env(HEALTH_PORT="0"), capture_output=True, timeout=60, check=True,
+        cwd=cwd, env=command_env(HEALTH_PORT="0"), capture_output=True, timeout=60, check=True,
     )  # fmt: skip
 
 
@@ -141,9 +132,9 @@ def _assert_no_script_errors(driver: webdriver.Chrome) -> None:
 
 
 def test_browser_demo_page_draws_and_updates_live(browser: webdriver.Chrome, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     args = ["demo", "--speed", "60", "--database-url", f"sqlite:///{tmp_path / 'demo.db'}"]
-    with _service(args, tmp_path, _env(HEALTH_PORT=str(port)), port):
+    with _service(args, tmp_path, command_env(HEALTH_PORT=str(port)), port):
         load_s = _open(browser, f"http://127.0.0.1:{port}/")
         wait_for(browser, "window.dashboard.counts().sma9 > 0 && window.dashboard.counts().vwap > 0", 30,
                  "SMA9 and VWAP lines have points")  # fmt: skip
@@ -180,8 +171,8 @@ def test_browser_dashboard_command_reads_postgres(
     browser: webdriver.Chrome, postgres_dsn: str, tmp_path: Path
 ) -> None:
     _record_demo(postgres_dsn, tmp_path)
-    port = _free_port()
-    env = _env(DATABASE_URL=postgres_dsn, HEALTH_PORT=str(_free_port()))
+    port = free_port()
+    env = command_env(DATABASE_URL=postgres_dsn, HEALTH_PORT=str(free_port()))
     with _service(["dashboard", "--port", str(port)], tmp_path, env, port):
         load_s = _open(browser, f"http://127.0.0.1:{port}/")
         wait_for(browser, "window.dashboard.counts().sma9 > 0", 10, "the SMA9 line has points")
@@ -243,9 +234,9 @@ def test_browser_reads_supabase_with_the_anon_key(
         status, body = _write_refused(double.url, anon)
         assert status in (401, 403) and body["code"] == "42501", (status, body)
 
-        port = _free_port()
-        env = _env(SUPABASE_URL=double.url, SUPABASE_ANON_KEY=anon, SUPABASE_SERVICE_ROLE_KEY=service_role,
-                   HEALTH_PORT=str(_free_port()))  # fmt: skip
+        port = free_port()
+        env = command_env(SUPABASE_URL=double.url, SUPABASE_ANON_KEY=anon,
+                          SUPABASE_SERVICE_ROLE_KEY=service_role, HEALTH_PORT=str(free_port()))  # fmt: skip
         with _service(["dashboard", "--port", str(port)], tmp_path, env, port):
             config = _get(f"http://127.0.0.1:{port}/config.json")[1]
             assert config["source"] == "supabase" and config["anon_key"] == anon

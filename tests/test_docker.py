@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from pg_cluster import free_port
 
 from streaming_service.models import EquityRow
 
@@ -131,17 +132,10 @@ def test_healthcheck_passes_only_on_200(status: int, exit_code: int) -> None:
 
 
 def test_healthcheck_fails_when_nothing_answers_and_passes_when_the_endpoint_is_off() -> None:
-    result = _healthcheck(_free_port())
+    result = _healthcheck(free_port())
     assert result.returncode == 1
     assert "no answer from http://127.0.0.1:" in result.stdout
     assert _healthcheck(0).returncode == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- Docker: the image ---------------------------------------------------------------------------
@@ -423,7 +417,7 @@ def compose(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Co
     project = tmp_path_factory.mktemp("compose")
     shutil.copy2(ROOT / "docker-compose.yml", project / "docker-compose.yml")
     shutil.copy2(ROOT / ".env.example", project / ".env")  # HEALTH_HOST=127.0.0.1 there: compose must win
-    port = _free_port()
+    port = free_port()
     (project / "test-override.yml").write_text(
         f"services:\n  {SERVICE}:\n    image: {IMAGE}\n"
         '    command: ["demo", "--speed", "20", "--batch-interval", "2"]\n'

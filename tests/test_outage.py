@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from pg_cluster import PgCluster, fresh_database
+from pg_cluster import PgCluster, free_port, fresh_database
 from polling import wait_until
 
 from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
@@ -226,12 +225,6 @@ async def test_kill_9_loses_at_most_the_last_commit_window(outage_dsn: str, tmp_
           "all written after the restart")  # fmt: skip
     assert code == 0
     assert_recorded(outage_dsn, rows, volume)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def status_command(port: int) -> subprocess.CompletedProcess[str]:
