@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from streaming_service.config import Settings
     from streaming_service.service import Service
     from streaming_service.simulator import SchwabSimulator, SimulatedMarket
+    from streaming_service.sinks import Sink
 
 __all__ = ["main"]
 
@@ -440,17 +441,13 @@ async def _demo(args: argparse.Namespace) -> None:
             token_path = Path(tmp) / "token.json"
             write_token_file(token_path)
 
-            def new_service() -> Service:
+            def new_service(sink: Sink) -> Service:
                 client = build_schwab_client(
                     token_path, "demo-key", "demo-secret", api_base_url=sim.api_base_url
                 )
-                return Service(settings, client, sink_for(settings))
+                return Service(settings, client, sink)
 
-            service = Service(
-                settings,
-                build_schwab_client(token_path, "demo-key", "demo-secret", api_base_url=sim.api_base_url),
-                sink,
-            )
+            service = new_service(sink)
             note = " (a fresh file: --keep adds to the previous run's)" if fresh else ""
             print(f"demo: simulator at {sim.api_base_url}, writing to {service.sink.name}{note}", flush=True)
             if args.restart_at is not None:
@@ -458,6 +455,8 @@ async def _demo(args: argparse.Namespace) -> None:
 
                 async def until_restart() -> None:
                     await _first(_market_at(sim, restart_at), interrupted.wait())
+                    if interrupted.is_set():
+                        await _freeze_and_catch_up(sim, service)
 
                 await _serve(service, stop_when=until_restart, status_every=args.status_every,
                              print_status=True, first_signal=interrupted)  # fmt: skip
@@ -465,7 +464,7 @@ async def _demo(args: argparse.Namespace) -> None:
                     print(f"demo: service stopped at {args.restart_at:%H:%M} (simulated); the market goes on "
                           f"for {args.down_for:.0f} s, then it starts again", flush=True)  # fmt: skip
                     await _first(_market_at(sim, restart_at + args.down_for), interrupted.wait())
-                    service = new_service()
+                    service = new_service(sink_for(settings))
             if not interrupted.is_set():
                 finished = service
 
