@@ -193,13 +193,7 @@ def _unknown_variables(env_file: Path = Path(".env")) -> list[str]:
     """One error line per variable of the environment or `.env` that starts like ours but is not."""
     known = {name.upper() for name in Settings.model_fields}
     names: dict[str, str] = {name: "the environment" for name in os.environ}
-    try:
-        for line in env_file.read_text(encoding="utf-8").splitlines():
-            name = line.split("=", 1)[0].removeprefix("export ").strip()
-            if "=" in line and not line.lstrip().startswith("#"):
-                names[name] = str(env_file)
-    except OSError:
-        pass
+    names.update(dict.fromkeys(_dotenv_names(env_file), str(env_file)))
     lines = []
     for name, where in sorted(names.items()):
         upper = name.upper()
@@ -240,14 +234,22 @@ def _where_set(variable: str, env_file: Path = Path(".env")) -> str:
     """Where a variable's value came from, as far as can be told: the environment wins over .env."""
     if any(name.upper() == variable for name in os.environ):
         return "the environment (it overrides .env)"
-    try:
-        text = env_file.read_text(encoding="utf-8")
-    except OSError:
-        return ".env or the environment"
-    for line in text.splitlines():
-        if "=" in line and line.split("=", 1)[0].removeprefix("export ").strip().upper() == variable:
-            return str(env_file)
+    if any(name.upper() == variable for name in _dotenv_names(env_file)):
+        return str(env_file)
     return ".env or the environment"
+
+
+def _dotenv_names(env_file: Path) -> list[str]:
+    """The variable names `env_file` sets (none if it cannot be read)."""
+    try:
+        lines = env_file.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    return [
+        line.split("=", 1)[0].removeprefix("export ").strip()
+        for line in lines
+        if "=" in line and not line.lstrip().startswith("#")
+    ]
 
 
 def _redact(value: Any) -> Any:
