@@ -30,7 +30,8 @@ _OUR_PREFIXES = (
 )  # fmt: skip
 #: Variables with one of those prefixes that belong to others (Supabase's own CLI, for instance).
 _NOT_OURS = frozenset({"SUPABASE_ACCESS_TOKEN", "SUPABASE_DB_PASSWORD"})
-_TICKER = re.compile(r"^[A-Z][A-Z0-9./]{0,9}$")
+#: A ticker as Schwab spells it (uppercase letters and digits, `.` or `/`, at most 10 characters).
+TICKER = re.compile(r"^[A-Z][A-Z0-9./]{0,9}$")
 
 
 class Settings(BaseSettings):
@@ -119,7 +120,7 @@ class Settings(BaseSettings):
     def _split_tickers(cls, value: Any) -> tuple[str, ...]:
         items = value.split(",") if isinstance(value, str) else list(value)
         tickers = [str(item).strip().upper() for item in items]
-        bad = [t for t in tickers if not _TICKER.match(t)]
+        bad = [t for t in tickers if not TICKER.match(t)]
         if not tickers or bad:
             raise ValueError(f"not a ticker: {bad[0] if bad else ''!r}")
         return tuple(dict.fromkeys(tickers))

@@ -18,7 +18,6 @@ static host.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Callable
 from datetime import date, datetime
@@ -29,8 +28,10 @@ from urllib.parse import parse_qs
 
 import structlog
 
+from streaming_service.config import TICKER
 from streaming_service.dashboard.queries import DashboardReader, exchange_day
 from streaming_service.http import Response, json_response
+from streaming_service.sinks.sqlite import iso_utc
 
 if TYPE_CHECKING:
     from streaming_service.config import Settings
@@ -42,7 +43,6 @@ log = structlog.get_logger(__name__)
 DEFAULT_POINTS = 2000
 REFRESH_S = 5
 _POINTS_RANGE = (10, 20_000)
-_TICKER = re.compile(r"^[A-Z][A-Z0-9./]{0,9}$")
 _MEDIA_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -170,7 +170,7 @@ class Dashboard:
         ticker = _ticker(params)
         day = await self._day(params, ticker)
         taken, contracts = await self._reader.option_snapshot(ticker, day)
-        timestamp = None if taken is None else taken.isoformat(timespec="milliseconds")
+        timestamp = None if taken is None else iso_utc(taken)
         return {"ticker": ticker, "day": day.isoformat(), "timestamp": timestamp, "contracts": contracts}
 
     async def _gaps_json(self, params: dict[str, str]) -> dict[str, Any]:
@@ -210,7 +210,7 @@ def _allow(params: dict[str, str], *names: str) -> None:
 
 def _ticker(params: dict[str, str]) -> str:
     ticker = params.get("ticker", "").strip().upper()
-    if not _TICKER.match(ticker):
+    if not TICKER.match(ticker):
         raise BadRequest(f"ticker={params.get('ticker', '')[:40]!r} is not a ticker; e.g. ticker=QQQ")
     return ticker
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from streaming_service.indicators import EXCHANGE_TZ
 from streaming_service.sinks import sink_from_url
 from streaming_service.sinks.base import TABLE_COLUMNS
+from streaming_service.sinks.sqlite import iso_utc
 
 __all__ = ["DashboardReader", "Point", "Series", "day_bounds", "downsample"]
 
@@ -93,7 +94,7 @@ class Point:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "timestamp": _iso(self.timestamp),
+            "timestamp": iso_utc(self.timestamp),
             "price": self.price,
             "volume": self.volume,
             "sma9": self.sma9,
@@ -301,7 +302,7 @@ class DashboardReader:
 
     def _param(self, ts: datetime) -> Any:
         """A time as the database compares it: SQLite's stored text, or the datetime itself."""
-        return _iso(ts) if self._placeholder == "?" else ts
+        return iso_utc(ts) if self._placeholder == "?" else ts
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -320,10 +321,6 @@ def _datetime(value: Any) -> datetime:
     return ts.astimezone(UTC)
 
 
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds")
-
-
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -331,7 +328,7 @@ def _float(value: Any) -> float | None:
 def _plain(value: Any) -> Any:
     """A stored value as JSON takes it: times ISO, dates YYYY-MM-DD, decimals floats."""
     if isinstance(value, datetime):
-        return _iso(value)
+        return iso_utc(value)
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
