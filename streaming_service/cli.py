@@ -209,9 +209,12 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _local(host: str) -> str:
-    """The address to browse to for a server listening on `host`."""
-    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, host)
+def _url(host: str, port: int) -> str:
+    """The http:// address, from this machine, of a server listening on `host`:`port`."""
+    from streaming_service.http import local_host
+
+    address = local_host(host)
+    return f"http://{f'[{address}]' if ':' in address else address}:{port}/"
 
 
 def _positive(kind: type[float]) -> Callable[[str], float]:
@@ -308,7 +311,7 @@ async def _status(args: argparse.Namespace) -> None:
 
 async def _dashboard(args: argparse.Namespace) -> None:
     from streaming_service.dashboard.api import Dashboard, page_config, write_static_site
-    from streaming_service.http import HealthServer, fetch_health
+    from streaming_service.http import HealthServer, fetch_health, local_host
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -329,16 +332,16 @@ async def _dashboard(args: argparse.Namespace) -> None:
               "(see README, 'Look at the data')")  # fmt: skip
         return
     port = settings.health_port if args.port is None else args.port
-    service = (_local(settings.health_host), settings.health_port)
+    service = (local_host(settings.health_host), settings.health_port)
 
     async def service_health() -> tuple[int, dict[str, Any]]:
         """The recording service's /healthz, if one answers on HEALTH_PORT (and it is not us)."""
-        if settings.health_port and service != (_local(args.host), port):
+        if settings.health_port and service != (local_host(args.host), port):
             try:
                 return await asyncio.to_thread(fetch_health, *service, 2.0)
             except (OSError, ValueError):
                 pass
-        where = f"http://{service[0]}:{service[1]}/healthz" if settings.health_port else "(HEALTH_PORT=0)"
+        where = f"{_url(*service)}healthz" if settings.health_port else "(HEALTH_PORT=0)"
         return 503, {"state": "not_running", "ok": False, "error": f"no service answers at {where}"}
 
     dashboard = Dashboard.for_settings(settings)
@@ -349,14 +352,14 @@ async def _dashboard(args: argparse.Namespace) -> None:
         await dashboard.aclose()
         raise ConfigError(
             f"cannot listen on {args.host}:{port} ({exc.strerror or exc}). If the service runs on this "
-            f"machine, its dashboard is already at http://{_local(args.host)}:{port}/; otherwise pick "
+            f"machine, its dashboard is already at {_url(args.host, port)}; otherwise pick "
             "another port with --port"
         ) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    url = f"http://{_local(args.host)}:{server.port}/"
+    url = _url(args.host, server.port)
     print(f"dashboard: {url} reading {dashboard.source}; Ctrl-C stops it", flush=True)
     try:
         await stop.wait()
@@ -577,7 +580,7 @@ async def _serve(
     if settings.health_port:
         try:
             await health.start()
-            url = f"http://{_local(settings.health_host)}:{health.port}/"
+            url = _url(settings.health_host, health.port)
             log.info("health endpoint and dashboard listening", healthz=f"{url}healthz", dashboard=url)
             if print_status:
                 print(f"dashboard: {url}", flush=True)

@@ -29,7 +29,7 @@ from streaming_service.token import REFRESH_TOKEN_LIFE_S, TokenInfo, describe, f
 
 __all__ = [
     "MAX_REQUEST_BYTES", "HealthServer", "Pages", "Response", "Snapshot", "fetch_health", "format_health",
-    "json_response",
+    "json_response", "local_host",
 ]  # fmt: skip
 
 log = structlog.get_logger(__name__)
@@ -223,6 +223,11 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()
 
 
+def local_host(host: str) -> str:
+    """The address that reaches a server listening on `host` from this machine (0.0.0.0 → 127.0.0.1)."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
 def fetch_health(host: str, port: int, timeout: float = 3.0) -> tuple[int, dict[str, Any]]:
     """GET /healthz from a `HealthServer` (blocking). `host` 0.0.0.0/:: means this machine.
 
@@ -230,7 +235,7 @@ def fetch_health(host: str, port: int, timeout: float = 3.0) -> tuple[int, dict[
     (refused, reset, `TimeoutError` after `timeout` s without progress) and `ValueError` when the
     answer is not HTTP with a JSON object of at most 1 MiB. Never uses a proxy.
     """
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    host = local_host(host)
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         connection.request("GET", "/healthz", headers={"Accept": "application/json"})
