@@ -4,7 +4,8 @@
 a full item first and then only the changed fields, as `SchwabSimulator` does. `option_frames`
 quotes `contracts` contracts of an `OptionBook` in every frame, the first frame full and the rest
 changed fields only, while the underlying walks. Both carry only the fields our streams subscribe
-(`EQUITY_FIELDS`, `OPTION_FIELDS`), keyed as on the wire. Deterministic for a given seed.
+(`EQUITY_FIELDS`, `OPTION_FIELDS`), keyed as on the wire. Deterministic for a given seed and
+`session_date` (by default `RECORDED_DAY`, never today: a recording must not change with the date).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from streaming_service.models import OptionContract
@@ -19,7 +21,9 @@ from streaming_service.simulator.connection import EQUITY_SERVICE, OPTION_SERVIC
 from streaming_service.simulator.market import SimulatedMarket
 from streaming_service.simulator.options import OptionBook, occ_symbol
 
-__all__ = ["Recording", "equity_frames", "option_frames"]
+__all__ = ["RECORDED_DAY", "Recording", "equity_frames", "option_frames"]
+
+RECORDED_DAY = date(2026, 11, 18)  # a Wednesday with a full session; its first expiration is 0DTE
 
 _EQUITY_KEYS = frozenset({"3", "8", "9", "35"})  # EQUITY_FIELDS less SYMBOL ("key" on the wire)
 _OPTION_KEYS = frozenset(
@@ -50,9 +54,13 @@ def _changed(sent: dict[str, dict[str, Any]], symbol: str, fields: dict[str, Any
     return {k: v for k, v in fields.items() if previous.get(k) != v}
 
 
-def equity_frames(count: int, *, symbol: str = "QQQ", seed: int = 1) -> Recording:
+def equity_frames(
+    count: int, *, symbol: str = "QQQ", seed: int = 1, session_date: date = RECORDED_DAY
+) -> Recording:
     """`count` LEVELONE_EQUITIES frames of one symbol (trades and quotes, partial updates)."""
-    market = SimulatedMarket([symbol], seed=seed, trades_per_second=50.0, session_seconds=23_400.0)
+    market = SimulatedMarket(
+        [symbol], seed=seed, trades_per_second=50.0, session_seconds=23_400.0, session_date=session_date
+    )
     frames: list[str] = []
     sent: dict[str, dict[str, Any]] = {}
     last_ms, offset = market.open_ms, 0.0
@@ -73,11 +81,13 @@ def equity_frames(count: int, *, symbol: str = "QQQ", seed: int = 1) -> Recordin
     return Recording(frames, last_ms / 1000 + 1, {})
 
 
-def option_frames(count: int, *, contracts: int = 80, distinct: int = 200, seed: int = 1) -> Recording:
-    """`count` LEVELONE_OPTIONS frames, each quoting all `contracts` contracts (an even number):
-    the first full, then `distinct - 1` repricings that repeat in a cycle (no state depends on
-    their order)."""
-    market = SimulatedMarket(["QQQ"], seed=seed)
+def option_frames(
+    count: int, *, contracts: int = 80, distinct: int = 200, seed: int = 1, session_date: date = RECORDED_DAY
+) -> Recording:
+    """`count` LEVELONE_OPTIONS frames of `contracts` contracts (an even number): the first quotes
+    all of them, the next `distinct - 1` (repeated in a cycle) only those whose fields changed, as
+    Schwab sends them (no state depends on their order)."""
+    market = SimulatedMarket(["QQQ"], seed=seed, session_date=session_date)
     book = OptionBook("QQQ", market.session_date, 500.0, seed=seed)
     strikes = contracts // 4  # two expirations, calls and puts
     middle = len(book.strikes) // 2
