@@ -24,19 +24,18 @@ MINUTE_MS = 60_000
 
 @asynccontextmanager
 async def market_run(
-    tmp_path: Path, *, minutes: float, speed: float = 600.0, trades_per_second: float = 20.0
+    tmp_path: Path, *, minutes: float, trades_per_second: float = 20.0
 ) -> AsyncIterator[tuple[SchwabSimulator, Any]]:
     """A simulator of QQQ and SPY (`trades_per_second` each) whose market has generated trades
     `minutes` simulated minutes into the session, then paused (no more trades); and a schwab-py
     client for it."""
     market = SimulatedMarket(["QQQ", "SPY"], seed=11, trades_per_second=trades_per_second)
-    target_ms = market.open_ms + minutes * MINUTE_MS
-    async with SchwabSimulator(market, speed=speed) as sim:
+    async with SchwabSimulator(market) as sim:
         client = simulator_client(sim, tmp_path)
         try:
-            sim.start_clock()
-            # on the trades, not the clock: at high speed generating them lags behind the clock
-            await wait_until(lambda: bool(market.trades) and market.trades[-1].timestamp_ms >= target_ms)
+            # every trade up to exactly `minutes` in, at once, then frozen: waiting for the running
+            # clock instead overshot by whole minutes whenever the loop was late (under load)
+            sim.start_clock(at_offset_s=minutes * 60)
             sim.pause()
             yield sim, client
         finally:
@@ -91,7 +90,7 @@ async def test_minute_candles_are_the_ground_truth_trades(tmp_path: Path) -> Non
         f"\n{len(candles)} one-minute candles, {shares:,} shares "
         f"(of {len(market.trades):,} trades) in {elapsed * 1000:.1f} ms"
     )
-    assert len(candles) == 9 and body["symbol"] == "QQQ" and body["empty"] is False
+    assert len(candles) == 8 and body["symbol"] == "QQQ" and body["empty"] is False  # 09:30 to 09:37
     assert candles == truth  # OHLC, volume, datetime, order
     assert sum(c["volume"] for c in candles) == shares
     assert all(isinstance(c["volume"], int) for c in candles)
@@ -134,7 +133,7 @@ async def test_start_and_end_select_candles_by_their_start(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("minutes", [5, 10, 15, 30])
 async def test_longer_candles_regroup_the_same_trades(tmp_path: Path, minutes: int) -> None:
-    async with market_run(tmp_path, minutes=2 * minutes + 1, speed=3600.0, trades_per_second=2.0) as (
+    async with market_run(tmp_path, minutes=2 * minutes + 1, trades_per_second=2.0) as (
         sim,
         client,
     ):
