@@ -28,7 +28,7 @@ MUTATING = (
     "detach-static-ip",
     "start-instance",
 )
-BOUND_S = 15.0  # any failure must be reported within this (the waits are set to 1-5 s)
+BOUND_S = 60.0  # a failure is reported, not waited out: the waits are 1-5 s (20 s seen on a loaded machine)
 
 
 @pytest.fixture
