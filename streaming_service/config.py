@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streaming_service.errors import ConfigError
 
-__all__ = ["DEFAULT_DATABASE_URL", "Settings", "load_settings"]
+__all__ = ["DEFAULT_DATABASE_URL", "Settings", "is_our_variable", "load_settings"]
 
 DEFAULT_DATABASE_URL = "sqlite:///data/streamer.db"
 SINK_SCHEMES = ("sqlite://", "postgresql://", "postgres://")
@@ -174,6 +174,9 @@ class Settings(BaseSettings):
         return DEFAULT_DATABASE_URL
 
 
+_KNOWN = frozenset(name.upper() for name in Settings.model_fields)
+
+
 def load_settings(
     flags: dict[str, str] | None = None, *, check_unknown: bool = True, **overrides: Any
 ) -> Settings:
@@ -190,17 +193,23 @@ def load_settings(
     return settings
 
 
+def is_our_variable(name: str) -> bool:
+    """True for a setting's variable (`DATABASE_URL`) and for anything that looks like one (a typo
+    such as `STREAM_TICKERS`): the variables this service reads or would complain about."""
+    upper = name.upper()
+    return upper not in _NOT_OURS and (upper in _KNOWN or upper.startswith(_OUR_PREFIXES))
+
+
 def _unknown_variables(env_file: Path = Path(".env")) -> list[str]:
     """One error line per variable of the environment or `.env` that starts like ours but is not."""
-    known = {name.upper() for name in Settings.model_fields}
     names: dict[str, str] = {name: "the environment" for name in os.environ}
     names.update(dict.fromkeys(_dotenv_names(env_file), str(env_file)))
     lines = []
     for name, where in sorted(names.items()):
         upper = name.upper()
-        if upper in known or upper in _NOT_OURS or not upper.startswith(_OUR_PREFIXES):
+        if upper in _KNOWN or not is_our_variable(upper):
             continue
-        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(upper, sorted(_KNOWN), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "see .env.example for the known variables"
         lines.append(f"config error: {name} (in {where}) is not a setting of this service; {hint}")
     return lines
