@@ -32,8 +32,12 @@ NOT_VARIABLES = {"TOTAL_VOLUME"}  # Schwab's cumulative-volume field, not an env
 _FENCE = re.compile(r"^```.*?^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _INDENTED = re.compile(r"(?:^(?: {4}|\t).*\n?)+", re.MULTILINE)  # a code block after a blank line
 _SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
-_VARIABLE = re.compile(r"(?<![\w$<-])([A-Z][A-Z0-9]*(?:_(?:[A-Z0-9]+|\*))+)(?![\w>-])|(?<![\w$<-])([A-Z][A-Z0-9_]*)=")
-_CLI = re.compile(r"(?<![\w-])(?:streaming-service|-m streaming_service)[ \t]+(?!streaming-service\b)([^\n`#]*)")
+_VARIABLE = re.compile(  # A_NAME (or a DEPLOY_*_TIMEOUT glob), or NAME=; <NAME> is a placeholder
+    r"(?<![\w$<-])([A-Z][A-Z0-9]*(?:_(?:[A-Z0-9]+|\*))+)(?![\w>-])|(?<![\w$<-])([A-Z][A-Z0-9_]*)="
+)
+_CLI = re.compile(  # `docker compose exec streaming-service streaming-service auth`: the second one
+    r"(?<![\w-])(?:streaming-service|-m streaming_service)[ \t]+(?!streaming-service\b)([^\n`#]*)"
+)
 _DEPLOY = re.compile(r"(?<![\w-])(?:\./)?deploy\.sh\b([^\n`#]*)")
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
@@ -45,7 +49,8 @@ def code_of(markdown: str) -> list[str]:
     """The code in `markdown`: each fenced or indented block, and each inline span, one string each."""
     blocks = [m.group(0) for m in _FENCE.finditer(markdown)]
     prose = _FENCE.sub("\n", markdown)
-    blocks += [m.group(0) for m in _INDENTED.finditer(prose) if not m.group(0).lstrip().startswith(("-", "|"))]
+    indented = (m.group(0) for m in _INDENTED.finditer(prose))
+    blocks += [block for block in indented if not block.lstrip().startswith(("-", "|"))]  # not list items
     return blocks + [m.group(2) for m in _SPAN.finditer(prose)]
 
 
@@ -171,8 +176,8 @@ def unknown_commands(markdown: str) -> list[str]:
                     if command not in flags:
                         wrong.append(f"streaming-service {command}")
                     else:
-                        rest = match.group(1)[len(first) :]
-                        wrong += [f"streaming-service {command} {f}" for f in _long_flags(rest) if f not in flags[command]]
+                        rest = _long_flags(match.group(1)[len(first) :])
+                        wrong += [f"streaming-service {command} {f}" for f in rest if f not in flags[command]]
             elif first.startswith("-"):
                 wrong += [f"streaming-service {f}" for f in _long_flags(match.group(1)) if f not in flags[""]]
         for match in _DEPLOY.finditer(code):
@@ -200,9 +205,8 @@ def broken_links(path: Path, markdown: str) -> list[str]:
                 wrong.append(target)
             continue
         resolved = (path.parent / file).resolve()
-        if not resolved.exists():
-            wrong.append(target)
-        elif anchor and resolved.suffix == ".md" and anchor not in anchors_of(resolved.read_text()):
+        markdown_there = resolved.read_text() if resolved.suffix == ".md" and resolved.exists() else None
+        if not resolved.exists() or (anchor and markdown_there and anchor not in anchors_of(markdown_there)):
             wrong.append(target)
     return wrong
 
@@ -247,7 +251,8 @@ def test_configuration_documents_every_deploy_setting() -> None:
 
 
 def test_every_deploy_subcommand_is_documented() -> None:
-    named = {sub for doc in DOCS for sub in re.findall(r"deploy\.sh (\w+)", "\n".join(code_of(doc.read_text())))}
+    code = "\n".join(block for doc in DOCS for block in code_of(doc.read_text()))
+    named = set(re.findall(r"deploy\.sh (\w+)", code))
     assert deploy_subcommands() <= named
 
 
@@ -265,7 +270,7 @@ def test_readme_is_the_front_door() -> None:
 def test_the_checkers_catch_a_bogus_variable_command_flag_and_link(tmp_path: Path) -> None:
     known = known_variables()
     assert unknown_variables("set `STREAM_TICKERS=QQQ` and `BATCH_SIZE`", known) == ["STREAM_TICKERS"]
-    assert unknown_variables("```\nSOAK=1 NO_SUCH_SETTING=2 ./scripts/test\n```", known) == ["NO_SUCH_SETTING"]
+    assert unknown_variables("```\nSOAK=1 NO_SUCH_VAR=2 ./scripts/test\n```", known) == ["NO_SUCH_VAR"]
     assert unknown_variables("`DEPLOY_*_TIMEOUT` and `NOPE_*_X`", known) == ["NOPE_*_X"]
     assert unknown_commands("`streaming-service demo --duration 5 --no-such-flag`") == [
         "streaming-service demo --no-such-flag"
@@ -276,11 +281,12 @@ def test_the_checkers_catch_a_bogus_variable_command_flag_and_link(tmp_path: Pat
         "streaming-service nope"
     ]
     assert unknown_commands("`./deploy.sh upgrade` and `./deploy.sh up --ssh-cidr my-ip --fast`") == [
-        "./deploy.sh upgrade", "./deploy.sh --fast"
+        "./deploy.sh upgrade",
+        "./deploy.sh --fast",
     ]
     assert unknown_commands("pass `--frobnicate` and `--duration`") == ["--frobnicate"]
     assert unknown_commands("`docker build --build-arg X=1 .`") == []  # not ours
-    assert unknown_commands("```\ndocker compose up -d   # deploy.sh ships it, streaming-service nope\n```") == []
+    assert unknown_commands("```\ndocker compose up -d  # deploy.sh ships, streaming-service nope\n```") == []
     (tmp_path / "other.md").write_text("# Other page\n\n## The demo's data\n")
     page = tmp_path / "page.md"
     text = "[a](other.md#the-demos-data) [b](other.md#nope) [c](missing.md) [d](#here)\n# Here\n`[e](x.md)`"
