@@ -30,7 +30,7 @@ TEST_VARIABLES = {"BROWSER_TESTS", "DOCKER_TESTS", "SOAK", "CI"}  # read by the 
 NOT_VARIABLES = {"TOTAL_VOLUME"}  # Schwab's cumulative-volume field, not an environment variable
 
 _FENCE = re.compile(r"^```.*?^```[ \t]*$", re.MULTILINE | re.DOTALL)
-_INDENTED = re.compile(r"(?:^(?: {4}|\t).*\n?)+", re.MULTILINE)  # a code block after a blank line
+_INDENTED = re.compile(r"(?<=\n\n)(?:(?: {4}|\t).*\n?)+")  # a code block: indented, after a blank line
 _SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 _VARIABLE = re.compile(  # A_NAME (or a DEPLOY_*_TIMEOUT glob), or NAME=; <NAME> is a placeholder
     r"(?<![\w$<-])([A-Z][A-Z0-9]*(?:_(?:[A-Z0-9]+|\*))+)(?![\w>-])|(?<![\w$<-])([A-Z][A-Z0-9_]*)="
@@ -49,8 +49,7 @@ def code_of(markdown: str) -> list[str]:
     """The code in `markdown`: each fenced or indented block, and each inline span, one string each."""
     blocks = [m.group(0) for m in _FENCE.finditer(markdown)]
     prose = _FENCE.sub("\n", markdown)
-    indented = (m.group(0) for m in _INDENTED.finditer(prose))
-    blocks += [block for block in indented if not block.lstrip().startswith(("-", "|"))]  # not list items
+    blocks += [m.group(0) for m in _INDENTED.finditer(prose)]
     return blocks + [m.group(2) for m in _SPAN.finditer(prose)]
 
 
