@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
@@ -134,60 +133,3 @@ def test_demo_with_a_database_that_refuses_the_login_exits_4_with_one_message(
     assert done.returncode == 4, done.stderr
     assert 'database "no_such_database" does not exist' in done.stderr.splitlines()[-1]
     assert "Traceback" not in done.stderr and "never awaited" not in done.stderr, done.stderr
-
-
-# --- the README's Commands section and --help agree ------------------------------------------------
-
-
-def _readme_section(title: str) -> str:
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start:end]
-
-
-def _table_rows(section: str, header: str) -> list[list[str]]:
-    """The cells of the Markdown table whose header row starts with `header`."""
-    lines = section.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header))
-    rows = []
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in line.strip("|").split("|")])
-    return rows
-
-
-def _help_flags() -> dict[str, dict[str, object]]:
-    """Every subcommand's long flags and their defaults, as argparse (i.e. --help) has them."""
-    from streaming_service.cli import _parser
-
-    parser = _parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {
-        name: {a.option_strings[-1]: a.default for a in sub._actions if a.option_strings[-1] != "--help"}
-        for name, sub in commands.choices.items()
-    }
-
-
-def test_readme_lists_every_command_and_flag_that_help_has_and_no_other() -> None:
-    section = _readme_section("Commands")
-    commands = {row[0].split()[1].strip("`") for row in _table_rows(section, "| command | what it does")}
-    flags = _help_flags()
-    assert commands - {"--version"} == set(flags)
-    documented: dict[str, dict[str, str]] = {name: {} for name in flags}
-    for command, flag, default, _ in _table_rows(section, "| command | flag |"):
-        documented[command.strip("`")][flag.strip("`").split()[0]] = default
-    for command, options in flags.items():
-        assert set(documented[command]) == set(options), command
-        for flag, default in options.items():
-            if default not in (None, False) and flag != "--port":
-                shown = str(default).removeprefix("sqlite:///")
-                assert shown in documented[command][flag], (command, flag, default)
-
-
-def test_readme_exit_codes_are_the_codes_the_cli_uses() -> None:
-    from streaming_service.cli import EXIT_CODES
-
-    codes = {int(row[0]) for row in _table_rows(_readme_section("Commands"), "| code | meaning")}
-    assert codes == {0, 130, *EXIT_CODES.values()}
