@@ -39,7 +39,7 @@ __all__ = [
 
 REFRESH_TOKEN_LIFE_S = 7 * 86_400
 EXPIRING_SOON_S = 86_400
-_AUTH_FIX = "run `streaming-service auth` (README, 'Schwab token')"
+_AUTH_FIX = "run `streaming-service auth` (docs/operations.md, 'Schwab token')"
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,7 @@ _KEY_HELP = (
 )
 _SCHEMA_HELP = (
     "the project's tables do not match what the service writes: apply supabase/migrations "
-    "(README, 'Supabase')"
+    "(docs/deployment.md, 'Supabase')"
 )
 _URL_HELP = "check SUPABASE_URL (https://<project>.supabase.co) and apply supabase/migrations"
 #: Codes meaning the key may not do this: permission denied, bad JWT, HTTP 401/403.

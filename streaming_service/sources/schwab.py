@@ -282,8 +282,8 @@ class SchwabStream:
                     raise AuthError(
                         f"Schwab's streamer denied the login {self._denied} times in a row (code "
                         f"{_LOGIN_DENIED}): the access token is not accepted. Check SCHWAB_APP_KEY/"
-                        "SCHWAB_APP_SECRET, then run `streaming-service auth` to log in again (README, "
-                        "'Schwab token')."
+                        "SCHWAB_APP_SECRET, then run `streaming-service auth` to log in again (docs/"
+                        "operations.md, 'Schwab token')."
                     ) from exc
             raise
         except (BadFrame, StreamSevered):

@@ -31,7 +31,7 @@ __all__ = [
 
 SCHWAB_API_BASE_URL = "https://api.schwabapi.com"
 AUTH_STATUS = frozenset({401, 403})  # Schwab refuses the access token (after authlib refreshed it)
-_RENEW = "Run `streaming-service auth` to log in again (README, 'Schwab token')."
+_RENEW = "Run `streaming-service auth` to log in again (docs/operations.md, 'Schwab token')."
 
 
 @contextmanager
@@ -73,7 +73,8 @@ def raise_for_auth_status(response: httpx.Response, what: str) -> None:
 def read_token_file(token_path: Path) -> dict[str, Any]:
     """Return the parsed schwab-py token file; raise `AuthError` saying how to create one if unusable."""
     how_to_fix = (
-        "create it with `streaming-service auth` (README, 'Schwab token'), or copy one to SCHWAB_TOKEN_PATH"
+        "create it with `streaming-service auth` (docs/operations.md, 'Schwab token'), or copy one to "
+        "SCHWAB_TOKEN_PATH"
     )
     try:
         data = json.loads(token_path.read_text())
