@@ -142,7 +142,7 @@ def run_check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """`python -m streaming_service check` in `tmp_path` (no .env there) with only `env` set."""
     return subprocess.run(
         [sys.executable, "-m", "streaming_service", "check"],
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", **env},
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", **env},
         cwd=tmp_path,
         capture_output=True,
         text=True,

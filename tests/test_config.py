@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def test_cli_exits_2_with_one_line_and_no_traceback(
 ) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "streaming_service", "run"],
-        env={"PATH": "/usr/bin:/bin", **env},
+        env={**os.environ, **env},  # conftest removed our variables from it
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -131,7 +132,7 @@ def test_cli_rejects_bad_argument_with_exit_2(tmp_path: Path) -> None:
 def test_run_without_token_file_says_how_to_create_one(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "streaming_service", "run"],
-        env={"PATH": "/usr/bin:/bin", "SCHWAB_APP_KEY": "k", "SCHWAB_APP_SECRET": "s",
+        env={**os.environ, "SCHWAB_APP_KEY": "k", "SCHWAB_APP_SECRET": "s",
              "SCHWAB_TOKEN_PATH": str(tmp_path / "missing.json")},
         cwd=tmp_path,
         capture_output=True,

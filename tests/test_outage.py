@@ -18,6 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -209,9 +211,13 @@ async def test_sigterm_while_the_database_is_down_exits_in_time_and_a_restart_wr
 async def test_kill_9_loses_at_most_the_last_commit_window(outage_dsn: str, tmp_path: Path) -> None:
     market = SimulatedMarket(["QQQ"], seed=23, trades_per_second=5.0, session_seconds=23_400.0)
     async with SchwabSimulator(market, speed=60, heartbeat_seconds=0.2) as sim:
-        first = ServiceProcess(sim, tmp_path, outage_dsn, batch_interval=60, batch_size=10_000)
+        port = free_port()
+        first = ServiceProcess(
+            sim, tmp_path, outage_dsn, batch_interval=60, batch_size=10_000, health_port=port
+        )
         await wait_until(lambda: len(sim.sent_trades) > 300, within=30)
         sim.pause()
+        await wait_until(lambda: ticks_received(port) >= len(sim.sent_trades), within=30)  # all taken in
         await asyncio.sleep(1.0)  # the guarantee: rows received more than 1 s before the kill
         assert written(outage_dsn) == (0, 0)  # BATCH_INTERVAL=60: nothing written yet
         code, _ = await first.stop(signal.SIGKILL)
@@ -225,6 +231,18 @@ async def test_kill_9_loses_at_most_the_last_commit_window(outage_dsn: str, tmp_
           "all written after the restart")  # fmt: skip
     assert code == 0
     assert_recorded(outage_dsn, rows, volume)
+
+
+def ticks_received(port: int) -> int:
+    """The trades a `run` process has taken in so far, from its /healthz (-1 while it cannot answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            body = response.read()
+    except urllib.error.HTTPError as error:  # 503 still carries the body
+        body = error.read()
+    except OSError:
+        return -1
+    return int(json.loads(body)["stream"]["ticks"])
 
 
 def status_command(port: int) -> subprocess.CompletedProcess[str]:
