@@ -14,6 +14,7 @@ import contextlib
 import functools
 import http.server
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -196,6 +197,46 @@ def test_browser_dashboard_command_reads_postgres(
         _assert_no_script_errors(browser)
     lines = len(state["smile"])
     print(f"\npostgres page: drawn in {load_s:.2f} s; {state['counts']} points; {lines} smile lines")
+
+
+#: The option table's cells, row by row, as shown.
+TABLE_CELLS = """
+return [...document.querySelectorAll('#options-table tbody tr')].map(
+    (tr) => [...tr.cells].map((td) => td.textContent))
+"""
+
+
+def _assert_deltas_read_right(driver: webdriver.Chrome, contracts: list[dict[str, Any]]) -> None:
+    """The table's delta column: 3 decimals within rounding of the stored delta, never "-0.000"
+    (a put's delta that rounds to zero shows 0.000); `contracts` (the API's) must hold such a put."""
+    stored = {
+        (float(c["strike_price"]), c["option_type"], c["expiration_date"]): c["delta"] for c in contracts
+    }
+    assert any(d is not None and -0.0005 < d < 0 for d in stored.values()), "no put delta rounds to zero"
+    rows = driver.execute_script(TABLE_CELLS)
+    assert len(rows) == len(stored)
+    for strike, kind, expiration, *_, shown in rows:
+        delta = stored[(float(strike), kind, expiration)]
+        assert re.fullmatch(r"-?\d\.\d{3}", shown), (strike, kind, shown)
+        assert not re.fullmatch(r"-0\.0+", shown), (strike, kind, shown)  # negative zero
+        assert abs(float(shown) - delta) <= 0.0005 + 1e-9, (strike, kind, expiration, shown, delta)
+        if delta <= -0.0005:
+            assert shown.startswith("-"), (strike, kind, shown, delta)
+
+
+def test_browser_recorded_day_reads_clearly(browser: webdriver.Chrome, tmp_path: Path) -> None:
+    """A recorded demo day served by `streaming-service dashboard` from SQLite, with nothing
+    recording: the option table's numbers read as they should."""
+    database_url = f"sqlite:///{tmp_path / 'demo.db'}"
+    _record_demo(database_url, tmp_path)
+    port = free_port()
+    env = command_env(DATABASE_URL=database_url, HEALTH_PORT=str(free_port()))
+    with _service(["dashboard", "--port", str(port)], tmp_path, env, port):
+        _open(browser, f"http://127.0.0.1:{port}/")
+        state = _assert_smile_matches_table(browser)
+        options = _get(f"http://127.0.0.1:{port}/api/options?ticker=QQQ&day={state['day']}")[1]
+        _assert_deltas_read_right(browser, options["contracts"])
+        _assert_no_script_errors(browser)
 
 
 def _write_refused(double_url: str, key: str) -> tuple[int, Any]:

@@ -470,7 +470,12 @@ function createSmileChart() {
   });
 }
 
-const fmt = (v, digits = 2) => (v == null ? "—" : Number(v).toFixed(digits));
+/** `v` to `digits` decimals, "—" if null; a value that rounds to zero is "0.000", never "-0.000". */
+function fmt(v, digits = 2) {
+  if (v == null) return "—";
+  const text = Number(v).toFixed(digits);
+  return Number(text) === 0 ? (0).toFixed(digits) : text;
+}
 
 function drawOptions(answer) {
   const contracts = answer.contracts || [];
