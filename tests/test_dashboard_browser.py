@@ -112,6 +112,15 @@ def _state(driver: webdriver.Chrome) -> dict[str, Any]:
     return state
 
 
+def _status(driver: webdriver.Chrome) -> dict[str, Any]:
+    """What the page says of the service: the header's health line, the chart's subtitle, `live`."""
+    status: dict[str, Any] = driver.execute_script(
+        "return {health: document.getElementById('health').textContent,"
+        " subtitle: document.getElementById('subtitle').textContent, live: window.dashboard.live};"
+    )
+    return status
+
+
 def _assert_smile_matches_table(driver: webdriver.Chrome) -> dict[str, Any]:
     """Every expiration of the option table has a CALL and a PUT line with points; the state."""
     wait_for(driver, "window.dashboard.smile().length > 0", 30, "the smile is drawn")
@@ -135,7 +144,7 @@ def _assert_no_script_errors(driver: webdriver.Chrome) -> None:
 def test_browser_demo_page_draws_and_updates_live(browser: webdriver.Chrome, tmp_path: Path) -> None:
     port = free_port()
     args = ["demo", "--speed", "60", "--database-url", f"sqlite:///{tmp_path / 'demo.db'}"]
-    with _service(args, tmp_path, command_env(HEALTH_PORT=str(port)), port):
+    with _service(args, tmp_path, command_env(HEALTH_PORT=str(port)), port) as service:
         load_s = _open(browser, f"http://127.0.0.1:{port}/")
         wait_for(browser, "window.dashboard.counts().sma9 > 0 && window.dashboard.counts().vwap > 0", 30,
                  "SMA9 and VWAP lines have points")  # fmt: skip
@@ -159,6 +168,15 @@ def test_browser_demo_page_draws_and_updates_live(browser: webdriver.Chrome, tmp
         shot = tmp_path / "dashboard-demo.png"
         browser.save_screenshot(str(shot))
         _assert_no_script_errors(browser)
+        assert _status(browser)["subtitle"].endswith("· live"), _status(browser)
+
+        # The service stops: its health cannot be read, and the page no longer says live.
+        service.terminate()
+        service.wait(30)
+        wait_for(browser, "document.getElementById('health').textContent === 'service not reachable'", 15,
+                 "the health line says the service is not reachable")  # fmt: skip
+        status = _status(browser)
+        assert "live" not in status["subtitle"] and not status["live"], status
     print(f"\nscreenshot: {shot}")
     print(
         f"demo page: drawn {load_s:.2f} s after navigation (first load {before['loadMs']} ms); "
@@ -226,7 +244,7 @@ def _assert_deltas_read_right(driver: webdriver.Chrome, contracts: list[dict[str
 
 def test_browser_recorded_day_reads_clearly(browser: webdriver.Chrome, tmp_path: Path) -> None:
     """A recorded demo day served by `streaming-service dashboard` from SQLite, with nothing
-    recording: the option table's numbers read as they should."""
+    recording: the option table's numbers read as they should, and the page does not say live."""
     database_url = f"sqlite:///{tmp_path / 'demo.db'}"
     _record_demo(database_url, tmp_path)
     port = free_port()
@@ -236,6 +254,11 @@ def test_browser_recorded_day_reads_clearly(browser: webdriver.Chrome, tmp_path:
         state = _assert_smile_matches_table(browser)
         options = _get(f"http://127.0.0.1:{port}/api/options?ticker=QQQ&day={state['day']}")[1]
         _assert_deltas_read_right(browser, options["contracts"])
+        # The latest day is shown, but nothing records it: the page does not call it live.
+        wait_for(browser, "document.getElementById('health').textContent.startsWith('not running')", 15,
+                 "the health line says not running")  # fmt: skip
+        status = _status(browser)
+        assert "live" not in status["subtitle"] and not status["live"], status
         _assert_no_script_errors(browser)
 
 

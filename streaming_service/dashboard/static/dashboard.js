@@ -9,7 +9,8 @@
 //   ready          true once the first load is drawn (data, or the "no rows" message)
 //   source         "api" | "supabase" (null until config.json is read)
 //   ticker, day    what is shown (day: the New York date, YYYY-MM-DD)
-//   live           true while the shown day is the latest one (refreshes every refresh_s)
+//   live           true while the page says "live": the shown day is the latest one (it refreshes
+//                  every refresh_s) and /healthz says streaming (a page without a health URL: always)
 //   lastTimestamp  ISO timestamp of the newest row drawn
 //   updates        number of live refreshes applied
 //   loadMs         milliseconds the last full load took
@@ -54,6 +55,9 @@ const state = {
   day: null,
   requested: null, // the day asked for (null: the latest)
   failed: false, // the last load failed
+  following: false, // the shown day is the latest one: live refreshes add its new rows
+  loading: false, // a load of another ticker or day is under way (the subtitle says "loading…")
+  health: undefined, // the last /healthz answer; null: not reachable; undefined: not asked (yet)
   latestDay: null,
   generation: 0, // bumped by every full load: answers for an older view are dropped
   timer: null,
@@ -373,7 +377,7 @@ function applyLive(points) {
   state.liveAdded += added;
   if (added && wholeDay) state.chart.timeScale().fitContent(); // keep the whole day in view
   if (added) placeGaps();
-  showSubtitle();
+  showStatus();
   return added;
 }
 
@@ -404,10 +408,33 @@ function xOf(scale, t) {
   return x(lo) + ((t - times[lo]) / (times[hi] - times[lo])) * (x(hi) - x(lo));
 }
 
-function showSubtitle() {
+/** The chart's subtitle and the header's health line, from one place: the latest day is shown
+ * (`state.following`) and the service's last /healthz answer (`state.health`). "live" only when
+ * both hold: the day is followed and the service streams (or the page has no health URL to ask). */
+function showStatus() {
+  const health = state.health;
+  const streaming = state.config && !state.config.health ? true : health?.state === "streaming";
+  dashboard.live = state.following && streaming;
   const n = (x) => x.toLocaleString("en-US");
-  $("subtitle").textContent = !state.day ? "" : `${state.day} · ${n(state.rows)} rows` +
+  if (!state.loading) $("subtitle").textContent = !state.day ? "" : `${state.day} · ${n(state.rows)} rows` +
     (state.downsampled ? ` (${n(state.times.length)} points drawn)` : "") + (dashboard.live ? " · live" : "");
+  if (health === undefined) return; // not asked yet, or no health URL
+  const el = $("health");
+  if (health === null) {
+    el.textContent = "service not reachable";
+    el.className = "health bad";
+    return;
+  }
+  const parts = [STATES[health.state] || String(health.state).replaceAll("_", " ")];
+  if (health.spool) parts.push(`spool ${health.spool.depth}`);
+  const age = health.tickers && health.tickers[state.ticker] && health.tickers[state.ticker].last_data_age_s;
+  if (age != null) parts.push(`data ${age < 10 ? age.toFixed(1) : Math.round(age)} s old`);
+  if (health.sink && health.sink.failing_for_s != null) {
+    const why = health.sink.last_error ? `: ${health.sink.last_error}` : "";
+    parts.push(`database failing for ${Math.round(health.sink.failing_for_s)} s${why}`);
+  }
+  el.textContent = parts.join(" · ");
+  el.className = `health ${health.ok ? "ok" : "bad"}`;
 }
 
 function placeGaps() {
@@ -553,29 +580,17 @@ function stamp() {
   $("updated").textContent = `updated ${new Date().toLocaleTimeString("en-GB", { hourCycle: "h23" })}`;
 }
 
+/** Read /healthz into `state.health` (null: not reachable) and show it. */
 async function refreshHealth() {
   const url = state.config.health;
   if (!url) return;
-  const el = $("health");
-  let body;
   try {
     const response = await fetch(url, { cache: "no-store" });
-    body = await response.json(); // 503 is a normal answer with the same body
+    state.health = await response.json(); // 503 is a normal answer with the same body
   } catch {
-    el.textContent = "service not reachable";
-    el.className = "health bad";
-    return;
+    state.health = null;
   }
-  const parts = [STATES[body.state] || String(body.state).replaceAll("_", " ")];
-  if (body.spool) parts.push(`spool ${body.spool.depth}`);
-  const age = body.tickers && body.tickers[state.ticker] && body.tickers[state.ticker].last_data_age_s;
-  if (age != null) parts.push(`data ${age < 10 ? age.toFixed(1) : Math.round(age)} s old`);
-  if (body.sink && body.sink.failing_for_s != null) {
-    const why = body.sink.last_error ? `: ${body.sink.last_error}` : "";
-    parts.push(`database failing for ${Math.round(body.sink.failing_for_s)} s${why}`);
-  }
-  el.textContent = parts.join(" · ");
-  el.className = `health ${body.ok ? "ok" : "bad"}`;
+  showStatus();
 }
 
 /** Load and draw `ticker` on `day` (null: its latest day with rows). `again`: the same view
@@ -590,14 +605,18 @@ async function load(ticker, day, again = false) {
   state.requested = day;
   dashboard.ticker = ticker;
   $("title").textContent = ticker;
-  if (!again) $("subtitle").textContent = "loading…";
+  if (!again) {
+    state.loading = true;
+    $("subtitle").textContent = "loading…";
+  }
   try {
     const series = await state.data.series(ticker, day);
     if (generation !== state.generation) return;
+    state.loading = false;
     state.day = series.day;
     if (!day) state.latestDay = series.day; // a picked day is compared with the latest seen
     dashboard.day = state.day;
-    dashboard.live = state.day != null && state.day === state.latestDay;
+    state.following = state.day != null && state.day === state.latestDay;
     $("day").value = state.day || "";
     $("day").max = state.latestDay || "";
     const empty = series.points.length === 0;
@@ -608,7 +627,7 @@ async function load(ticker, day, again = false) {
     drawSeries(series.points, view);
     state.rows = series.rows;
     state.downsampled = series.downsampled;
-    showSubtitle();
+    showStatus();
     if (state.day) {
       const [options, gaps] = await Promise.all([
         state.data.options(ticker, state.day), state.data.gaps(ticker, state.day),
@@ -633,7 +652,9 @@ async function load(ticker, day, again = false) {
       return;
     }
     state.failed = true; // the next refresh loads again
-    dashboard.live = false;
+    state.loading = false;
+    state.following = false;
+    showStatus();
     // Nothing of another ticker or day stays on screen under this one's title.
     drawSeries([]);
     drawGaps({ table: false, gaps: [] });
@@ -657,7 +678,7 @@ async function refresh(generation) {
   await refreshHealth();
   if (generation !== state.generation) return;
   try {
-    if (dashboard.live && state.tail) {
+    if (state.following && state.tail) {
       const answer = await state.data.since(state.ticker, sinceTimestamp());
       if (generation !== state.generation) return;
       if (answer.day && answer.day !== state.day) {
