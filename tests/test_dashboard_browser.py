@@ -242,9 +242,24 @@ def _assert_deltas_read_right(driver: webdriver.Chrome, contracts: list[dict[str
             assert shown.startswith("-"), (strike, kind, shown, delta)
 
 
+def _assert_volume_below_price(driver: webdriver.Chrome) -> None:
+    """Volume bars fill a band of their own in the bottom quarter or so of the plot, and price
+    (its line and its axis) stays above that band."""
+    layout = driver.execute_script("return window.dashboard.layout()")
+    (plot_top, plot_bottom), height = layout["plot"], layout["plot"][1] - layout["plot"][0]
+    volume_top, volume_base = layout["volume"]
+    assert plot_bottom - 0.32 * height <= volume_top and volume_base <= plot_bottom + 1, layout
+    assert volume_base - volume_top >= 0.15 * height, layout  # the tallest bar neither vanishes nor dwarfs
+    price_top, price_bottom = layout["price"]
+    assert plot_top <= price_top and price_bottom <= volume_top, layout
+    assert price_bottom - price_top >= 0.4 * height, layout  # price is not squashed
+    assert layout["priceAxis"][1] <= volume_top + 2, layout  # no price label beside the volume bars
+
+
 def test_browser_recorded_day_reads_clearly(browser: webdriver.Chrome, tmp_path: Path) -> None:
     """A recorded demo day served by `streaming-service dashboard` from SQLite, with nothing
-    recording: the option table's numbers read as they should, and the page does not say live."""
+    recording: volume has a band of its own below price, the option table's numbers read as they
+    should, and the page does not say live."""
     database_url = f"sqlite:///{tmp_path / 'demo.db'}"
     _record_demo(database_url, tmp_path)
     port = free_port()
@@ -254,6 +269,7 @@ def test_browser_recorded_day_reads_clearly(browser: webdriver.Chrome, tmp_path:
         state = _assert_smile_matches_table(browser)
         options = _get(f"http://127.0.0.1:{port}/api/options?ticker=QQQ&day={state['day']}")[1]
         _assert_deltas_read_right(browser, options["contracts"])
+        _assert_volume_below_price(browser)
         # The latest day is shown, but nothing records it: the page does not call it live.
         wait_for(browser, "document.getElementById('health').textContent.startsWith('not running')", 15,
                  "the health line says not running")  # fmt: skip

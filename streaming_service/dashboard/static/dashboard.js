@@ -18,6 +18,9 @@
 //   counts()       {price, sma9, vwap, volume}: points in each chart series
 //   smile()        [{expiration, type, points}]: one entry per drawn smile line
 //   gaps()         number of shaded gaps
+//   layout()       where the price chart draws, as [top, bottom] in CSS pixels from the chart's top:
+//                  {plot (above the time axis), price (the price line's extent), priceAxis (the
+//                  height the price axis labels), volume (the tallest bar's top to the bars' base)}
 //   dayBounds(day) [start, end) of a New York day as UTC ISO strings (what Supabase reads are bounded by)
 
 const LWC = window.LightweightCharts;
@@ -95,6 +98,20 @@ const dashboard = {
     return { expiration, type, points: series.data().length };
   }),
   gaps: () => state.gaps.length,
+  layout: () => {
+    const { chart, series } = state;
+    const top = $("chart").getBoundingClientRect().top;
+    const paneTop = (s) => s.getPane().getHTMLElement().getBoundingClientRect().top - top;
+    const extent = (s, low, high) => [high, low].map((v) => paneTop(s) + s.priceToCoordinate(v));
+    const prices = series.price.data().map((p) => p.value);
+    const volumes = series.volume.data().map((p) => p.value);
+    return {
+      plot: [0, $("chart").clientHeight - chart.timeScale().height()],
+      price: extent(series.price, Math.min(...prices), Math.max(...prices)),
+      priceAxis: [paneTop(series.price), paneTop(series.price) + series.price.getPane().getHeight()],
+      volume: extent(series.volume, 0, Math.max(...volumes)),
+    };
+  },
   dayBounds: (day) => dayBounds(day).map(iso),
 };
 window.dashboard = dashboard;
@@ -269,7 +286,7 @@ function createPriceChart() {
     localization: { timeFormatter: (t) => `${nyDay.format(t * 1000)} ${nyTime.format(t * 1000)}` },
     // A whole day of one-second rows fits: fitContent() may squeeze bars below a pixel.
     timeScale: { timeVisible: true, secondsVisible: false, tickMarkFormatter: tickMark, minBarSpacing: 0.001 },
-    rightPriceScale: { scaleMargins: { top: 0.08, bottom: 0.28 } },
+    rightPriceScale: { scaleMargins: { top: 0.08, bottom: 0.05 } },
     grid: { vertLines: { color: "#f0f0f0" }, horzLines: { color: "#f0f0f0" } },
   });
   const line = (color, title, width) => chart.addSeries(LWC.LineSeries, {
@@ -279,12 +296,16 @@ function createPriceChart() {
     price: line("#1e293b", "price", 2),
     sma9: line("#f59e0b", "SMA9", 1),
     vwap: line("#8b5cf6", "VWAP", 1),
+    // Volume in a pane of its own below price (a quarter of the height), with its own axis.
     volume: chart.addSeries(LWC.HistogramSeries, {
-      color: "rgba(38, 166, 154, 0.5)", priceFormat: { type: "volume" }, priceScaleId: "volume",
+      color: "rgba(38, 166, 154, 0.5)", priceFormat: { type: "volume" },
       priceLineVisible: false, lastValueVisible: false, title: "volume",
-    }),
+    }, 1),
   };
-  chart.priceScale("volume").applyOptions({ scaleMargins: { top: 0.78, bottom: 0 } });
+  const [pricePane, volumePane] = chart.panes();
+  pricePane.setStretchFactor(3);
+  volumePane.setStretchFactor(1);
+  series.volume.priceScale().applyOptions({ scaleMargins: { top: 0.1, bottom: 0 } });
   // Once the user scrolls or zooms, live rows no longer refit the day; a double click does again.
   const moved = () => { state.moved = true; };
   for (const event of ["wheel", "mousedown", "touchstart", "keydown"]) {
