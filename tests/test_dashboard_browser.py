@@ -256,10 +256,73 @@ def _assert_volume_below_price(driver: webdriver.Chrome) -> None:
     assert layout["priceAxis"][1] <= volume_top + 2, layout  # no price label beside the volume bars
 
 
+#: The time axis's labels as drawn: `labels`, the [left, right] of each run of text pixels (CSS
+#: px, runs split by 5 px of blank); `rows`, the [top, bottom] of all of them; the axis `width`
+#: and `height`; `reference`, the width "00:00" inks in the axis's font.
+TIME_AXIS_INK = """
+const ratio = window.devicePixelRatio;
+const canvases = [...document.querySelectorAll('#chart canvas')];
+const lowest = Math.max(...canvases.map((c) => c.getBoundingClientRect().top));
+const axis = canvases.filter((c) => c.getBoundingClientRect().top === lowest && c.width > 300);
+const { width, height } = axis[0];
+const inked = (data, x, y) => {
+  const i = (y * width + x) * 4;
+  return data[i + 3] > 128 && data[i] + data[i + 1] + data[i + 2] < 3 * 160;
+};
+const columns = new Array(width).fill(false);
+let top = height;
+let bottom = -1;
+for (const canvas of axis) {
+  const data = canvas.getContext('2d').getImageData(0, 0, width, height).data;
+  for (let y = Math.ceil(3 * ratio); y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      if (!inked(data, x, y)) continue;
+      columns[x] = true;
+      top = Math.min(top, y);
+      bottom = Math.max(bottom, y);
+    }
+  }
+}
+const labels = [];
+let blank = Infinity;
+columns.forEach((ink, x) => {
+  if (!ink) { blank++; return; }
+  if (blank >= 5 * ratio) labels.push([x, x]);
+  else labels[labels.length - 1][1] = x;
+  blank = 0;
+});
+const sample = document.createElement('canvas');
+sample.width = 200 * ratio;
+sample.height = 40 * ratio;
+const context = sample.getContext('2d');
+context.scale(ratio, ratio);
+context.font = "12px -apple-system, BlinkMacSystemFont, 'Trebuchet MS', Roboto, Ubuntu, sans-serif";
+context.fillStyle = '#000';
+context.fillText('00:00', 10, 20);
+const pixels = context.getImageData(0, 0, sample.width, sample.height).data;
+const xs = [];
+for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 128) xs.push(((i - 3) / 4) % sample.width);
+return {
+  labels: labels.map(([a, b]) => [a / ratio, (b + 1) / ratio]), rows: [top / ratio, (bottom + 1) / ratio],
+  width: width / ratio, height: height / ratio, reference: (Math.max(...xs) + 1 - Math.min(...xs)) / ratio,
+};
+"""
+
+
+def _assert_time_labels_whole(driver: webdriver.Chrome) -> None:
+    """Every label of the price chart's time axis is drawn whole: none is narrower than "00:00"
+    (one cut at either edge is), and none touches the axis's bottom."""
+    ink = driver.execute_script(TIME_AXIS_INK)
+    assert len(ink["labels"]) >= 3, ink
+    narrow = [label for label in ink["labels"] if label[1] - label[0] < ink["reference"] - 1]
+    assert not narrow, ink
+    assert ink["rows"][1] < ink["height"] - 1, ink
+
+
 def test_browser_recorded_day_reads_clearly(browser: webdriver.Chrome, tmp_path: Path) -> None:
     """A recorded demo day served by `streaming-service dashboard` from SQLite, with nothing
-    recording: volume has a band of its own below price, the option table's numbers read as they
-    should, and the page does not say live."""
+    recording: volume has a band of its own below price, the time axis's labels are whole, the
+    option table's numbers read as they should, and the page does not say live."""
     database_url = f"sqlite:///{tmp_path / 'demo.db'}"
     _record_demo(database_url, tmp_path)
     port = free_port()
@@ -270,6 +333,7 @@ def test_browser_recorded_day_reads_clearly(browser: webdriver.Chrome, tmp_path:
         options = _get(f"http://127.0.0.1:{port}/api/options?ticker=QQQ&day={state['day']}")[1]
         _assert_deltas_read_right(browser, options["contracts"])
         _assert_volume_below_price(browser)
+        _assert_time_labels_whole(browser)
         # The latest day is shown, but nothing records it: the page does not call it live.
         wait_for(browser, "document.getElementById('health').textContent.startsWith('not running')", 15,
                  "the health line says not running")  # fmt: skip

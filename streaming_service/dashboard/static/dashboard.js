@@ -272,9 +272,13 @@ function supabaseSource(config) {
 
 // --- the price chart ----------------------------------------------------------------------------
 
+/** A time axis label: New York time; seconds only on a mark between whole minutes (else two
+ * marks of one minute read the same). */
 function tickMark(time, type) {
   const date = new Date(time * 1000);
-  if (type === LWC.TickMarkType.TimeWithSeconds) return nyTime.format(date);
+  if (type === LWC.TickMarkType.TimeWithSeconds || (type === LWC.TickMarkType.Time && time % 60)) {
+    return nyTime.format(date);
+  }
   if (type === LWC.TickMarkType.Time) return nyMinute.format(date);
   return nyDay.format(date);
 }
@@ -284,8 +288,13 @@ function createPriceChart() {
     autoSize: true,
     layout: { attributionLogo: true, background: { color: "#ffffff" }, textColor: "#333" },
     localization: { timeFormatter: (t) => `${nyDay.format(t * 1000)} ${nyTime.format(t * 1000)}` },
-    // A whole day of one-second rows fits: fitContent() may squeeze bars below a pixel.
-    timeScale: { timeVisible: true, secondsVisible: false, tickMarkFormatter: tickMark, minBarSpacing: 0.001 },
+    // A whole day of one-second rows fits: fitContent() may squeeze bars below a pixel. The day's
+    // first and last bars are the edges: no scrolling past them, and the labels there are moved in
+    // to be read whole instead of being cut by the chart's edge.
+    timeScale: {
+      timeVisible: true, secondsVisible: false, tickMarkFormatter: tickMark, minBarSpacing: 0.001,
+      fixLeftEdge: true, fixRightEdge: true,
+    },
     rightPriceScale: { scaleMargins: { top: 0.08, bottom: 0.05 } },
     grid: { vertLines: { color: "#f0f0f0" }, horzLines: { color: "#f0f0f0" } },
   });
