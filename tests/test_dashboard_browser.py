@@ -225,12 +225,16 @@ return [...document.querySelectorAll('#options-table tbody tr')].map(
 
 
 def _assert_deltas_read_right(driver: webdriver.Chrome, contracts: list[dict[str, Any]]) -> None:
-    """The table's delta column: 3 decimals within rounding of the stored delta, never "-0.000"
-    (a put's delta that rounds to zero shows 0.000); `contracts` (the API's) must hold such a put."""
+    """The table's delta column: 3 decimals within rounding of the stored delta (`contracts`, the
+    API's), never "-0.000": a put's delta that rounds to zero shows 0.000 (the page's number format
+    is also tried on such values, whether or not the day has one)."""
+    shown = driver.execute_script(
+        "return [-0.0004, -0, 0.0004, -0.0006, 0.0006, -0.25, null].map((v) => window.dashboard.format(v, 3))"
+    )
+    assert shown == ["0.000", "0.000", "0.000", "-0.001", "0.001", "-0.250", "—"], shown
     stored = {
         (float(c["strike_price"]), c["option_type"], c["expiration_date"]): c["delta"] for c in contracts
     }
-    assert any(d is not None and -0.0005 < d < 0 for d in stored.values()), "no put delta rounds to zero"
     rows = driver.execute_script(TABLE_CELLS)
     assert len(rows) == len(stored)
     for strike, kind, expiration, *_, shown in rows:

@@ -18,6 +18,7 @@
 //   counts()       {price, sma9, vwap, volume}: points in each chart series
 //   smile()        [{expiration, type, points}]: one entry per drawn smile line
 //   gaps()         number of shaded gaps
+//   format(v, d)   a number as the option table shows it, to d decimals
 //   layout()       where the price chart draws, as [top, bottom] in CSS pixels from the chart's top:
 //                  {plot (above the time axis), price (the price line's extent), priceAxis (the
 //                  height the price axis labels), volume (the tallest bar's top to the bars' base)}
@@ -98,6 +99,7 @@ const dashboard = {
     return { expiration, type, points: series.data().length };
   }),
   gaps: () => state.gaps.length,
+  format: (v, digits) => fmt(v, digits),
   layout: () => {
     const { chart, series } = state;
     const top = $("chart").getBoundingClientRect().top;
