@@ -274,13 +274,11 @@ function supabaseSource(config) {
 
 // --- the price chart ----------------------------------------------------------------------------
 
-/** A time axis label: New York time; seconds only on a mark between whole minutes (else two
- * marks of one minute read the same). */
+/** A time axis label in New York time: HH:MM on a mark that starts a minute, HH:MM:SS on one
+ * between whole minutes (without its seconds it would read the same as the minute's mark). */
 function tickMark(time, type) {
   const date = new Date(time * 1000);
-  if (type === LWC.TickMarkType.TimeWithSeconds || (type === LWC.TickMarkType.Time && time % 60)) {
-    return nyTime.format(date);
-  }
+  if (type === LWC.TickMarkType.TimeWithSeconds) return nyTime.format(date);
   if (type === LWC.TickMarkType.Time) return nyMinute.format(date);
   return nyDay.format(date);
 }
@@ -294,10 +292,11 @@ function createPriceChart() {
     // first and last bars are the edges: no scrolling past them, and the labels there are moved in
     // to be read whole instead of being cut by the chart's edge.
     timeScale: {
-      timeVisible: true, secondsVisible: false, tickMarkFormatter: tickMark, minBarSpacing: 0.001,
+      timeVisible: true, secondsVisible: true, tickMarkFormatter: tickMark, minBarSpacing: 0.001,
       fixLeftEdge: true, fixRightEdge: true,
     },
-    rightPriceScale: { scaleMargins: { top: 0.08, bottom: 0.05 } },
+    // Both panes' axes: a label at a pane's edge is drawn whole or not at all.
+    rightPriceScale: { scaleMargins: { top: 0.08, bottom: 0.05 }, entireTextOnly: true },
     grid: { vertLines: { color: "#f0f0f0" }, horzLines: { color: "#f0f0f0" } },
   });
   const line = (color, title, width) => chart.addSeries(LWC.LineSeries, {
