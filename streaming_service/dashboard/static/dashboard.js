@@ -444,11 +444,13 @@ function xOf(scale, t) {
  * both hold: the day is followed and the service streams (or the page has no health URL to ask). */
 function showStatus() {
   const health = state.health;
-  const streaming = state.config && !state.config.health ? true : health?.state === "streaming";
-  dashboard.live = state.following && streaming;
+  dashboard.live = state.following && (!state.config.health || health?.state === "streaming");
   const n = (x) => x.toLocaleString("en-US");
-  if (!state.loading) $("subtitle").textContent = !state.day ? "" : `${state.day} · ${n(state.rows)} rows` +
-    (state.downsampled ? ` (${n(state.times.length)} points drawn)` : "") + (dashboard.live ? " · live" : "");
+  if (!state.loading) {
+    const drawn = state.downsampled ? ` (${n(state.times.length)} points drawn)` : "";
+    $("subtitle").textContent = !state.day ? "" :
+      `${state.day} · ${n(state.rows)} rows${drawn}${dashboard.live ? " · live" : ""}`;
+  }
   if (health === undefined) return; // not asked yet, or no health URL
   const el = $("health");
   if (health === null) {
