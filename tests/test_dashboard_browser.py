@@ -14,6 +14,7 @@ import contextlib
 import functools
 import http.server
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -111,6 +112,15 @@ def _state(driver: webdriver.Chrome) -> dict[str, Any]:
     return state
 
 
+def _status(driver: webdriver.Chrome) -> dict[str, Any]:
+    """What the page says of the service: the header's health line, the chart's subtitle, `live`."""
+    status: dict[str, Any] = driver.execute_script(
+        "return {health: document.getElementById('health').textContent,"
+        " subtitle: document.getElementById('subtitle').textContent, live: window.dashboard.live};"
+    )
+    return status
+
+
 def _assert_smile_matches_table(driver: webdriver.Chrome) -> dict[str, Any]:
     """Every expiration of the option table has a CALL and a PUT line with points; the state."""
     wait_for(driver, "window.dashboard.smile().length > 0", 30, "the smile is drawn")
@@ -134,7 +144,7 @@ def _assert_no_script_errors(driver: webdriver.Chrome) -> None:
 def test_browser_demo_page_draws_and_updates_live(browser: webdriver.Chrome, tmp_path: Path) -> None:
     port = free_port()
     args = ["demo", "--speed", "60", "--database-url", f"sqlite:///{tmp_path / 'demo.db'}"]
-    with _service(args, tmp_path, command_env(HEALTH_PORT=str(port)), port):
+    with _service(args, tmp_path, command_env(HEALTH_PORT=str(port)), port) as service:
         load_s = _open(browser, f"http://127.0.0.1:{port}/")
         wait_for(browser, "window.dashboard.counts().sma9 > 0 && window.dashboard.counts().vwap > 0", 30,
                  "SMA9 and VWAP lines have points")  # fmt: skip
@@ -158,6 +168,15 @@ def test_browser_demo_page_draws_and_updates_live(browser: webdriver.Chrome, tmp
         shot = tmp_path / "dashboard-demo.png"
         browser.save_screenshot(str(shot))
         _assert_no_script_errors(browser)
+        assert _status(browser)["subtitle"].endswith("· live"), _status(browser)
+
+        # The service stops: its health cannot be read, and the page no longer says live.
+        service.terminate()
+        service.wait(30)
+        wait_for(browser, "document.getElementById('health').textContent === 'service not reachable'", 15,
+                 "the health line says the service is not reachable")  # fmt: skip
+        status = _status(browser)
+        assert "live" not in status["subtitle"] and not status["live"], status
     print(f"\nscreenshot: {shot}")
     print(
         f"demo page: drawn {load_s:.2f} s after navigation (first load {before['loadMs']} ms); "
@@ -196,6 +215,135 @@ def test_browser_dashboard_command_reads_postgres(
         _assert_no_script_errors(browser)
     lines = len(state["smile"])
     print(f"\npostgres page: drawn in {load_s:.2f} s; {state['counts']} points; {lines} smile lines")
+
+
+#: The option table's cells, row by row, as shown.
+TABLE_CELLS = """
+return [...document.querySelectorAll('#options-table tbody tr')].map(
+    (tr) => [...tr.cells].map((td) => td.textContent))
+"""
+
+
+def _assert_deltas_read_right(driver: webdriver.Chrome, contracts: list[dict[str, Any]]) -> None:
+    """The table's delta column: 3 decimals within rounding of the stored delta (`contracts`, the
+    API's), never "-0.000": a put's delta that rounds to zero shows 0.000 (the page's number format
+    is also tried on such values, whether or not the day has one)."""
+    shown = driver.execute_script(
+        "return [-0.0004, -0, 0.0004, -0.0006, 0.0006, -0.25, null].map((v) => window.dashboard.format(v, 3))"
+    )
+    assert shown == ["0.000", "0.000", "0.000", "-0.001", "0.001", "-0.250", "—"], shown
+    stored = {
+        (float(c["strike_price"]), c["option_type"], c["expiration_date"]): c["delta"] for c in contracts
+    }
+    rows = driver.execute_script(TABLE_CELLS)
+    assert len(rows) == len(stored)
+    for strike, kind, expiration, *_, shown in rows:
+        delta = stored[(float(strike), kind, expiration)]
+        assert re.fullmatch(r"-?\d\.\d{3}", shown), (strike, kind, shown)
+        assert not re.fullmatch(r"-0\.0+", shown), (strike, kind, shown)  # negative zero
+        assert abs(float(shown) - delta) <= 0.0005 + 1e-9, (strike, kind, expiration, shown, delta)
+        if delta <= -0.0005:
+            assert shown.startswith("-"), (strike, kind, shown, delta)
+
+
+def _assert_volume_below_price(driver: webdriver.Chrome) -> None:
+    """Volume bars fill a band of their own in the bottom quarter or so of the plot, and price
+    (its line and its axis) stays above that band."""
+    layout = driver.execute_script("return window.dashboard.layout()")
+    (plot_top, plot_bottom), height = layout["plot"], layout["plot"][1] - layout["plot"][0]
+    volume_top, volume_base = layout["volume"]
+    assert plot_bottom - 0.32 * height <= volume_top and volume_base <= plot_bottom + 1, layout
+    assert volume_base - volume_top >= 0.15 * height, layout  # the tallest bar neither vanishes nor dwarfs
+    price_top, price_bottom = layout["price"]
+    assert plot_top <= price_top and price_bottom <= volume_top, layout
+    assert price_bottom - price_top >= 0.4 * height, layout  # price is not squashed
+    assert layout["priceAxis"][1] <= volume_top + 2, layout  # no price label beside the volume bars
+
+
+#: The time axis's labels as drawn: `labels`, the [left, right] of each run of text pixels (CSS
+#: px, runs split by 5 px of blank); `rows`, the [top, bottom] of all of them; the axis `width`
+#: and `height`; `reference`, the width "00:00" inks in the axis's font.
+TIME_AXIS_INK = """
+const ratio = window.devicePixelRatio;
+const canvases = [...document.querySelectorAll('#chart canvas')];
+const lowest = Math.max(...canvases.map((c) => c.getBoundingClientRect().top));
+const axis = canvases.filter((c) => c.getBoundingClientRect().top === lowest && c.width > 300);
+const { width, height } = axis[0];
+const inked = (data, x, y) => {
+  const i = (y * width + x) * 4;
+  return data[i + 3] > 128 && data[i] + data[i + 1] + data[i + 2] < 3 * 160;
+};
+const columns = new Array(width).fill(false);
+let top = height;
+let bottom = -1;
+for (const canvas of axis) {
+  const data = canvas.getContext('2d').getImageData(0, 0, width, height).data;
+  for (let y = Math.ceil(3 * ratio); y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      if (!inked(data, x, y)) continue;
+      columns[x] = true;
+      top = Math.min(top, y);
+      bottom = Math.max(bottom, y);
+    }
+  }
+}
+const labels = [];
+let blank = Infinity;
+columns.forEach((ink, x) => {
+  if (!ink) { blank++; return; }
+  if (blank >= 5 * ratio) labels.push([x, x]);
+  else labels[labels.length - 1][1] = x;
+  blank = 0;
+});
+const sample = document.createElement('canvas');
+sample.width = 200 * ratio;
+sample.height = 40 * ratio;
+const context = sample.getContext('2d');
+context.scale(ratio, ratio);
+context.font = "12px -apple-system, BlinkMacSystemFont, 'Trebuchet MS', Roboto, Ubuntu, sans-serif";
+context.fillStyle = '#000';
+context.fillText('00:00', 10, 20);
+const pixels = context.getImageData(0, 0, sample.width, sample.height).data;
+const xs = [];
+for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 128) xs.push(((i - 3) / 4) % sample.width);
+return {
+  labels: labels.map(([a, b]) => [a / ratio, (b + 1) / ratio]), rows: [top / ratio, (bottom + 1) / ratio],
+  width: width / ratio, height: height / ratio, reference: (Math.max(...xs) + 1 - Math.min(...xs)) / ratio,
+};
+"""
+
+
+def _assert_time_labels_whole(driver: webdriver.Chrome) -> None:
+    """Every label of the price chart's time axis is drawn whole: none is narrower than "00:00"
+    (one cut at either edge is), and none touches the axis's bottom."""
+    ink = driver.execute_script(TIME_AXIS_INK)
+    assert len(ink["labels"]) >= 3, ink
+    narrow = [label for label in ink["labels"] if label[1] - label[0] < ink["reference"] - 1]
+    assert not narrow, ink
+    assert ink["rows"][1] < ink["height"] - 1, ink
+
+
+def test_browser_recorded_day_reads_clearly(browser: webdriver.Chrome, tmp_path: Path) -> None:
+    """A recorded demo day served by `streaming-service dashboard` from SQLite, with nothing
+    recording: volume has a band of its own below price, the time axis's labels are whole, the
+    option table's numbers read as they should, and the page does not say live."""
+    database_url = f"sqlite:///{tmp_path / 'demo.db'}"
+    _record_demo(database_url, tmp_path)
+    port = free_port()
+    env = command_env(DATABASE_URL=database_url, HEALTH_PORT=str(free_port()))
+    with _service(["dashboard", "--port", str(port)], tmp_path, env, port):
+        _open(browser, f"http://127.0.0.1:{port}/")
+        state = _assert_smile_matches_table(browser)
+        options = _get(f"http://127.0.0.1:{port}/api/options?ticker=QQQ&day={state['day']}")[1]
+        _assert_deltas_read_right(browser, options["contracts"])
+        _assert_volume_below_price(browser)
+        _assert_time_labels_whole(browser)
+        # The latest day is shown, but nothing records it: the page does not call it live.
+        wait_for(browser, "document.getElementById('health').textContent.startsWith('not running')", 15,
+                 "the health line says not running")  # fmt: skip
+        status = _status(browser)
+        assert "live" not in status["subtitle"] and not status["live"], status
+        _assert_no_script_errors(browser)
 
 
 def _write_refused(double_url: str, key: str) -> tuple[int, Any]:

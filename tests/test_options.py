@@ -83,6 +83,43 @@ def test_a_chain_without_contracts_is_refused() -> None:
         )
 
 
+# --- the simulated volatility surface ---------------------------------------------------------------
+
+
+def chain_vols(seed: int) -> dict[date, dict[float, float]]:
+    """The simulator's chain at the open: IV (a fraction) by expiration and strike, as it is sent."""
+    chain = OptionBook("QQQ", SESSION, 500.0, seed=seed).chain(500.0, OPEN_MS, {"contractType": "PUT"})
+    vols: dict[date, dict[float, float]] = {}
+    for key, strikes in chain["putExpDateMap"].items():
+        expiration = date.fromisoformat(key.split(":")[0])
+        vols[expiration] = {float(k): entries[0]["volatility"] / 100 for k, entries in strikes.items()}
+    return vols
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_simulated_iv_is_skewed_and_differs_by_expiration(seed: int) -> None:
+    """Equity-style skew (a strike below the open has a higher IV than the strike as far above) on
+    every expiration, and no two expirations share a smile; the nearest two differ at the money."""
+    vols = chain_vols(seed)
+    expirations = sorted(vols)
+    assert len(expirations) >= 5
+    for expiration in expirations:
+        for offset in (1, 5, 10, 25, 50):
+            low, high = vols[expiration][500.0 - offset], vols[expiration][500.0 + offset]
+            assert low > high, (expiration, offset, low, high)
+    for i, first in enumerate(expirations):
+        for second in expirations[i + 1 :]:
+            apart = max(abs(vols[first][k] - vols[second][k]) for k in vols[first])
+            assert apart > 0.002, (first, second, apart)  # over 0.2 vol points somewhere
+    front, next_ = expirations[:2]
+    assert abs(vols[front][500.0] - vols[next_][500.0]) > 0.004, (vols[front][500.0], vols[next_][500.0])
+
+
+def test_simulated_iv_is_deterministic_per_seed() -> None:
+    assert chain_vols(3) == chain_vols(3)
+    assert chain_vols(3) != chain_vols(4)
+
+
 # --- quote merging and validation ------------------------------------------------------------------
 
 CONTRACT = OptionContract("QQQ   261124C00500000", "QQQ", "CALL", 500.0, SESSION)

@@ -2,7 +2,9 @@
 
 Expirations: every weekday of the next two weeks from the session date (0DTE included) plus the
 third Friday of the next three months; strikes every `strike_step` within ±15% of the opening
-price. Implied volatility is a fixed smile per strike; prices and greeks follow the underlying.
+price. Implied volatility is a fixed surface (`VolSurface`), equity-style: higher for lower
+strikes, steeper for nearer expirations, and a level per expiration (a term structure), drawn from
+the seed; prices and greeks follow the underlying.
 `quote()` gives a contract's LEVELONE_OPTIONS fields keyed as on the wire; `chain()` the REST
 `/marketdata/v1/chains` body; `expiration_chain()` the `/marketdata/v1/expirationchain` body.
 Deterministic: volumes and open interest come from a seeded generator per contract.
@@ -18,7 +20,7 @@ from typing import Any
 
 from streaming_service.simulator.market import NEW_YORK
 
-__all__ = ["OptionBook", "SimContract", "black_scholes", "occ_symbol"]
+__all__ = ["OptionBook", "SimContract", "VolSurface", "black_scholes", "occ_symbol"]
 
 RATE = 0.04  # risk-free rate, continuous
 _YEAR_MS = 365.0 * 86_400_000
@@ -58,6 +60,36 @@ def black_scholes(spot: float, strike: float, years: float, vol: float, call: bo
     }
 
 
+@dataclass(frozen=True, slots=True)
+class VolSurface:
+    """Implied volatility by strike and days to expiration, equity-style.
+
+    At the money (`center`, the strike nearest the opening price) an expiration `days` out has
+    `base + term * sqrt(days / 91) + front * exp(-days / 3)`: the long end rises by `term` over three
+    months, and the nearest expirations carry a premium `front` that fades within days (so the
+    term structure dips, then rises). Across strikes the smile falls with log-moneyness (puts and
+    low strikes dearer) and curves up in the wings, both more steeply the nearer the expiration."""
+
+    center: float
+    base: float
+    term: float
+    front: float
+
+    @classmethod
+    def drawn(cls, center: float, rng: random.Random) -> VolSurface:
+        """A surface around `center` with its levels drawn from `rng` (deterministic per seed)."""
+        base, term, front = rng.uniform(0.17, 0.22), rng.uniform(0.01, 0.03), rng.uniform(0.03, 0.06)
+        return cls(center, base=base, term=term, front=front)
+
+    def vol(self, strike: float, days: int) -> float:
+        """The implied volatility (a fraction, at least 0.05) of `strike` expiring in `days`."""
+        moneyness = math.log(strike / self.center)
+        steepness = math.sqrt(30 / (days + 3))
+        at_the_money = self.base + self.term * math.sqrt(days / 91) + self.front * math.exp(-days / 3)
+        smile = steepness * (-0.5 * moneyness + 4.0 * moneyness * moneyness)
+        return max(0.05, at_the_money + smile)
+
+
 @dataclass(slots=True)
 class SimContract:
     """One simulated contract and its running trade state."""
@@ -85,6 +117,8 @@ class OptionBook:
         count = int(open_price * 0.30 / self.strike_step)
         self.strikes = [round(low + i * self.strike_step, 2) for i in range(count + 1)]
         self.expirations = _expirations(session_date)
+        center = self.strikes[len(self.strikes) // 2]
+        self.surface = VolSurface.drawn(center, random.Random(f"{seed}:{underlying}:surface"))
         self._seed = seed
         self._contracts: dict[str, SimContract] = {}
 
@@ -108,8 +142,7 @@ class OptionBook:
         symbol = occ_symbol(self.underlying, expiration, "C" if call else "P", strike)
         if symbol not in self._contracts:
             rng = random.Random(f"{self._seed}:{symbol}")
-            moneyness = math.log(strike / self.strikes[len(self.strikes) // 2])
-            vol = 0.18 - 0.25 * moneyness + 1.5 * moneyness * moneyness
+            vol = self.surface.vol(strike, (expiration - self.session_date).days)
             self._contracts[symbol] = SimContract(
                 symbol, self.underlying, call, strike, expiration, vol, rng.randint(100, 20_000), rng
             )

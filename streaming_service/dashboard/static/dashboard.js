@@ -9,7 +9,8 @@
 //   ready          true once the first load is drawn (data, or the "no rows" message)
 //   source         "api" | "supabase" (null until config.json is read)
 //   ticker, day    what is shown (day: the New York date, YYYY-MM-DD)
-//   live           true while the shown day is the latest one (refreshes every refresh_s)
+//   live           true while the page says "live": the shown day is the latest one (it refreshes
+//                  every refresh_s) and /healthz says streaming (a page without a health URL: always)
 //   lastTimestamp  ISO timestamp of the newest row drawn
 //   updates        number of live refreshes applied
 //   loadMs         milliseconds the last full load took
@@ -17,6 +18,10 @@
 //   counts()       {price, sma9, vwap, volume}: points in each chart series
 //   smile()        [{expiration, type, points}]: one entry per drawn smile line
 //   gaps()         number of shaded gaps
+//   format(v, d)   a number as the option table shows it, to d decimals
+//   layout()       where the price chart draws, as [top, bottom] in CSS pixels from the chart's top:
+//                  {plot (above the time axis), price (the price line's extent), priceAxis (the
+//                  height the price axis labels), volume (the tallest bar's top to the bars' base)}
 //   dayBounds(day) [start, end) of a New York day as UTC ISO strings (what Supabase reads are bounded by)
 
 const LWC = window.LightweightCharts;
@@ -54,6 +59,9 @@ const state = {
   day: null,
   requested: null, // the day asked for (null: the latest)
   failed: false, // the last load failed
+  following: false, // the shown day is the latest one: live refreshes add its new rows
+  loading: false, // a load of another ticker or day is under way (the subtitle says "loading…")
+  health: undefined, // the last /healthz answer; null: not reachable; undefined: not asked (yet)
   latestDay: null,
   generation: 0, // bumped by every full load: answers for an older view are dropped
   timer: null,
@@ -91,6 +99,21 @@ const dashboard = {
     return { expiration, type, points: series.data().length };
   }),
   gaps: () => state.gaps.length,
+  format: (v, digits) => fmt(v, digits),
+  layout: () => {
+    const { chart, series } = state;
+    const top = $("chart").getBoundingClientRect().top;
+    const paneTop = (s) => s.getPane().getHTMLElement().getBoundingClientRect().top - top;
+    const extent = (s, low, high) => [high, low].map((v) => paneTop(s) + s.priceToCoordinate(v));
+    const prices = series.price.data().map((p) => p.value);
+    const volumes = series.volume.data().map((p) => p.value);
+    return {
+      plot: [0, $("chart").clientHeight - chart.timeScale().height()],
+      price: extent(series.price, Math.min(...prices), Math.max(...prices)),
+      priceAxis: [paneTop(series.price), paneTop(series.price) + series.price.getPane().getHeight()],
+      volume: extent(series.volume, 0, Math.max(...volumes)),
+    };
+  },
   dayBounds: (day) => dayBounds(day).map(iso),
 };
 window.dashboard = dashboard;
@@ -251,6 +274,8 @@ function supabaseSource(config) {
 
 // --- the price chart ----------------------------------------------------------------------------
 
+/** A time axis label in New York time: HH:MM on a mark that starts a minute, HH:MM:SS on one
+ * between whole minutes (without its seconds it would read the same as the minute's mark). */
 function tickMark(time, type) {
   const date = new Date(time * 1000);
   if (type === LWC.TickMarkType.TimeWithSeconds) return nyTime.format(date);
@@ -263,9 +288,15 @@ function createPriceChart() {
     autoSize: true,
     layout: { attributionLogo: true, background: { color: "#ffffff" }, textColor: "#333" },
     localization: { timeFormatter: (t) => `${nyDay.format(t * 1000)} ${nyTime.format(t * 1000)}` },
-    // A whole day of one-second rows fits: fitContent() may squeeze bars below a pixel.
-    timeScale: { timeVisible: true, secondsVisible: false, tickMarkFormatter: tickMark, minBarSpacing: 0.001 },
-    rightPriceScale: { scaleMargins: { top: 0.08, bottom: 0.28 } },
+    // A whole day of one-second rows fits: fitContent() may squeeze bars below a pixel. The day's
+    // first and last bars are the edges: no scrolling past them, and the labels there are moved in
+    // to be read whole instead of being cut by the chart's edge.
+    timeScale: {
+      timeVisible: true, secondsVisible: true, tickMarkFormatter: tickMark, minBarSpacing: 0.001,
+      fixLeftEdge: true, fixRightEdge: true,
+    },
+    // Both panes' axes: a label at a pane's edge is drawn whole or not at all.
+    rightPriceScale: { scaleMargins: { top: 0.08, bottom: 0.05 }, entireTextOnly: true },
     grid: { vertLines: { color: "#f0f0f0" }, horzLines: { color: "#f0f0f0" } },
   });
   const line = (color, title, width) => chart.addSeries(LWC.LineSeries, {
@@ -275,12 +306,16 @@ function createPriceChart() {
     price: line("#1e293b", "price", 2),
     sma9: line("#f59e0b", "SMA9", 1),
     vwap: line("#8b5cf6", "VWAP", 1),
+    // Volume in a pane of its own below price (a quarter of the height), with its own axis.
     volume: chart.addSeries(LWC.HistogramSeries, {
-      color: "rgba(38, 166, 154, 0.5)", priceFormat: { type: "volume" }, priceScaleId: "volume",
+      color: "rgba(38, 166, 154, 0.5)", priceFormat: { type: "volume" },
       priceLineVisible: false, lastValueVisible: false, title: "volume",
-    }),
+    }, 1),
   };
-  chart.priceScale("volume").applyOptions({ scaleMargins: { top: 0.78, bottom: 0 } });
+  const [pricePane, volumePane] = chart.panes();
+  pricePane.setStretchFactor(3);
+  volumePane.setStretchFactor(1);
+  series.volume.priceScale().applyOptions({ scaleMargins: { top: 0.1, bottom: 0 } });
   // Once the user scrolls or zooms, live rows no longer refit the day; a double click does again.
   const moved = () => { state.moved = true; };
   for (const event of ["wheel", "mousedown", "touchstart", "keydown"]) {
@@ -373,7 +408,7 @@ function applyLive(points) {
   state.liveAdded += added;
   if (added && wholeDay) state.chart.timeScale().fitContent(); // keep the whole day in view
   if (added) placeGaps();
-  showSubtitle();
+  showStatus();
   return added;
 }
 
@@ -404,10 +439,35 @@ function xOf(scale, t) {
   return x(lo) + ((t - times[lo]) / (times[hi] - times[lo])) * (x(hi) - x(lo));
 }
 
-function showSubtitle() {
+/** The chart's subtitle and the header's health line, from one place: the latest day is shown
+ * (`state.following`) and the service's last /healthz answer (`state.health`). "live" only when
+ * both hold: the day is followed and the service streams (or the page has no health URL to ask). */
+function showStatus() {
+  const health = state.health;
+  dashboard.live = state.following && (!state.config.health || health?.state === "streaming");
   const n = (x) => x.toLocaleString("en-US");
-  $("subtitle").textContent = !state.day ? "" : `${state.day} · ${n(state.rows)} rows` +
-    (state.downsampled ? ` (${n(state.times.length)} points drawn)` : "") + (dashboard.live ? " · live" : "");
+  if (!state.loading) {
+    const drawn = state.downsampled ? ` (${n(state.times.length)} points drawn)` : "";
+    $("subtitle").textContent = !state.day ? "" :
+      `${state.day} · ${n(state.rows)} rows${drawn}${dashboard.live ? " · live" : ""}`;
+  }
+  if (health === undefined) return; // not asked yet, or no health URL
+  const el = $("health");
+  if (health === null) {
+    el.textContent = "service not reachable";
+    el.className = "health bad";
+    return;
+  }
+  const parts = [STATES[health.state] || String(health.state).replaceAll("_", " ")];
+  if (health.spool) parts.push(`spool ${health.spool.depth}`);
+  const age = health.tickers && health.tickers[state.ticker] && health.tickers[state.ticker].last_data_age_s;
+  if (age != null) parts.push(`data ${age < 10 ? age.toFixed(1) : Math.round(age)} s old`);
+  if (health.sink && health.sink.failing_for_s != null) {
+    const why = health.sink.last_error ? `: ${health.sink.last_error}` : "";
+    parts.push(`database failing for ${Math.round(health.sink.failing_for_s)} s${why}`);
+  }
+  el.textContent = parts.join(" · ");
+  el.className = `health ${health.ok ? "ok" : "bad"}`;
 }
 
 function placeGaps() {
@@ -470,7 +530,12 @@ function createSmileChart() {
   });
 }
 
-const fmt = (v, digits = 2) => (v == null ? "—" : Number(v).toFixed(digits));
+/** `v` to `digits` decimals, "—" if null; a value that rounds to zero is "0.000", never "-0.000". */
+function fmt(v, digits = 2) {
+  if (v == null) return "—";
+  const text = Number(v).toFixed(digits);
+  return Number(text) === 0 ? (0).toFixed(digits) : text;
+}
 
 function drawOptions(answer) {
   const contracts = answer.contracts || [];
@@ -548,29 +613,17 @@ function stamp() {
   $("updated").textContent = `updated ${new Date().toLocaleTimeString("en-GB", { hourCycle: "h23" })}`;
 }
 
+/** Read /healthz into `state.health` (null: not reachable) and show it. */
 async function refreshHealth() {
   const url = state.config.health;
   if (!url) return;
-  const el = $("health");
-  let body;
   try {
     const response = await fetch(url, { cache: "no-store" });
-    body = await response.json(); // 503 is a normal answer with the same body
+    state.health = await response.json(); // 503 is a normal answer with the same body
   } catch {
-    el.textContent = "service not reachable";
-    el.className = "health bad";
-    return;
+    state.health = null;
   }
-  const parts = [STATES[body.state] || String(body.state).replaceAll("_", " ")];
-  if (body.spool) parts.push(`spool ${body.spool.depth}`);
-  const age = body.tickers && body.tickers[state.ticker] && body.tickers[state.ticker].last_data_age_s;
-  if (age != null) parts.push(`data ${age < 10 ? age.toFixed(1) : Math.round(age)} s old`);
-  if (body.sink && body.sink.failing_for_s != null) {
-    const why = body.sink.last_error ? `: ${body.sink.last_error}` : "";
-    parts.push(`database failing for ${Math.round(body.sink.failing_for_s)} s${why}`);
-  }
-  el.textContent = parts.join(" · ");
-  el.className = `health ${body.ok ? "ok" : "bad"}`;
+  showStatus();
 }
 
 /** Load and draw `ticker` on `day` (null: its latest day with rows). `again`: the same view
@@ -585,14 +638,18 @@ async function load(ticker, day, again = false) {
   state.requested = day;
   dashboard.ticker = ticker;
   $("title").textContent = ticker;
-  if (!again) $("subtitle").textContent = "loading…";
+  if (!again) {
+    state.loading = true;
+    $("subtitle").textContent = "loading…";
+  }
   try {
     const series = await state.data.series(ticker, day);
     if (generation !== state.generation) return;
+    state.loading = false;
     state.day = series.day;
     if (!day) state.latestDay = series.day; // a picked day is compared with the latest seen
     dashboard.day = state.day;
-    dashboard.live = state.day != null && state.day === state.latestDay;
+    state.following = state.day != null && state.day === state.latestDay;
     $("day").value = state.day || "";
     $("day").max = state.latestDay || "";
     const empty = series.points.length === 0;
@@ -603,7 +660,7 @@ async function load(ticker, day, again = false) {
     drawSeries(series.points, view);
     state.rows = series.rows;
     state.downsampled = series.downsampled;
-    showSubtitle();
+    showStatus();
     if (state.day) {
       const [options, gaps] = await Promise.all([
         state.data.options(ticker, state.day), state.data.gaps(ticker, state.day),
@@ -628,7 +685,9 @@ async function load(ticker, day, again = false) {
       return;
     }
     state.failed = true; // the next refresh loads again
-    dashboard.live = false;
+    state.loading = false;
+    state.following = false;
+    showStatus();
     // Nothing of another ticker or day stays on screen under this one's title.
     drawSeries([]);
     drawGaps({ table: false, gaps: [] });
@@ -652,7 +711,7 @@ async function refresh(generation) {
   await refreshHealth();
   if (generation !== state.generation) return;
   try {
-    if (dashboard.live && state.tail) {
+    if (state.following && state.tail) {
       const answer = await state.data.since(state.ticker, sinceTimestamp());
       if (generation !== state.generation) return;
       if (answer.day && answer.day !== state.day) {
