@@ -190,6 +190,26 @@ async def test_a_client_connecting_mid_pre_market_gets_the_day_so_far_as_its_bas
     )
 
 
+async def test_a_clock_started_by_the_first_subscription_opens_at_09_30_after_the_pre_market(
+    tmp_path: Path,
+) -> None:
+    market = day_market(seed=10)
+    # no start_clock: the first subscription starts the clock
+    async with SchwabSimulator(market, speed=20.0) as sim, equity_stream(sim, tmp_path) as (stream, items):
+        await read_until(stream, lambda: len(trade_times(items)) >= 4)
+    first, *live = items
+    pre_market = shares(market.trades, stop_ms=market.open_ms)
+    print(
+        f"\nsnapshot at 09:30: TOTAL_VOLUME {first['TOTAL_VOLUME']:,}; first live trade {sim.sent_trades[0]}"
+    )
+    # the 5.5 hours of pre-market happened before the clock started, unsent: the baseline
+    assert first["TOTAL_VOLUME"] == pre_market > 0
+    assert first["TRADE_TIME_MILLIS"] < market.open_ms
+    # the opening cross, exactly at the clock's start, is the first trade sent
+    assert sim.sent_trades[0].timestamp_ms == market.open_ms
+    assert live[0]["TOTAL_VOLUME"] == pre_market + sim.sent_trades[0].size
+
+
 # --- price history ---------------------------------------------------------------------------------
 
 
