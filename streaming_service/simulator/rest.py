@@ -61,7 +61,7 @@ def rest_handler(sim: SchwabSimulator) -> type[BaseHTTPRequestHandler]:
                 self._reply(200, book.expiration_chain())
             elif url.path == "/marketdata/v1/pricehistory":
                 sim.catch_up()
-                self._reply(*_price_history(sim.market, query))
+                self._reply(*_price_history(sim.market, query, sim.candles_complete_by_ms()))
             else:
                 self._reply(404, {"errors": [{"status": 404, "title": f"not simulated: {self.path}"}]})
 
@@ -128,13 +128,16 @@ _FREQUENCY_TYPES = {
 _MINUTES = (1, 5, 10, 15, 30)
 
 
-def _price_history(market: SimulatedMarket, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+def _price_history(
+    market: SimulatedMarket, query: dict[str, str], complete_by_ms: int | None = None
+) -> tuple[int, dict[str, Any]]:
     """Status and body of `GET /marketdata/v1/pricehistory` for `query`, from `market.trades`.
 
     Candles `{"open","high","low","close","volume","datetime"}` in time order, one per period with
     trades (`datetime`: the period's start, epoch ms; `volume`: the exact sum of its trades'
-    sizes), then `"symbol"` and `"empty"` (no candles); with `needPreviousClose=true` also
-    `"previousClose"` and `"previousCloseDate"` (see `SimulatedMarket.previous_close`).
+    sizes, unless the market has `candle_noise`), then `"symbol"` and `"empty"` (no candles); with
+    `needPreviousClose=true` also `"previousClose"` and `"previousCloseDate"` (see
+    `SimulatedMarket.previous_close`).
     - frequencyType `minute` (the default for periodType `day`, the default) with frequency 1, 5,
       10, 15 or 30: candles of that many minutes from the 09:30 open; `daily` with frequency 1:
       one candle for the session, stamped 00:00 Central time. The combinations Schwab refuses
@@ -143,9 +146,15 @@ def _price_history(market: SimulatedMarket, query: dict[str, str]) -> tuple[int,
       non-integer frequency/startDate/endDate.
     - startDate/endDate (epoch ms, either optional): a candle is included when its start is in
       `startDate <= datetime <= endDate`. Without them every candle so far (the simulator has one
-      session, so any `period` covers it; `period` and `needExtendedHoursData` are ignored).
-    - Only trades generated so far, i.e. up to the simulator's clock: the candle of the period
-      still under way is included with the trades it has so far, as Schwab's current candle is.
+      session, so any `period` covers it; `period` is ignored).
+    - needExtendedHoursData `false` or absent (Schwab's default): minute candles of the regular
+      session's trades only (09:30 to the close); `true`: of the whole day's (04:00 to 20:00), if
+      the market has extended hours (without them the two are the same); anything else is a 400.
+      The daily candle is the whole day's either way.
+    - Only trades generated so far, i.e. up to the simulator's clock. `complete_by_ms` None: the
+      candle of the period still under way is included with the trades it has so far; else only
+      minute candles of periods that ended at or before `complete_by_ms` (see
+      `SchwabSimulator(candle_lag_s=...)`).
     - A symbol the market does not trade: 200 with no candles and `"empty": true`, as Schwab
       answers for a symbol without data.
     """
@@ -164,8 +173,18 @@ def _price_history(market: SimulatedMarket, query: dict[str, str]) -> tuple[int,
         start_ms, end_ms = (int(query[k]) if k in query else None for k in ("startDate", "endDate"))
     except ValueError as exc:
         return _bad_request(f"frequency, startDate and endDate must be integers ({exc})")
+    extended = query.get("needExtendedHoursData", "false")
+    if extended not in ("true", "false"):
+        return _bad_request(f"needExtendedHoursData must be true or false, not {extended!r}")
     if frequency_type == "minute" and frequency in _MINUTES:
-        candles = market.candles(symbol, start_ms, end_ms, minutes=frequency)
+        candles = market.candles(
+            symbol,
+            start_ms,
+            end_ms,
+            minutes=frequency,
+            extended=extended == "true",
+            complete_by_ms=complete_by_ms,
+        )
     elif frequency_type == "daily" and frequency == 1:
         candles = market.daily_candles(symbol, start_ms, end_ms)
     else:

@@ -1,19 +1,25 @@
 """A local Schwab: the REST endpoints schwab-py needs and the streamer WebSocket protocol.
 
-REST (`rest.py`, a stdlib HTTP server in a thread): `GET /trader/v1/userPreference` (streamer URL and ids),
-`POST /v1/oauth/token` (refresh), `GET /marketdata/v1/chains` and `/marketdata/v1/expirationchain`
-(see `options.py`), `GET /marketdata/v1/pricehistory` (candles of `market.trades` so far, the
-current period's partial candle included). Streamer (websockets, on the event loop): ADMIN
-LOGIN/LOGOUT and LEVELONE_EQUITIES / LEVELONE_OPTIONS SUBS/ADD/UNSUBS answered once each with
-Schwab's response envelope; heartbeats; one data frame per market event (options: one frame per
-re-pricing, at most once per simulated second), a full snapshot per symbol first and then only
-changed fields.
+REST (`rest.py`, a stdlib HTTP server in a thread): `GET /trader/v1/userPreference` (streamer URL
+and ids), `POST /v1/oauth/token` (refresh), `GET /marketdata/v1/chains` and
+`/marketdata/v1/expirationchain` (see `options.py`), `GET /marketdata/v1/pricehistory` (candles of
+`market.trades` so far: the current period's partial candle included, or with `candle_lag_s` only
+periods that ended at least `candle_lag_s` ago by `clock()`, as Schwab serves a minute's candle a
+few seconds after it closed). Streamer (websockets, on the event loop): ADMIN LOGIN/LOGOUT and
+LEVELONE_EQUITIES / LEVELONE_OPTIONS SUBS/ADD/UNSUBS answered once each with Schwab's response
+envelope; heartbeats; one data frame per market event (options: one frame per re-pricing, at most
+once per simulated second), a full snapshot per symbol first and then only changed fields.
 
-The market clock starts at the first subscription: simulated offset = elapsed wall time * `speed`.
-`clock()` is that market time; every timestamp the simulator sends (trade times, frame timestamps,
-heartbeats, replies) is on it, as a real server's are on the wall clock. While it runs, the
-simulator installs `clock()` as the exchange clock of its context (`sources.clock`), so a service
-started inside `async with SchwabSimulator(...)` checks trade times against the same clock.
+The market clock starts at the first subscription at 09:30, or where `start_clock(at_offset_s)`
+puts it (negative: in the pre-market of a market with extended hours); simulated offset = that
+start + elapsed wall time * `speed`. The market's events before the clock's start happen at once,
+to nobody: the first snapshot of a connection carries the TOTAL_VOLUME of the day so far (the
+pre-market's shares too), and with extended hours pre-market and after-hours trades are streamed
+while the clock is in those spans. `clock()` is that market time; every timestamp the simulator
+sends (trade times, frame timestamps, heartbeats, replies) is on it, as a real server's are on the
+wall clock. While it runs, the simulator installs `clock()` as the exchange clock of its context
+(`sources.clock`), so a service started inside `async with SchwabSimulator(...)` checks trade
+times against the same clock.
 
 Fault injection: `pause()`/`resume()`, `disconnect_all()`, `drop_next_frames(n)`, `send_raw(frame)`,
 `reject_login`, `reject_logins(n)`, `refresh_token_valid`, `fail_next_market_data(n, status)`,
@@ -28,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -69,8 +76,14 @@ class SchwabSimulator:
         speed: float = 1.0,
         heartbeat_seconds: float = 1.0,
         seed: int = 0,
+        candle_lag_s: float | None = None,
     ) -> None:
+        if candle_lag_s is not None and candle_lag_s < 0:
+            raise ValueError(
+                f"candle_lag_s must be >= 0 seconds (None: serve the minute under way), not {candle_lag_s}"
+            )
         self.market = market
+        self.candle_lag_s = candle_lag_s
         self.speed = speed
         self._host, self._port = host, port
         self._heartbeat_s = heartbeat_seconds
@@ -112,8 +125,8 @@ class SchwabSimulator:
         return f"ws://{self._host}:{next(iter(self._ws.sockets)).getsockname()[1]}/ws"
 
     def clock(self) -> float:
-        """The market's time now, epoch seconds: the session's open (09:30 New York) plus
-        `speed` times the wall time elapsed since the first subscription."""
+        """The market's time now, epoch seconds: the session's open (09:30 New York) plus the
+        clock's starting offset plus `speed` times the wall time elapsed since it started."""
         return self.market.open_ms / 1000 + self._offset()
 
     def _offset(self) -> float:
@@ -130,17 +143,34 @@ class SchwabSimulator:
 
     def start_clock(self, at_offset_s: float = 0.0) -> tuple[float, float]:
         """Start the market clock now if no subscription has yet, `at_offset_s` simulated seconds
-        after the open (the market's events before that happen at once, to nobody: a service
-        started then finds a session under way); return (wall time, market time) of that moment,
-        epoch seconds, so another process can follow the same clock."""
+        after the open (negative: before it). The market's events before that happen at once, to
+        nobody: a service started then finds a session (or a pre-market) under way. Return (wall
+        time, market time) of that moment, epoch seconds, so another process can follow the same
+        clock."""
         assert self._loop is not None, "start() first"
-        if self._clock_started is None:
-            self._clock_started, self._offset_base = self._loop.time(), at_offset_s
-            for event in self.market.events_until(at_offset_s):
-                self._current[event.symbol] = event
-                if event.kind == "trade":
-                    self._last_trade_ms[event.symbol] = event.timestamp_ms
+        self._start_clock_at(at_offset_s)
         return time.time(), self.clock()
+
+    def _start_clock_at(self, offset_s: float) -> None:
+        """Start the clock at `offset_s` unless it runs; the events strictly before it happen now,
+        unsent (one exactly at it, such as the opening cross at 0, is sent live)."""
+        if self._clock_started is not None or self._loop is None:
+            return
+        self._clock_started, self._offset_base = self._loop.time(), offset_s
+        for event in self.market.events_until(math.nextafter(offset_s, -math.inf)):
+            self._current[event.symbol] = event
+            if event.kind == "trade":
+                self._last_trade_ms[event.symbol] = event.timestamp_ms
+
+    def candles_complete_by_ms(self) -> int | None:
+        """With `candle_lag_s`: the time (epoch ms) by which a candle's period must have ended to be
+        served, i.e. `candle_lag_s` before `clock()` and no later than the market has generated
+        (a paused market's next events are still to come); None without it (the minute under way
+        is served too)."""
+        if self.candle_lag_s is None:
+            return None
+        lagged = self._clock_ms() - round(self.candle_lag_s * 1000)
+        return min(lagged, self.market.generated_until_ms)
 
     def _clock_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -336,8 +366,8 @@ class SchwabSimulator:
         for symbol in keys:
             subscribed[symbol] = wanted
             client.sent.pop(symbol, None)  # the next frame is a full snapshot
-        if self._clock_started is None and keys and service == EQUITY_SERVICE:
-            self._clock_started = asyncio.get_running_loop().time()
+        if keys and service == EQUITY_SERVICE:
+            self._start_clock_at(0.0)
 
     @staticmethod
     def _keys(params: dict[str, Any]) -> list[str]:
