@@ -26,7 +26,7 @@ CONFIGURATION = ROOT / "docs" / "configuration.md"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
 #: Variables the docs may name that are not settings of the service nor read by deploy.sh.
-TEST_VARIABLES = {"BROWSER_TESTS", "DOCKER_TESTS", "SOAK", "CI"}  # read by the tests and .ci/run
+TEST_VARIABLES = {"BROWSER_TESTS", "DOCKER_TESTS", "SOAK", "CI", "TEST_WORKERS"}  # tests, scripts, .ci/run
 NOT_VARIABLES = {"TOTAL_VOLUME"}  # Schwab's cumulative-volume field, not an environment variable
 
 _FENCE = re.compile(r"^```.*?^```[ \t]*$", re.MULTILINE | re.DOTALL)
