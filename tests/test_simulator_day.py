@@ -150,9 +150,10 @@ async def test_total_volume_at_the_open_is_the_pre_market_then_the_opening_cross
 async def test_closing_cross_and_after_hours_trades_keep_adding_to_total_volume(tmp_path: Path) -> None:
     market = day_market(seed=3, session_seconds=600.0)  # closes at 09:40
     close_ms = market.close_ms
-    async with SchwabSimulator(market, speed=40.0) as sim:
-        sim.start_clock(at_offset_s=600.0 - 20.0)
+    async with SchwabSimulator(market, speed=0.0) as sim:
+        sim.start_clock(at_offset_s=600.0 - 20.0)  # 09:39:40, held there until subscribed
         async with equity_stream(sim, tmp_path) as (stream, items):
+            sim.set_speed(40.0)  # (running from the start, a loaded machine subscribed after the close)
             await read_until(stream, lambda: sum(t > close_ms for t in trade_times(items)) >= 3)
     [cross] = [t for t in market.trades if t.timestamp_ms == close_ms]
     volumes = [(i["TRADE_TIME_MILLIS"], i["TOTAL_VOLUME"]) for i in items[1:] if "TRADE_TIME_MILLIS" in i]
