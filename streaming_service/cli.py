@@ -374,8 +374,9 @@ async def _check(args: argparse.Namespace) -> None:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(CheckResult("configuration", False, str(exc).removeprefix("config error: ")).line())
-        raise ConfigError("") from None  # already printed, with where to fix it
+        for what, fix in exc.problems or [(str(exc).removeprefix("config error: "), "")]:
+            print(CheckResult("configuration", False, what, fix).line())
+        raise ConfigError("") from None  # already printed, with what to change
     results = [CheckResult("configuration", True, f"tickers {','.join(settings.stream_ticker)}")]
     results.append(check_schwab_app(settings))
     results.append(check_token(settings.schwab_token_path))

@@ -81,12 +81,13 @@ def test_a_bad_variable_says_whether_it_came_from_the_environment_or_dotenv(tmp_
 
     from_env = check(BATCH_SIZE="abc")
     assert from_env.returncode == 2 and from_env.stderr == "", from_env.stderr
-    (line,) = [x for x in from_env.stdout.splitlines() if "BATCH_SIZE" in x]
-    assert line.startswith("✗ configuration") and "Fix it in the environment (it overrides .env)" in line
-    assert from_env.stdout.count("BATCH_SIZE") == 1 and "edit .env" not in from_env.stdout
+    problem, fix = from_env.stdout.splitlines()[:2]
+    assert problem.startswith("✗ configuration: BATCH_SIZE='abc' is invalid")
+    assert fix.startswith("    fix: set BATCH_SIZE in the environment (it overrides .env) to ")
+    assert from_env.stdout.count("BATCH_SIZE") == 2 and " .env to " not in from_env.stdout
     (tmp_path / ".env").write_text("BATCH_SIZE=abc\n")
     from_file = check()
-    assert from_file.returncode == 2 and "Fix it in .env." in from_file.stdout
+    assert from_file.returncode == 2 and "fix: set BATCH_SIZE in .env to " in from_file.stdout
 
 
 def test_rerunning_the_demo_starts_a_fresh_file_unless_keep(tmp_path: Path) -> None:
