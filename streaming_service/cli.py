@@ -292,14 +292,20 @@ async def _auth(args: argparse.Namespace) -> None:
 
 
 async def _status(args: argparse.Namespace) -> None:
-    from streaming_service.http import fetch_health, format_health
+    from streaming_service.http import NotThisService, fetch_health, format_health
 
     settings = load_settings()
     if not settings.health_port:
         raise ChecksFailed("HEALTH_PORT=0: the health endpoint is off; set HEALTH_PORT to use `status`")
     try:
         code, body = await asyncio.to_thread(fetch_health, settings.health_host, settings.health_port)
-    except (OSError, ValueError) as exc:
+    except NotThisService as exc:
+        raise ChecksFailed(
+            f"what answers on port {settings.health_port} is not streaming-service ({exc.seen} at /healthz): "
+            "another program has that port. Set HEALTH_PORT to the port the service listens on (its log "
+            "line `health endpoint and dashboard listening` says which)"
+        ) from None
+    except OSError as exc:
         raise ChecksFailed(
             f"no answer from http://{settings.health_host}:{settings.health_port}/healthz ({exc}): "
             "is the service running (`docker compose ps`), and HEALTH_PORT the same as its own?"
@@ -311,7 +317,7 @@ async def _status(args: argparse.Namespace) -> None:
 
 async def _dashboard(args: argparse.Namespace) -> None:
     from streaming_service.dashboard.api import Dashboard, page_config, write_static_site
-    from streaming_service.http import HealthServer, fetch_health, local_host
+    from streaming_service.http import HealthServer, NotThisService, fetch_health, local_host
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -336,13 +342,16 @@ async def _dashboard(args: argparse.Namespace) -> None:
 
     async def service_health() -> tuple[int, dict[str, Any]]:
         """The recording service's /healthz, if one answers on HEALTH_PORT (and it is not us)."""
+        where = f"{_url(*service)}healthz" if settings.health_port else "(HEALTH_PORT=0)"
+        error = f"no service answers at {where}"
         if settings.health_port and service != (local_host(args.host), port):
             try:
                 return await asyncio.to_thread(fetch_health, *service, 2.0)
-            except (OSError, ValueError):
+            except NotThisService as exc:
+                error = f"what answers at {where} is not streaming-service ({exc.seen})"
+            except OSError:
                 pass
-        where = f"{_url(*service)}healthz" if settings.health_port else "(HEALTH_PORT=0)"
-        return 503, {"state": "not_running", "ok": False, "error": f"no service answers at {where}"}
+        return 503, {"state": "not_running", "ok": False, "error": error}
 
     dashboard = Dashboard.for_settings(settings)
     server = HealthServer(args.host, port, service_health, pages=dashboard.answer, timeout=15)

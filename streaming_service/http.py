@@ -28,8 +28,8 @@ import structlog
 from streaming_service.token import REFRESH_TOKEN_LIFE_S, TokenInfo, describe, format_duration
 
 __all__ = [
-    "MAX_REQUEST_BYTES", "HealthServer", "Pages", "Response", "Snapshot", "fetch_health", "format_health",
-    "json_response", "local_host",
+    "MAX_REQUEST_BYTES", "HealthServer", "NotThisService", "Pages", "Response", "Snapshot", "fetch_health",
+    "format_health", "json_response", "local_host",
 ]  # fmt: skip
 
 log = structlog.get_logger(__name__)
@@ -139,7 +139,7 @@ class HealthServer:
         try:
             async with asyncio.timeout(self._timeout):
                 if len(self._connections) > self._max_connections:
-                    reply = _reply(503, {"ok": False, "error": "too many connections"})
+                    reply = _reply(503, {"state": "busy", "ok": False, "error": "too many connections"})
                 else:
                     reply = await self._answer(reader)
                 writer.write(reply)
@@ -184,7 +184,8 @@ class HealthServer:
         except Exception:
             what = "health snapshot" if path == "/healthz" else "page"
             log.exception(f"{what} failed", path=path[:100])
-            return _reply(500, {"ok": False, "error": f"{what} failed; see the service log"})
+            failed = f"{what} failed; see the service log"
+            return _reply(500, {"state": "error", "ok": False, "error": failed})
 
 
 def json_response(status: int, body: dict[str, Any], *, cache: bool = False) -> Response:
@@ -228,12 +229,22 @@ def local_host(host: str) -> str:
     return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
+class NotThisService(ValueError):
+    """What answered at /healthz is not this service's health: `seen` says what it was ("HTTP 404,
+    text/html", "HTTP 200, JSON", "not HTTP")."""
+
+    def __init__(self, host: str, port: int, seen: str) -> None:
+        super().__init__(f"{host}:{port} is not streaming-service ({seen} at /healthz)")
+        self.seen = seen
+
+
 def fetch_health(host: str, port: int, timeout: float = 3.0) -> tuple[int, dict[str, Any]]:
     """GET /healthz from a `HealthServer` (blocking). `host` 0.0.0.0/:: means this machine.
 
     Returns (status, body); 503 is a normal answer. Raises `OSError` when nothing answers
-    (refused, reset, `TimeoutError` after `timeout` s without progress) and `ValueError` when the
-    answer is not HTTP with a JSON object of at most 1 MiB. Never uses a proxy.
+    (refused, reset, `TimeoutError` after `timeout` s without progress) and `NotThisService` (a
+    `ValueError`) when something else does: not HTTP, more than 1 MiB, or not a JSON object with
+    the service's `state` (text) and `ok` (true or false). Never uses a proxy.
     """
     host = local_host(host)
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -244,14 +255,20 @@ def fetch_health(host: str, port: int, timeout: float = 3.0) -> tuple[int, dict[
     except http.client.HTTPException as exc:
         if isinstance(exc, ConnectionError):  # RemoteDisconnected is both
             raise
-        raise ValueError(f"{host}:{port} did not answer in HTTP ({type(exc).__name__})") from None
+        raise NotThisService(host, port, "not HTTP") from None
     finally:
         connection.close()
+    media = (response.getheader("Content-Type") or "no content type").split(";")[0].strip()
+    seen = f"HTTP {response.status}, {media}"
     if len(data) > MAX_RESPONSE_BYTES:
-        raise ValueError(f"{host}:{port} answered more than {MAX_RESPONSE_BYTES} bytes")
-    body = json.loads(data)  # JSONDecodeError is a ValueError
-    if not isinstance(body, dict):
-        raise ValueError(f"{host}:{port} answered JSON that is not an object")
+        raise NotThisService(host, port, f"{seen}, more than {MAX_RESPONSE_BYTES} bytes")
+    try:
+        body = json.loads(data)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise NotThisService(host, port, seen) from None
+    ours = isinstance(body, dict) and isinstance(body.get("state"), str) and isinstance(body.get("ok"), bool)
+    if not ours:
+        raise NotThisService(host, port, f"HTTP {response.status}, JSON")
     return response.status, body
 
 
@@ -263,6 +280,8 @@ def format_health(body: dict[str, Any]) -> str:
     ok = body.get("ok")
     verdict = {True: "OK", False: "NOT OK"}.get(ok, "?") if isinstance(ok, bool) else "?"
     lines = [f"state: {_text(body.get('state'))} ({verdict}), version {_text(body.get('version'))}"]
+    if isinstance(body.get("error"), str):
+        lines.append(f"error: {body['error']}")
 
     tickers = _section(body, "tickers")
     for ticker, info in sorted(tickers.items()):
@@ -280,9 +299,10 @@ def format_health(body: dict[str, Any]) -> str:
 
     sink = _section(body, "sink")
     failing = _number(sink.get("failing_for_s"))
-    state = "ok" if failing is None else f"failing for {_age(failing)}"
-    error = sink.get("last_error")
-    lines.append(f"sink: {_text(sink.get('name'))}, {state}" + (f": {error}" if error and failing else ""))
+    known = "failing_for_s" in sink and (failing is not None or sink["failing_for_s"] is None)
+    state = "?" if not known else "ok" if failing is None else f"failing for {_age(failing)}"
+    error = f": {sink['last_error']}" if sink.get("last_error") and failing else ""
+    lines.append(f"sink: {_text(sink.get('name'))}, {state}{error}" if sink else "sink: ?")
 
     lines.append(f"token: {_token_line(_section(body, 'token'))}")
 

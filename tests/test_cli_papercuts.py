@@ -3,10 +3,12 @@ runs them (subprocesses with a clean environment, cwd a temporary directory)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,43 @@ def test_check_says_what_to_change_for_each_configuration_error(
 
 def test_a_result_without_a_fix_has_no_fix_line() -> None:
     assert CheckResult("database", False, "no check for 'x'").line() == "✗ database: no check for 'x'"
+
+
+# --- status: something else on HEALTH_PORT is not called ok ---------------------------------------
+
+
+def _answering(status: str, content_type: str, body: bytes) -> Callable[..., Awaitable[None]]:
+    """A one-answer HTTP server's connection handler: `status` with `body`, whatever was asked."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        writer.write(f"{head}Connection: close\r\n\r\n".encode() + body)
+        await writer.drain()
+        writer.close()
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "seen"),
+    [
+        ("200 OK", "text/html", b"<html>Directory listing</html>", "HTTP 200, text/html"),
+        ("404 Not Found", "text/html", b"<h1>404</h1>", "HTTP 404, text/html"),
+        ("404 Not Found", "application/json", b'{"ok": false, "error": "no route"}', "HTTP 404, JSON"),
+        ("200 OK", "application/json", b'{"ok": true}', "HTTP 200, JSON"),
+    ],
+)
+async def test_status_says_when_what_answers_on_the_port_is_not_this_service(
+    tmp_path: Path, status: str, content_type: str, body: bytes, seen: str
+) -> None:
+    async with await asyncio.start_server(_answering(status, content_type, body), "127.0.0.1", 0) as other:
+        port = other.sockets[0].getsockname()[1]
+        done = await asyncio.to_thread(command, tmp_path, "status", HEALTH_PORT=str(port))
+    print(done.stdout + done.stderr)
+    assert done.returncode == 1
+    assert done.stdout == "" and not re.search(r"\bok\b", done.stderr, re.IGNORECASE)
+    assert done.stderr.startswith(
+        f"error: what answers on port {port} is not streaming-service ({seen} at /healthz): "
+    ), done.stderr
+    assert "HEALTH_PORT" in done.stderr
