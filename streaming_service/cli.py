@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import signal
 import sys
 import tempfile
@@ -217,6 +218,24 @@ def _url(host: str, port: int) -> str:
     return f"http://{f'[{address}]' if ':' in address else address}:{port}/"
 
 
+async def _port_holder(host: str, port: int, *, already: bool = False) -> str:
+    """Who holds `host`:`port`, for a person; for another streaming-service, where its dashboard is."""
+    from streaming_service.http import port_holder
+
+    holder = await asyncio.to_thread(port_holder, host, port)
+    where = f"{'already ' if already else ''}at {_url(host, port)}"
+    if holder.ours:
+        return f"{holder.description}, whose dashboard is {where}"
+    if holder.ours is None and already:
+        return f"{holder.description}; if it is the service, its dashboard is {where}"
+    return holder.description
+
+
+def _other_port(port: int) -> int:
+    """A port number to suggest instead of a taken `port`."""
+    return port + 1 if port < 65_535 else port - 1
+
+
 def _positive(kind: type[float]) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -359,10 +378,13 @@ async def _dashboard(args: argparse.Namespace) -> None:
         await server.start()
     except OSError as exc:
         await dashboard.aclose()
+        if exc.errno != errno.EADDRINUSE:
+            raise ConfigError(f"cannot listen on {args.host}:{port} ({exc.strerror or exc}): check --host "
+                              "(an address of this machine) and --port") from None  # fmt: skip
+        holder = await _port_holder(args.host, port, already=True)
         raise ConfigError(
-            f"cannot listen on {args.host}:{port} ({exc.strerror or exc}). If the service runs on this "
-            f"machine, its dashboard is already at {_url(args.host, port)}; otherwise pick "
-            "another port with --port"
+            f"cannot listen on {args.host}:{port}: it is in use by {holder}. For another dashboard, pick "
+            f"another port: --port {_other_port(port)}"
         ) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -540,6 +562,22 @@ async def _first(*waits: Awaitable[Any], within: float | None = None) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _no_health_server(host: str, port: int, error: OSError, print_status: bool) -> None:
+    """Say that /healthz and the dashboard could not listen on `host`:`port`, why (who holds the port),
+    and how to pick another: in the log, and with `print_status` on the terminal too."""
+    if error.errno == errno.EADDRINUSE:
+        why = f"port {port} of {host} is in use by {await _port_holder(host, port)}"
+        other = f"HEALTH_PORT={_other_port(port)} (or another free port)"
+        fix = f"set {other} in .env, or 0 for none"
+        told = f"For this one's, set {other} in .env or the environment"
+    else:
+        why = f"cannot listen on {host}:{port}: {error.strerror or error}"
+        fix = told = "set HEALTH_HOST to an address of this machine and HEALTH_PORT to a free port"
+    log.error("dashboard and /healthz not started", held_by=why, fix=fix)
+    if print_status:
+        print(f"dashboard: not started: {why}. {told}", flush=True)
+
+
 async def _serve(
     service: Service,
     *,
@@ -594,8 +632,8 @@ async def _serve(
             log.info("health endpoint and dashboard listening", healthz=f"{url}healthz", dashboard=url)
             if print_status:
                 print(f"dashboard: {url}", flush=True)
-        except OSError as exc:  # the recorder matters more than its health page
-            log.error("health endpoint not started", error=str(exc), fix="set HEALTH_PORT to a free port")
+        except OSError as exc:  # the recorder matters more than its health page: it goes on without
+            await _no_health_server(settings.health_host, settings.health_port, exc, print_status)
     try:
         async with asyncio.TaskGroup() as group:
             stopper = group.create_task(stop_later(), name="stop-timer")

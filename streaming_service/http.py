@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import structlog
@@ -28,8 +28,8 @@ import structlog
 from streaming_service.token import REFRESH_TOKEN_LIFE_S, TokenInfo, describe, format_duration
 
 __all__ = [
-    "MAX_REQUEST_BYTES", "HealthServer", "NotThisService", "Pages", "Response", "Snapshot", "fetch_health",
-    "format_health", "json_response", "local_host",
+    "MAX_REQUEST_BYTES", "HealthServer", "NotThisService", "Pages", "PortHolder", "Response", "Snapshot",
+    "fetch_health", "format_health", "json_response", "local_host", "port_holder",
 ]  # fmt: skip
 
 log = structlog.get_logger(__name__)
@@ -270,6 +270,28 @@ def fetch_health(host: str, port: int, timeout: float = 3.0) -> tuple[int, dict[
     if not ours:
         raise NotThisService(host, port, f"HTTP {response.status}, JSON")
     return response.status, body
+
+
+class PortHolder(NamedTuple):
+    """What listens on a port: `ours` True for another streaming-service, False for another program,
+    None if it cannot be told; `description` says so for a person."""
+
+    ours: bool | None
+    description: str
+
+
+def port_holder(host: str, port: int, timeout: float = 1.0) -> PortHolder:
+    """Who listens on `host`:`port`, found cheaply: GET /healthz (blocking, about `timeout` s)."""
+    try:
+        _, body = fetch_health(host, port, timeout)
+    except NotThisService as exc:
+        return PortHolder(False, f"a program that is not streaming-service ({exc.seen} at /healthz)")
+    except OSError:
+        return PortHolder(
+            None, f"a program that does not answer HTTP (`lsof -i :{port}` or `ss -ltnp` names it)"
+        )
+    state, version = _text(body.get("state")), _text(body.get("version"))
+    return PortHolder(True, f"another streaming-service (state {state}, version {version})")
 
 
 def format_health(body: dict[str, Any]) -> str:

@@ -4,16 +4,24 @@ runs them (subprocesses with a clean environment, cwd a temporary directory)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from polling import wait_until
 
 from streaming_service.check import CheckResult
+from streaming_service.http import HealthServer
+from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
 
 #: Prefixes of the service's variables: none of the user's may leak into a test's subprocess.
 _OURS = ("STREAM_", "BATCH_", "ROW_", "SMA_", "OPTIONS_", "SCHWAB_", "SUPABASE_", "DEAD_LETTER", "DATABASE_",
@@ -28,6 +36,44 @@ def command(tmp_path: Path, *args: str, timeout: float = 60, **env: str) -> subp
         cwd=tmp_path, env={**clean, "LOG_FORMAT": "json", **env}, capture_output=True, text=True,
         timeout=timeout, check=False,
     )  # fmt: skip
+
+
+class RunProcess:
+    """What `streaming-service run` does (tests/service_process.py: the Schwab client pointed at `sim`),
+    in `tmp_path` with a SQLite database, JSON logs on stderr kept in a file."""
+
+    RUNNER = Path(__file__).with_name("service_process.py")
+
+    def __init__(self, sim: SchwabSimulator, tmp_path: Path, **env: str) -> None:
+        token = tmp_path / "token.json"
+        write_token_file(token)
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+        settings = {"DATABASE_URL": f"sqlite:///{tmp_path / 'rows.db'}", "SKIP_MARKET_HOURS": "true",
+                    "OPTIONS_ENABLED": "false", "SHUTDOWN_GRACE": "3", "HEALTH_PORT": "0", **env}  # fmt: skip
+        self.log_path = tmp_path / f"run-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("w")
+        clock = [str(value) for value in (*sim.start_clock(), sim.speed)]
+        self.proc = subprocess.Popen(
+            [sys.executable, str(self.RUNNER), sim.api_base_url, str(token), *clock],
+            cwd=tmp_path, env={**clean, **settings}, stdout=subprocess.DEVNULL, stderr=self._log,
+        )  # fmt: skip
+
+    def lines(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines() if line.startswith("{")]
+
+    async def stop(self, within: float = 30.0) -> int:
+        """SIGTERM (unless it ended); the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.to_thread(self.proc.wait, within)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._log.close()
 
 
 # --- check: every ✗ has a fix that says what to change ---------------------------------------------
@@ -113,3 +159,68 @@ async def test_status_says_when_what_answers_on_the_port_is_not_this_service(
         f"error: what answers on port {port} is not streaming-service ({seen} at /healthz): "
     ), done.stderr
     assert "HEALTH_PORT" in done.stderr
+
+
+# --- HEALTH_PORT taken: say by whom, and how to pick another -----------------------------------------
+
+_HTML_404 = ("404 Not Found", "text/html", b"<h1>404</h1>")
+_NOT_US = "a program that is not streaming-service (HTTP 404, text/html at /healthz)"
+_SERVICE_BODY = {"state": "streaming", "ok": True, "version": "9.9.9"}
+
+
+@asynccontextmanager
+async def holding_a_port(ours: bool) -> AsyncIterator[int]:
+    """A port of 127.0.0.1 held by another streaming-service (`ours`) or by a plain web server."""
+    if ours:
+        async with HealthServer("127.0.0.1", 0, lambda: (200, _SERVICE_BODY)) as service:
+            yield service.port
+    else:
+        async with await asyncio.start_server(_answering(*_HTML_404), "127.0.0.1", 0) as other:
+            yield other.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["another service", "another program"])
+async def test_demo_says_who_holds_its_health_port_and_how_to_pick_another(
+    tmp_path: Path, ours: bool
+) -> None:
+    async with holding_a_port(ours) as port:
+        done = await asyncio.to_thread(
+            command, tmp_path, "demo", "--duration", "2", "--speed", "300", HEALTH_PORT=str(port)
+        )
+    print(done.stdout)
+    assert done.returncode == 0, done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("dashboard:")]
+    holder = f"another streaming-service (state streaming, version 9.9.9), whose dashboard is at " \
+             f"http://127.0.0.1:{port}/" if ours else _NOT_US  # fmt: skip
+    assert line == (
+        f"dashboard: not started: port {port} of 127.0.0.1 is in use by {holder}. For this one's, "
+        f"set HEALTH_PORT={port + 1} (or another free port) in .env or the environment"
+    )
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["another service", "another program"])
+async def test_dashboard_says_who_holds_the_port_and_how_to_pick_another(tmp_path: Path, ours: bool) -> None:
+    async with holding_a_port(ours) as port:
+        done = await asyncio.to_thread(command, tmp_path, "dashboard", "--port", str(port))
+    assert done.returncode == 2
+    holder = _NOT_US
+    if ours:
+        holder = f"another streaming-service (state streaming, version 9.9.9), whose dashboard is already " \
+                 f"at http://127.0.0.1:{port}/"  # fmt: skip
+    assert done.stderr == (
+        f"cannot listen on 127.0.0.1:{port}: it is in use by {holder}. For another dashboard, pick another "
+        f"port: --port {port + 1}\n"
+    )
+
+
+async def test_run_says_who_holds_its_health_port_and_how_to_pick_another(tmp_path: Path) -> None:
+    market = SimulatedMarket(["QQQ"], seed=3, trades_per_second=2.0)
+    async with SchwabSimulator(market, speed=60) as sim, holding_a_port(ours=False) as port:
+        service = RunProcess(sim, tmp_path, HEALTH_PORT=str(port))
+        await wait_until(lambda: any(e["event"] == "subscribed" for e in service.events()), within=30)
+        code = await service.stop()
+    (event,) = [e for e in service.events() if e["event"] == "dashboard and /healthz not started"]
+    assert event["level"] == "error"
+    assert event["held_by"] == f"port {port} of 127.0.0.1 is in use by {_NOT_US}"
+    assert event["fix"] == f"set HEALTH_PORT={port + 1} (or another free port) in .env, or 0 for none"
+    assert code == 0
