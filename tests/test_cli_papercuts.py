@@ -4,7 +4,9 @@ runs them (subprocesses with a clean environment, cwd a temporary directory)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
 import os
 import re
 import signal
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from polling import wait_until
@@ -224,3 +227,77 @@ async def test_run_says_who_holds_its_health_port_and_how_to_pick_another(tmp_pa
     assert event["held_by"] == f"port {port} of 127.0.0.1 is in use by {_NOT_US}"
     assert event["fix"] == f"set HEALTH_PORT={port + 1} (or another free port) in .env, or 0 for none"
     assert code == 0
+
+
+# --- run against a database it cannot use: say once what is wrong, "stopped" once at the end --------
+
+
+def _mentions(lines: list[str], text: str) -> list[str]:
+    return [line for line in lines if text in line]
+
+
+async def test_run_against_an_unreachable_database_retries_says_so_once_and_stops_once(
+    tmp_path: Path,
+) -> None:
+    market = SimulatedMarket(["QQQ"], seed=5, trades_per_second=2.0)
+    async with SchwabSimulator(market, speed=60) as sim:
+        service = RunProcess(sim, tmp_path, DATABASE_URL="postgresql://u:p@127.0.0.1:1/db")
+
+        def spooled_while_retrying() -> bool:  # retries logged, and rows waiting for the database
+            retries = [e for e in service.events() if e["event"] == "sink unavailable, retrying"]
+            return len(retries) >= 3 and retries[-1]["spooled"] > 0
+
+        await wait_until(spooled_while_retrying, within=40)
+        code = await service.stop()
+    lines = service.lines()
+    print("\n".join(lines))
+    assert code == 0  # stopped as asked (README, exit codes); the rows wait in the spool
+    assert len(_mentions(lines, "Connection refused")) == 1, "the error once, not at every retry"
+    (stopped,) = _mentions(lines, "stopped")
+    assert stopped == lines[-1]
+    event = json.loads(stopped)
+    assert event["event"] == "stopped" and event["rows_left_in_spool"] > 0
+    assert event["sink_failing_for_s"] > 0
+
+
+async def test_run_stops_once_with_exit_4_when_the_database_refuses_it(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    missing = postgres_dsn.rsplit("/", 1)[0] + "/no_such_database"
+    market = SimulatedMarket(["QQQ"], seed=5, trades_per_second=2.0)
+    async with SchwabSimulator(market, speed=60) as sim:
+        service = RunProcess(sim, tmp_path, DATABASE_URL=missing)
+        code = await asyncio.to_thread(service.proc.wait, 30)
+        await service.stop()
+    lines = service.lines()
+    print("\n".join(lines))
+    assert code == 4
+    assert lines[-1].startswith("error: ") and 'database "no_such_database" does not exist' in lines[-1]
+    (stopped,) = _mentions(lines, "stopped")
+    assert json.loads(stopped)["event"] == "stopped"
+    assert not _mentions(lines, "Traceback")
+
+
+# --- the demo's simulator says nothing when a client hangs up ----------------------------------------
+
+
+async def test_the_simulator_is_quiet_when_a_client_hangs_up(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A service stopping while it connects (the demo against a database that refuses it) hangs up
+    mid-handshake: neither the streamer nor the REST side may print a traceback for that."""
+    async with SchwabSimulator(SimulatedMarket(["QQQ"], seed=1)) as sim:
+        assert sim._ws is not None and sim._http is not None
+        streamer = urlsplit(sim.streamer_url)
+        _, writer = await asyncio.open_connection(streamer.hostname, streamer.port)
+        await wait_until(lambda: bool(sim._ws and sim._ws.handlers), within=10)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: simulator\r\n")  # half a handshake, then gone
+        await writer.drain()
+        writer.close()
+        await wait_until(lambda: not (sim._ws and sim._ws.handlers), within=10)
+        try:  # what the REST server's thread meets when a client resets its connection
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+        except ConnectionResetError:
+            sim._http.handle_error(None, ("127.0.0.1", 1))  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert capsys.readouterr().err == ""
