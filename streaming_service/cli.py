@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import datetime, time
+from datetime import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,14 +23,12 @@ import structlog
 
 from streaming_service import __version__
 from streaming_service.config import load_settings
+from streaming_service.demo import DEMO_DATABASE_URL
 from streaming_service.errors import AuthError, ConfigError, SinkError, StreamerError
-from streaming_service.indicators import EXCHANGE_TZ
 from streaming_service.logs import configure_logging
 
 if TYPE_CHECKING:
-    from streaming_service.config import Settings
     from streaming_service.service import Service
-    from streaming_service.simulator import SchwabSimulator, SimulatedMarket
     from streaming_service.sinks import Sink
 
 __all__ = ["main"]
@@ -138,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--duration",
         type=_positive(float),
-        help="stop after N seconds (default: when the simulated session ends, or Ctrl-C)",
+        help="stop after N seconds in all, a --restart-at included (default: when the simulated session "
+        "ends, or Ctrl-C)",
     )
     demo.add_argument(
         "--database-url",
@@ -420,45 +419,14 @@ async def _check(args: argparse.Namespace) -> None:
         raise ChecksFailed(f"{len(failed)} check(s) failed")
 
 
-#: The only settings the demo reads from the environment and .env; all others are the demo's own.
-DEMO_READS = ("health_port", "health_host", "log_format", "log_level")
-DEMO_DATABASE_URL = "sqlite:///data/demo.db"
-DEMO_SPOOL = Path("data/demo_spool.db")
-
-
-def _demo_settings(args: argparse.Namespace) -> Settings:
-    """The demo's settings: its flags, the defaults of every other setting, and only `DEMO_READS`
-    from the environment and .env (so a half-filled .env cannot change or break the demo)."""
-    from streaming_service.config import Settings
-
-    fixed = {name: field.default for name, field in Settings.model_fields.items() if name not in DEMO_READS}
-    fixed.update(
-        stream_ticker=args.ticker,
-        database_url=args.database_url,
-        batch_interval=args.batch_interval,
-        skip_market_hours=True,
-        spool_path=DEMO_SPOOL,
-        dead_letter_path=Path("data/demo_dead_letters.jsonl"),
-    )
-    flags = {"stream_ticker": "--ticker", "database_url": "--database-url"}
-    flags["batch_interval"] = "--batch-interval"
-    return load_settings(flags, check_unknown=False, **fixed)
-
-
-def _start_fresh(settings: Settings) -> None:
-    """Remove the previous demo's spool (rows and checkpoint of its simulated day) and, for a SQLite
-    database, its file: rows of the same simulated times would otherwise merge into the older
-    run's. A Postgres database is never touched."""
-    files = [DEMO_SPOOL]
-    if settings.sink_url.startswith("sqlite:///"):
-        files.append(Path(settings.sink_url.removeprefix("sqlite:///")))
-    for path in files:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
 async def _demo(args: argparse.Namespace) -> None:
-    settings = _demo_settings(args)
+    """The demo (see `demo --help`): one service, or with --restart-at two in turn, against the
+    simulator until --duration seconds from now, the session's end or Ctrl-C; then the summary."""
+    loop = asyncio.get_running_loop()
+    started = deadline = None  # set when the simulator is up: --duration counts from there
+    from streaming_service import demo
+
+    settings = demo.demo_settings(args)
     configure_logging(settings.log_format, settings.log_level)
     from streaming_service.service import Service
     from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
@@ -466,11 +434,24 @@ async def _demo(args: argparse.Namespace) -> None:
     from streaming_service.sources.schwab_client import build_schwab_client
 
     sink = sink_for(settings)  # a bad --database-url stops here, before anything is removed
-    if not args.keep:
-        _start_fresh(settings)
-    fresh = not args.keep and settings.sink_url.startswith("sqlite:///")
     market = SimulatedMarket(settings.stream_ticker, seed=args.seed, trades_per_second=args.rate)
+    restart_at = None if args.restart_at is None else demo.session_offset(market, args.restart_at)
+    if restart_at is not None and args.duration is not None:
+        demo.check_restart_fits(args, restart_at)
+    if not args.keep:
+        demo.start_fresh(settings)
+    fresh = not args.keep and settings.sink_url.startswith("sqlite:///")
     interrupted = asyncio.Event()
+
+    def over() -> bool:
+        """Ctrl-C, or --duration passed."""
+        return interrupted.is_set() or (deadline is not None and loop.time() >= deadline)
+
+    def left() -> float | None:
+        return None if deadline is None else max(0.0, deadline - loop.time())
+
+    services: list[Service] = []
+    ended_while_down = False
     async with SchwabSimulator(market, speed=args.speed) as sim:
         with tempfile.TemporaryDirectory() as tmp:
             token_path = Path(tmp) / "token.json"
@@ -480,86 +461,47 @@ async def _demo(args: argparse.Namespace) -> None:
                 client = build_schwab_client(
                     token_path, "demo-key", "demo-secret", api_base_url=sim.api_base_url
                 )
-                return Service(settings, client, sink)
+                services.append(Service(settings, client, sink))
+                return services[-1]
 
             service = new_service(sink)
+            started = loop.time()
+            deadline = None if args.duration is None else started + args.duration
             note = " (a fresh file: --keep adds to the previous run's)" if fresh else ""
             print(f"demo: simulator at {sim.api_base_url}, writing to {service.sink.name}{note}", flush=True)
-            if args.restart_at is not None:
-                restart_at = _session_offset(market, args.restart_at)
+            if restart_at is not None:
+                first = service
 
                 async def until_restart() -> None:
-                    await _first(_market_at(sim, restart_at), interrupted.wait())
-                    if interrupted.is_set():
-                        await _freeze_and_catch_up(sim, service)
+                    await demo.first_of(demo.market_at(sim, restart_at), interrupted.wait(), within=left())
+                    if over():
+                        await demo.freeze_and_catch_up(sim, first)
 
                 await _serve(service, stop_when=until_restart, status_every=args.status_every,
                              print_status=True, first_signal=interrupted)  # fmt: skip
-                if not interrupted.is_set():
+                if not over():
                     print(f"demo: service stopped at {args.restart_at:%H:%M} (simulated); the market goes on "
                           f"for {args.down_for:.0f} s, then it starts again", flush=True)  # fmt: skip
-                    await _first(_market_at(sim, restart_at + args.down_for), interrupted.wait())
-                    service = new_service(sink_for(settings))
-            if not interrupted.is_set():
+                    back_at = demo.market_at(sim, restart_at + args.down_for)
+                    await demo.first_of(back_at, interrupted.wait(), within=left())
+                    if over():
+                        sim.pause()  # nothing more to record: the summary says what was missed
+                        ended_while_down = True
+                    else:
+                        service = new_service(sink_for(settings))
+            if restart_at is None or not over():
                 finished = service
 
                 async def demo_end() -> None:
-                    await _first(sim.session_finished.wait(), interrupted.wait(), within=args.duration)
-                    await _freeze_and_catch_up(sim, finished)
+                    await demo.first_of(sim.session_finished.wait(), interrupted.wait(), within=left())
+                    await demo.freeze_and_catch_up(sim, finished)
 
                 await _serve(service, stop_when=demo_end, status_every=args.status_every, print_status=True,
                              first_signal=interrupted)  # fmt: skip
-        traded = sum(trade.size for trade in sim.sent_trades)
-        market_total = sum(market.total_volume(s) for s in market.symbols)
-    status = service.status()
-    print(
-        f"demo: done. the market traded {market_total} shares; "
-        f"simulator sent {len(sim.sent_trades)} trades ({traded} shares); "
-        f"{status.ticks} ticks received; {status.rows_written} rows written to {service.sink.name} "
-        f"({status.option_rows} of them option snapshots)"
-        + (f"; {status.pending_rows} rows were not written: the database did not take them (see the log)"
-           if status.pending_rows else ""),
-        flush=True,
+    seconds = loop.time() - (started or loop.time())
+    await demo.print_summary(
+        args, sim, services, seconds, earlier_runs=not fresh, down_at_end=ended_while_down
     )
-
-
-def _session_offset(market: SimulatedMarket, at: time) -> float:
-    """Seconds from the simulated session's open (09:30 New York) to `at` that day."""
-    opened = datetime.fromtimestamp(market.open_ms / 1000, EXCHANGE_TZ)
-    return (datetime.combine(opened.date(), at, EXCHANGE_TZ) - opened).total_seconds()
-
-
-async def _market_at(sim: SchwabSimulator, offset_s: float) -> None:
-    """Return once the simulated clock is `offset_s` seconds past the open (polls; bounded by it)."""
-    while sim.clock() < sim.market.open_ms / 1000 + offset_s:  # noqa: ASYNC110 - the market's own clock
-        await asyncio.sleep(0.05)
-
-
-async def _freeze_and_catch_up(sim: SchwabSimulator, service: Service) -> None:
-    """Freeze the market and give the service up to 10 s to receive what was already sent, so the
-    demo's totals can be compared."""
-    sim.pause()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-
-    def caught_up() -> bool:
-        seen = (service.stream.merger.state(s) for s in sim.market.symbols)
-        totals = [state["total_volume"] if state else None for state in seen]
-        return totals == [sim.market.total_volume(s) for s in sim.market.symbols]
-
-    while not caught_up() and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll
-        await asyncio.sleep(0.05)
-
-
-async def _first(*waits: Awaitable[Any], within: float | None = None) -> None:
-    """Return when the first of `waits` completes (the others are cancelled) or `within` seconds pass."""
-    tasks = [asyncio.ensure_future(wait) for wait in waits]
-    try:
-        await asyncio.wait(tasks, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _no_health_server(host: str, port: int, error: OSError, print_status: bool) -> None:
@@ -613,6 +555,8 @@ async def _serve(
     async def report() -> None:
         while True:
             await asyncio.sleep(status_every)
+            if service.stopping:  # "stopped" is said once, at the end
+                return
             status = service.status()
             service.warn_if_token_expires_soon()
             if print_status:

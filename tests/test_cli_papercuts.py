@@ -4,12 +4,14 @@ runs them (subprocesses with a clean environment, cwd a temporary directory)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 from polling import wait_until
 
@@ -278,6 +281,19 @@ async def test_run_stops_once_with_exit_4_when_the_database_refuses_it(
     assert not _mentions(lines, "Traceback")
 
 
+def test_the_demo_says_stopped_once_while_it_tries_an_unreachable_database_at_the_end(tmp_path: Path) -> None:
+    done = command(
+        tmp_path, "demo", "--duration", "1", "--status-every", "0.5", "--database-url",
+        "postgresql://u:p@127.0.0.1:1/db", HEALTH_PORT="0",
+    )  # fmt: skip
+    print(done.stdout)
+    assert done.returncode == 0, done.stderr
+    assert not _mentions(done.stdout.splitlines(), "stopped"), "no status lines while it stops"
+    (stopped,) = _mentions(done.stderr.splitlines(), "stopped")
+    assert json.loads(stopped)["event"] == "stopped"
+    assert "Connection refused" in done.stdout.splitlines()[-1]  # why the rows could not be counted
+
+
 # --- the demo's simulator says nothing when a client hangs up ----------------------------------------
 
 
@@ -301,3 +317,95 @@ async def test_the_simulator_is_quiet_when_a_client_hangs_up(
             sim._http.handle_error(None, ("127.0.0.1", 1))  # type: ignore[arg-type]
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert capsys.readouterr().err == ""
+
+
+# --- demo: --duration is the whole demo; the summary says what happened and what is stored -----------
+
+
+def _stored(db: Path) -> dict[str, int]:
+    """What a user sees with SELECT count(*) (and Σ volume as "shares") in the demo's database."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in _TABLES}
+        counts["shares"] = conn.execute("SELECT coalesce(sum(volume), 0) FROM equity_data").fetchone()[0]
+    return counts
+
+
+_TABLES = ("equity_data", "indicators", "option_prices", "stream_gaps")
+_HOLDS = re.compile(
+    r"^demo: sqlite:data/demo\.db holds (\d+) rows: equity_data (\d+) \((\d+) shares[^)]*\), "
+    r"indicators (\d+), option_prices (\d+), stream_gaps (\d+); (\d+) row writes",
+    re.MULTILINE,
+)
+_DONE = re.compile(r"traded (\d+) shares; simulator sent (\d+) trades \((\d+) shares\); (\d+) ticks received")
+
+
+def _timed_demo(tmp_path: Path, *args: str) -> tuple[str, float]:
+    """Run the demo; its stdout and the seconds from its first line to its exit."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+    with subprocess.Popen(
+        [sys.executable, "-m", "streaming_service", "demo", *args], cwd=tmp_path,
+        env={**clean, "HEALTH_PORT": "0", "LOG_FORMAT": "json"}, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+    ) as demo:  # fmt: skip
+        assert demo.stdout is not None
+        first = demo.stdout.readline()
+        started = time.monotonic()
+        rest = demo.stdout.read()
+        demo.wait(120)
+        took = time.monotonic() - started
+    assert demo.returncode == 0, first + rest
+    return first + rest, took
+
+
+def test_demo_duration_is_the_whole_demo_and_the_restart_summary_says_what_happened(tmp_path: Path) -> None:
+    # at --speed 300 the service stops 4 s in (09:50) and is down 1 s (300 simulated seconds)
+    output, took = _timed_demo(
+        tmp_path, "--speed", "300", "--duration", "9", "--restart-at", "09:50", "--down-for", "300"
+    )
+    print(f"{took:.1f} s:\n{output}")
+    assert took < 9 + 3, "--duration counts from the start, not from the restart"
+    market, _, sent_shares, _ = map(int, _DONE.search(output).groups())  # type: ignore[union-attr]
+    restart = re.search(
+        r"^demo: the service was down from (09:5\d:\d\d) to (09:5\d:\d\d) New York time \(--restart-at, "
+        r"--down-for\), while the market traded (\d+) shares the simulator could not send it; on restart it "
+        r"backfilled (\d+) minute rows from price history, counted the rest of those shares in the rows on "
+        r"either side of the gap, and recorded the gap in stream_gaps$",
+        output, re.MULTILINE,
+    )  # fmt: skip
+    assert restart, output
+    assert int(restart[3]) == market - sent_shares > 0 and int(restart[4]) > 0
+    stored = _stored(tmp_path / "data" / "demo.db")
+    holds = _HOLDS.search(output)
+    assert holds, output
+    total, equity, shares, indicators, options, gaps, writes = map(int, holds.groups())
+    assert (equity, indicators, options, gaps) == tuple(stored[t] for t in _TABLES)
+    assert total == sum(stored[t] for t in _TABLES) and gaps == 1
+    assert shares == stored["shares"] == market, "every share the market traded is in equity_data"
+    assert writes >= total
+    assert "rows written" not in output.splitlines()[-1]
+
+
+def test_the_rows_the_demo_reports_are_the_rows_in_a_postgres_database(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    done = command(tmp_path, "demo", "--speed", "300", "--duration", "2", "--database-url", postgres_dsn,
+                   HEALTH_PORT="0")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    holds = re.search(
+        r"holds (\d+) rows \(including any from earlier runs\): equity_data (\d+) \((\d+) shares", done.stdout
+    )
+    assert holds, done.stdout
+    with psycopg.connect(postgres_dsn) as conn:
+        counts = [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in _TABLES]  # type: ignore[index]
+        shares = conn.execute("SELECT sum(volume) FROM equity_data").fetchone()[0]  # type: ignore[index]
+    assert (int(holds[1]), int(holds[2]), int(holds[3])) == (sum(counts), counts[0], shares)
+
+
+def test_a_duration_that_ends_before_the_restart_is_refused(tmp_path: Path) -> None:
+    done = command(tmp_path, "demo", "--duration", "20", "--restart-at", "10:00")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "config error: --duration 20 ends the demo before the service starts again: at --speed 60, "
+        "--restart-at 10:00 is 30 s in and --down-for 300 lasts 5 s more; give --duration more than 35 "
+        "(or an earlier --restart-at, or a higher --speed)\n"
+    )
