@@ -67,15 +67,21 @@ def start_fresh(settings: Settings) -> None:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+#: Wall seconds the restarted service needs, at least, to subscribe and fill the gap.
+RESTARTED_FOR_S = 2.0
+
+
 def check_restart_fits(args: argparse.Namespace, restart_at: float) -> None:
-    """Raise `ConfigError` if --duration ends the demo before --restart-at's service starts again."""
+    """Raise `ConfigError` unless --duration lasts until --restart-at's service has been running again
+    for `RESTARTED_FOR_S` (the wall times follow from --speed)."""
     stop_s, down_s = restart_at / args.speed, args.down_for / args.speed
-    if args.duration <= stop_s + down_s:
+    needed = stop_s + down_s + RESTARTED_FOR_S
+    if args.duration <= needed:
         raise ConfigError(
-            f"config error: --duration {args.duration:g} ends the demo before the service starts again: at "
-            f"--speed {args.speed:g}, --restart-at {args.restart_at:%H:%M} is {stop_s:.0f} s in and "
-            f"--down-for {args.down_for:g} lasts {down_s:.0f} s more; give --duration more than "
-            f"{stop_s + down_s:.0f} (or an earlier --restart-at, or a higher --speed)"
+            f"config error: --duration {args.duration:g} ends the demo before the restart is done: at "
+            f"--speed {args.speed:g}, --restart-at {args.restart_at:%H:%M} is {stop_s:.0f} s in, --down-for "
+            f"{args.down_for:g} lasts {down_s:.0f} s more and the restarted service needs a few seconds; "
+            f"give --duration more than {needed:.0f} (or an earlier --restart-at, or a higher --speed)"
         )
 
 
@@ -224,8 +230,8 @@ def restart_line(gaps: list[GapRow], *, not_sent: int) -> str:
     backfilled = sum(gap.equity_backfilled_rows for gap in gaps)
     return (
         f"demo: the service was down from {_clock(started)} to {_clock(ended)} New York time "
-        f"(--restart-at, --down-for), while the market traded {not_sent} shares the simulator could not "
-        f"send it; on restart it backfilled {backfilled} minute rows from price history, counted the rest "
+        f"(--restart-at, --down-for), so the simulator could not send it the {not_sent} shares traded "
+        f"meanwhile; on restart it backfilled {backfilled} minute rows from price history, counted the rest "
         "of those shares in the rows on either side of the gap, and recorded the gap in stream_gaps"
     )
 

@@ -367,7 +367,7 @@ def test_demo_duration_is_the_whole_demo_and_the_restart_summary_says_what_happe
     market, _, sent_shares, _ = map(int, _DONE.search(output).groups())  # type: ignore[union-attr]
     restart = re.search(
         r"^demo: the service was down from (09:5\d:\d\d) to (09:5\d:\d\d) New York time \(--restart-at, "
-        r"--down-for\), while the market traded (\d+) shares the simulator could not send it; on restart it "
+        r"--down-for\), so the simulator could not send it the (\d+) shares traded meanwhile; on restart it "
         r"backfilled (\d+) minute rows from price history, counted the rest of those shares in the rows on "
         r"either side of the gap, and recorded the gap in stream_gaps$",
         output, re.MULTILINE,
@@ -402,10 +402,10 @@ def test_the_rows_the_demo_reports_are_the_rows_in_a_postgres_database(
 
 
 def test_a_duration_that_ends_before_the_restart_is_refused(tmp_path: Path) -> None:
-    done = command(tmp_path, "demo", "--duration", "20", "--restart-at", "10:00")
+    done = command(tmp_path, "demo", "--duration", "36", "--restart-at", "10:00")
     assert done.returncode == 2
     assert done.stderr == (
-        "config error: --duration 20 ends the demo before the service starts again: at --speed 60, "
-        "--restart-at 10:00 is 30 s in and --down-for 300 lasts 5 s more; give --duration more than 35 "
-        "(or an earlier --restart-at, or a higher --speed)\n"
+        "config error: --duration 36 ends the demo before the restart is done: at --speed 60, --restart-at "
+        "10:00 is 30 s in, --down-for 300 lasts 5 s more and the restarted service needs a few seconds; give "
+        "--duration more than 37 (or an earlier --restart-at, or a higher --speed)\n"
     )
