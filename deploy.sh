@@ -83,6 +83,33 @@ die() { printf '%s: %s\n' "$PROG" "$*" >&2; exit 1; }
 say() { printf '==> %s\n' "$*"; }
 warn() { printf '%s: warning: %s\n' "$PROG" "$*" >&2; }
 
+# missing PROBLEM...: note an unmet prerequisite; check_prerequisites reports them all at once.
+MISSING="" MISSING_COUNT=0
+missing() {
+  MISSING="$MISSING  - $*"$'\n'
+  MISSING_COUNT=$((MISSING_COUNT + 1))
+  LAST_MISSING="$*"
+}
+
+# check_prerequisites SUBCOMMAND: the local files, tools and credentials SUBCOMMAND needs, checked
+# before it does anything; dies listing every one that is missing.
+check_prerequisites() {
+  case $1 in
+    up)
+      [ -f .env ] || missing ".env not found: cp .env.example .env and fill it in"
+      [ -f docker-compose.yml ] || missing "docker-compose.yml not found next to deploy.sh"
+      [ -f "$USER_DATA" ] || missing "$USER_DATA not found" ;;
+    token) [ -f "$TOKEN_FILE" ] || missing "no $TOKEN_FILE here: run 'streaming-service auth' first" ;;
+  esac
+  [ "$1" = destroy ] || check_ssh
+  check_aws
+  [ "$1" != up ] || check_docker
+  [ "$MISSING_COUNT" -gt 0 ] || return 0
+  [ "$MISSING_COUNT" -gt 1 ] || die "$LAST_MISSING"
+  printf "%s: %s prerequisites of './deploy.sh %s' are missing:\n%s" "$PROG" "$MISSING_COUNT" "$1" "$MISSING" >&2
+  die "fix the $MISSING_COUNT problems above, then run './deploy.sh $1' again"
+}
+
 # retry_for SECONDS COMMAND...: run COMMAND until it succeeds (0) or SECONDS have passed (1).
 retry_for() {
   local deadline=$((SECONDS + $1))
@@ -100,9 +127,11 @@ aws_error() { tr -s '\n' ' ' <"$WORK/aws.err" | sed 's/^ *//; s/ *$//'; }
 aws_not_found() { grep -q 'NotFoundException' "$WORK/aws.err"; }
 
 check_aws() {
-  command -v aws >/dev/null || die "the aws CLI is not installed: install AWS CLI v2, then run 'aws configure'"
-  aws_run sts get-caller-identity --query Account --output text >/dev/null ||
-    die "no usable AWS credentials (aws sts get-caller-identity: $(aws_error)); run 'aws configure' or set AWS_PROFILE"
+  if ! command -v aws >/dev/null; then
+    missing "the aws CLI is not installed: install AWS CLI v2, then run 'aws configure'"
+  elif ! aws_run sts get-caller-identity --query Account --output text >/dev/null; then
+    missing "no usable AWS credentials (aws sts get-caller-identity: $(aws_error)); run 'aws configure' or set AWS_PROFILE"
+  fi
 }
 
 # load_instance: sets INSTANCE_STATE, INSTANCE_IP, SSH_USER, INSTANCE_BLUEPRINT, INSTANCE_BUNDLE;
@@ -265,11 +294,13 @@ find_my_ip() {  # sets MY_IP: this machine's public IPv4 address, as AWS sees it
 }
 
 # --- ssh --------------------------------------------------------------------------------------------
-check_ssh_key() {
-  [ -f "$SSH_KEY" ] || die "ssh key $SSH_KEY not found: download the default key of $REGION from the" \
-    "Lightsail console (Account > SSH keys), or set SSH_KEY / --ssh-key"
-  if [ -n "$(find "$SSH_KEY" -prune \( -perm -040 -o -perm -004 \))" ]; then
-    die "ssh refuses a private key others can read: chmod 600 $SSH_KEY"
+check_ssh() {
+  command -v ssh >/dev/null || missing "ssh is not installed here: install the OpenSSH client"
+  if [ ! -f "$SSH_KEY" ]; then
+    missing "ssh key $SSH_KEY not found: download the default key of $REGION from the" \
+      "Lightsail console (Account > SSH keys), or set SSH_KEY / --ssh-key"
+  elif [ -n "$(find "$SSH_KEY" -prune \( -perm -040 -o -perm -004 \))" ]; then
+    missing "ssh refuses a private key others can read: chmod 600 $SSH_KEY"
   fi
 }
 
@@ -330,10 +361,15 @@ field() { sed -n "s/^$1 //p" <<<"$2" | head -n 1; }
 json_value() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",}]*\).*/\1/p" <<<"$2" | head -n 1; }
 
 # --- Image, files, service ------------------------------------------------------------------------
+check_docker() {  # leaves the local Docker's architecture in $WORK/arch
+  if ! command -v docker >/dev/null; then
+    missing "docker is not installed here: the image is built (or, with --no-build, saved) on this machine"
+  elif ! docker version --format '{{.Server.Arch}}' >"$WORK/arch" 2>"$WORK/docker.err"; then
+    missing "Docker does not answer here ($(tail -n 1 "$WORK/docker.err")): start it; the image is built on this machine"
+  fi
+}
+
 build_image() {
-  command -v docker >/dev/null || die "docker is not installed here: the image is built on this machine"
-  docker version --format '{{.Server.Arch}}' >"$WORK/arch" 2>"$WORK/docker.err" ||
-    die "Docker does not answer here ($(tail -n 1 "$WORK/docker.err")): start it; the image is built on this machine"
   local platform=()
   if [ "$(cat "$WORK/arch")" != amd64 ]; then platform=(--platform linux/amd64); fi  # Lightsail is x86_64
   say "building $IMAGE here"
@@ -535,11 +571,6 @@ BOX
 
 # --- Subcommands --------------------------------------------------------------------------------------
 cmd_up() {
-  [ -f .env ] || die ".env not found: cp .env.example .env and fill it in"
-  [ -f docker-compose.yml ] || die "docker-compose.yml not found next to deploy.sh"
-  [ -f "$USER_DATA" ] || die "$USER_DATA not found"
-  check_ssh_key
-  check_aws
   if [ -z "$NO_BUILD" ]; then build_image; fi
   ensure_instance
   ensure_static_ip
@@ -558,8 +589,6 @@ cmd_up() {
 }
 
 cmd_status() {
-  check_ssh_key
-  check_aws
   load_instance || die "instance $INSTANCE_NAME does not exist in $REGION; './deploy.sh up' creates it"
   echo "instance   $INSTANCE_NAME ($REGION): $INSTANCE_STATE, $INSTANCE_BUNDLE, $INSTANCE_BLUEPRINT, $SSH_USER@$INSTANCE_IP"
   [ "$INSTANCE_STATE" = running ] || exit 1
@@ -578,8 +607,6 @@ cmd_status() {
 }
 
 cmd_logs() {
-  check_ssh_key
-  check_aws
   ssh_to_instance
   if [ -n "$FOLLOW" ]; then  # a terminal, so that Ctrl-C also ends the remote `logs -f`
     exec ssh -o RequestTTY="$(tty_wanted)" "${SSH_OPTS[@]}" "$TARGET" \
@@ -589,8 +616,6 @@ cmd_logs() {
 }
 
 cmd_ssh() {
-  check_ssh_key
-  check_aws
   ssh_to_instance
   if [ -n "$REMOTE_COMMAND" ]; then
     exec ssh -o RequestTTY="$(tty_wanted)" "${SSH_OPTS[@]}" "$TARGET" "cd $REMOTE_DIR && $REMOTE_COMMAND"
@@ -599,8 +624,6 @@ cmd_ssh() {
 }
 
 cmd_restart() {
-  check_ssh_key
-  check_aws
   ssh_to_instance
   say "restarting $SERVICE"
   remote "cd $REMOTE_DIR && if [ -n \"\$(docker compose ps -a -q $SERVICE)\" ]; then docker compose restart $SERVICE; fi &&
@@ -609,8 +632,6 @@ cmd_restart() {
 }
 
 cmd_down() {
-  check_ssh_key
-  check_aws
   ssh_to_instance
   say "stopping $SERVICE (docker compose down); the instance and $REMOTE_DIR/data stay"
   remote "cd $REMOTE_DIR && docker compose down" || die "docker compose down failed on the box (see above)"
@@ -618,7 +639,6 @@ cmd_down() {
 }
 
 cmd_destroy() {
-  check_aws
   local has_instance="" has_ip="" attached=None row
   if load_instance; then has_instance=1; fi
   if row=$(aws_run lightsail get-static-ip --static-ip-name "$STATIC_IP_NAME" --output text \
@@ -658,9 +678,6 @@ cmd_destroy() {
 }
 
 cmd_token() {
-  [ -f "$TOKEN_FILE" ] || die "no $TOKEN_FILE here: run 'streaming-service auth' first"
-  check_ssh_key
-  check_aws
   ssh_to_instance
   box_report
   sync_token force
@@ -669,8 +686,6 @@ cmd_token() {
 }
 
 cmd_tunnel() {
-  check_ssh_key
-  check_aws
   ssh_to_instance
   say "http://127.0.0.1:$TUNNEL_PORT/ is the instance's dashboard (and /healthz its health) while this runs (Ctrl-C ends it)"
   exec ssh -N -o ExitOnForwardFailure=yes -L "$TUNNEL_PORT:127.0.0.1:$BOX_HEALTH_PORT" "${SSH_OPTS[@]}" "$TARGET"
@@ -738,6 +753,7 @@ main() {
   KNOWN_HOSTS=${KNOWN_HOSTS:-$HOME/.ssh/known_hosts.lightsail-$REGION-$INSTANCE_NAME}
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT
+  check_prerequisites "$command"
   "cmd_$command"
 }
 

@@ -13,7 +13,8 @@ the oldest rows from the spool when `size` equity rows wait, an option snapshot 
 `interval` seconds passed, writes them (up to `batch_rows` per write) and deletes them from the
 spool only after the sink committed them. A write that fails with `SinkUnavailable` is
 retried (exponential backoff with jitter, capped; a server's Retry-After is honoured) until it
-succeeds; while the backoff sleeps, the sink is probed every `PROBE_EVERY_S` (`Sink.probe()`,
+succeeds, each attempt logged (the error itself with the first of an outage and when it
+changes); while the backoff sleeps, the sink is probed every `PROBE_EVERY_S` (`Sink.probe()`,
 cheap) and the write is retried as soon as a probe succeeds, so recovery does not wait for the
 backoff. Rows arriving meanwhile wait on disk, so RAM stays flat during an outage of any length,
 and the backlog then goes out in large batches. A sink that cannot be reached at start-up is
@@ -242,8 +243,10 @@ class Batcher:
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
+            error = str(exc)
+            new = self.stats.failing_since is None or error != self.stats.last_error
             self.stats.write_errors += 1
-            self.stats.last_error = str(exc)
+            self.stats.last_error = error
             if self.stats.failing_since is None:
                 self.stats.failing_since = time.time()
             self.stats.retry_due_at = time.time() + state.upcoming_sleep
@@ -254,7 +257,7 @@ class Batcher:
                 spooled=self.spool.depth,
                 attempt=state.attempt_number,
                 retry_in_s=round(state.upcoming_sleep, 1),
-                error=str(exc),
+                **({"error": error} if new else {}),  # said once per outage, and when it changes
             )
 
         wait = _RetryAfterOrBackoff(self._max_retry_wait)

@@ -51,7 +51,7 @@ _PROBE = (
 @dataclass(frozen=True, slots=True)
 class CheckResult:
     """One line of the checklist; `fix` says what to do when `ok` is false or `warn` true (a
-    problem that `run` survives: the check still passes)."""
+    problem that `run` survives: the check still passes), on a line of its own unless empty."""
 
     name: str
     ok: bool
@@ -61,7 +61,7 @@ class CheckResult:
 
     def line(self) -> str:
         mark = "✗" if not self.ok else "⚠" if self.warn else "✓"
-        shown = not self.ok or self.warn
+        shown = (not self.ok or self.warn) and self.fix
         return f"{mark} {self.name}: {self.detail}" + (f"\n    fix: {self.fix}" if shown else "")
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import datetime, time
+from datetime import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,14 +23,12 @@ import structlog
 
 from streaming_service import __version__
 from streaming_service.config import load_settings
+from streaming_service.demo import DEMO_DATABASE_URL
 from streaming_service.errors import AuthError, ConfigError, SinkError, StreamerError
-from streaming_service.indicators import EXCHANGE_TZ
 from streaming_service.logs import configure_logging
 
 if TYPE_CHECKING:
-    from streaming_service.config import Settings
     from streaming_service.service import Service
-    from streaming_service.simulator import SchwabSimulator, SimulatedMarket
     from streaming_service.sinks import Sink
 
 __all__ = ["main"]
@@ -137,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--duration",
         type=_positive(float),
-        help="stop after N seconds (default: when the simulated session ends, or Ctrl-C)",
+        help="stop after N seconds in all, a --restart-at included (default: when the simulated session "
+        "ends, or Ctrl-C)",
     )
     demo.add_argument(
         "--database-url",
@@ -217,6 +217,24 @@ def _url(host: str, port: int) -> str:
     return f"http://{f'[{address}]' if ':' in address else address}:{port}/"
 
 
+async def _port_holder(host: str, port: int, *, already: bool = False) -> str:
+    """Who holds `host`:`port`, for a person; for another streaming-service, where its dashboard is."""
+    from streaming_service.http import port_holder
+
+    holder = await asyncio.to_thread(port_holder, host, port)
+    where = f"{'already ' if already else ''}at {_url(host, port)}"
+    if holder.ours:
+        return f"{holder.description}, whose dashboard is {where}"
+    if holder.ours is None and already:
+        return f"{holder.description}; if it is the service, its dashboard is {where}"
+    return holder.description
+
+
+def _other_port(port: int) -> int:
+    """A port number to suggest instead of a taken `port`."""
+    return port + 1 if port < 65_535 else port - 1
+
+
 def _positive(kind: type[float]) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -292,14 +310,20 @@ async def _auth(args: argparse.Namespace) -> None:
 
 
 async def _status(args: argparse.Namespace) -> None:
-    from streaming_service.http import fetch_health, format_health
+    from streaming_service.http import NotThisService, fetch_health, format_health
 
     settings = load_settings()
     if not settings.health_port:
         raise ChecksFailed("HEALTH_PORT=0: the health endpoint is off; set HEALTH_PORT to use `status`")
     try:
         code, body = await asyncio.to_thread(fetch_health, settings.health_host, settings.health_port)
-    except (OSError, ValueError) as exc:
+    except NotThisService as exc:
+        raise ChecksFailed(
+            f"what answers on port {settings.health_port} is not streaming-service ({exc.seen} at /healthz): "
+            "another program has that port. Set HEALTH_PORT to the port the service listens on (its log "
+            "line `health endpoint and dashboard listening` says which)"
+        ) from None
+    except OSError as exc:
         raise ChecksFailed(
             f"no answer from http://{settings.health_host}:{settings.health_port}/healthz ({exc}): "
             "is the service running (`docker compose ps`), and HEALTH_PORT the same as its own?"
@@ -311,7 +335,7 @@ async def _status(args: argparse.Namespace) -> None:
 
 async def _dashboard(args: argparse.Namespace) -> None:
     from streaming_service.dashboard.api import Dashboard, page_config, write_static_site
-    from streaming_service.http import HealthServer, fetch_health, local_host
+    from streaming_service.http import HealthServer, NotThisService, fetch_health, local_host
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -336,13 +360,16 @@ async def _dashboard(args: argparse.Namespace) -> None:
 
     async def service_health() -> tuple[int, dict[str, Any]]:
         """The recording service's /healthz, if one answers on HEALTH_PORT (and it is not us)."""
+        where = f"{_url(*service)}healthz" if settings.health_port else "(HEALTH_PORT=0)"
+        error = f"no service answers at {where}"
         if settings.health_port and service != (local_host(args.host), port):
             try:
                 return await asyncio.to_thread(fetch_health, *service, 2.0)
-            except (OSError, ValueError):
+            except NotThisService as exc:
+                error = f"what answers at {where} is not streaming-service ({exc.seen})"
+            except OSError:
                 pass
-        where = f"{_url(*service)}healthz" if settings.health_port else "(HEALTH_PORT=0)"
-        return 503, {"state": "not_running", "ok": False, "error": f"no service answers at {where}"}
+        return 503, {"state": "not_running", "ok": False, "error": error}
 
     dashboard = Dashboard.for_settings(settings)
     server = HealthServer(args.host, port, service_health, pages=dashboard.answer, timeout=15)
@@ -350,10 +377,13 @@ async def _dashboard(args: argparse.Namespace) -> None:
         await server.start()
     except OSError as exc:
         await dashboard.aclose()
+        if exc.errno != errno.EADDRINUSE:
+            raise ConfigError(f"cannot listen on {args.host}:{port} ({exc.strerror or exc}): check --host "
+                              "(an address of this machine) and --port") from None  # fmt: skip
+        holder = await _port_holder(args.host, port, already=True)
         raise ConfigError(
-            f"cannot listen on {args.host}:{port} ({exc.strerror or exc}). If the service runs on this "
-            f"machine, its dashboard is already at {_url(args.host, port)}; otherwise pick "
-            "another port with --port"
+            f"cannot listen on {args.host}:{port}: it is in use by {holder}. For another dashboard, pick "
+            f"another port: --port {_other_port(port)}"
         ) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -374,8 +404,9 @@ async def _check(args: argparse.Namespace) -> None:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(CheckResult("configuration", False, str(exc).removeprefix("config error: ")).line())
-        raise ConfigError("") from None  # already printed, with where to fix it
+        for what, fix in exc.problems or [(str(exc).removeprefix("config error: "), "")]:
+            print(CheckResult("configuration", False, what, fix).line())
+        raise ConfigError("") from None  # already printed, with what to change
     results = [CheckResult("configuration", True, f"tickers {','.join(settings.stream_ticker)}")]
     results.append(check_schwab_app(settings))
     results.append(check_token(settings.schwab_token_path))
@@ -388,45 +419,14 @@ async def _check(args: argparse.Namespace) -> None:
         raise ChecksFailed(f"{len(failed)} check(s) failed")
 
 
-#: The only settings the demo reads from the environment and .env; all others are the demo's own.
-DEMO_READS = ("health_port", "health_host", "log_format", "log_level")
-DEMO_DATABASE_URL = "sqlite:///data/demo.db"
-DEMO_SPOOL = Path("data/demo_spool.db")
-
-
-def _demo_settings(args: argparse.Namespace) -> Settings:
-    """The demo's settings: its flags, the defaults of every other setting, and only `DEMO_READS`
-    from the environment and .env (so a half-filled .env cannot change or break the demo)."""
-    from streaming_service.config import Settings
-
-    fixed = {name: field.default for name, field in Settings.model_fields.items() if name not in DEMO_READS}
-    fixed.update(
-        stream_ticker=args.ticker,
-        database_url=args.database_url,
-        batch_interval=args.batch_interval,
-        skip_market_hours=True,
-        spool_path=DEMO_SPOOL,
-        dead_letter_path=Path("data/demo_dead_letters.jsonl"),
-    )
-    flags = {"stream_ticker": "--ticker", "database_url": "--database-url"}
-    flags["batch_interval"] = "--batch-interval"
-    return load_settings(flags, check_unknown=False, **fixed)
-
-
-def _start_fresh(settings: Settings) -> None:
-    """Remove the previous demo's spool (rows and checkpoint of its simulated day) and, for a SQLite
-    database, its file: rows of the same simulated times would otherwise merge into the older
-    run's. A Postgres database is never touched."""
-    files = [DEMO_SPOOL]
-    if settings.sink_url.startswith("sqlite:///"):
-        files.append(Path(settings.sink_url.removeprefix("sqlite:///")))
-    for path in files:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
 async def _demo(args: argparse.Namespace) -> None:
-    settings = _demo_settings(args)
+    """The demo (see `demo --help`): one service, or with --restart-at two in turn, against the
+    simulator until --duration seconds from now, the session's end or Ctrl-C; then the summary."""
+    loop = asyncio.get_running_loop()
+    started = deadline = None  # set when the simulator is up: --duration counts from there
+    from streaming_service import demo
+
+    settings = demo.demo_settings(args)
     configure_logging(settings.log_format, settings.log_level)
     from streaming_service.service import Service
     from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
@@ -434,11 +434,24 @@ async def _demo(args: argparse.Namespace) -> None:
     from streaming_service.sources.schwab_client import build_schwab_client
 
     sink = sink_for(settings)  # a bad --database-url stops here, before anything is removed
-    if not args.keep:
-        _start_fresh(settings)
-    fresh = not args.keep and settings.sink_url.startswith("sqlite:///")
     market = SimulatedMarket(settings.stream_ticker, seed=args.seed, trades_per_second=args.rate)
+    restart_at = None if args.restart_at is None else demo.session_offset(market, args.restart_at)
+    if restart_at is not None and args.duration is not None:
+        demo.check_restart_fits(args, restart_at)
+    if not args.keep:
+        demo.start_fresh(settings)
+    fresh = not args.keep and settings.sink_url.startswith("sqlite:///")
     interrupted = asyncio.Event()
+
+    def over() -> bool:
+        """Ctrl-C, or --duration passed."""
+        return interrupted.is_set() or (deadline is not None and loop.time() >= deadline)
+
+    def left() -> float | None:
+        return None if deadline is None else max(0.0, deadline - loop.time())
+
+    services: list[Service] = []
+    ended_while_down = False
     async with SchwabSimulator(market, speed=args.speed) as sim:
         with tempfile.TemporaryDirectory() as tmp:
             token_path = Path(tmp) / "token.json"
@@ -448,86 +461,63 @@ async def _demo(args: argparse.Namespace) -> None:
                 client = build_schwab_client(
                     token_path, "demo-key", "demo-secret", api_base_url=sim.api_base_url
                 )
-                return Service(settings, client, sink)
+                services.append(Service(settings, client, sink))
+                return services[-1]
 
             service = new_service(sink)
+            started = loop.time()
+            deadline = None if args.duration is None else started + args.duration
             note = " (a fresh file: --keep adds to the previous run's)" if fresh else ""
             print(f"demo: simulator at {sim.api_base_url}, writing to {service.sink.name}{note}", flush=True)
-            if args.restart_at is not None:
-                restart_at = _session_offset(market, args.restart_at)
+            if restart_at is not None:
+                first = service
 
                 async def until_restart() -> None:
-                    await _first(_market_at(sim, restart_at), interrupted.wait())
-                    if interrupted.is_set():
-                        await _freeze_and_catch_up(sim, service)
+                    await demo.first_of(demo.market_at(sim, restart_at), interrupted.wait(), within=left())
+                    if over():
+                        await demo.freeze_and_catch_up(sim, first)
 
                 await _serve(service, stop_when=until_restart, status_every=args.status_every,
                              print_status=True, first_signal=interrupted)  # fmt: skip
-                if not interrupted.is_set():
+                if not over():
                     print(f"demo: service stopped at {args.restart_at:%H:%M} (simulated); the market goes on "
                           f"for {args.down_for:.0f} s, then it starts again", flush=True)  # fmt: skip
-                    await _first(_market_at(sim, restart_at + args.down_for), interrupted.wait())
-                    service = new_service(sink_for(settings))
-            if not interrupted.is_set():
+                    back_at = demo.market_at(sim, restart_at + args.down_for)
+                    await demo.first_of(back_at, interrupted.wait(), within=left())
+                    if over():
+                        sim.pause()  # nothing more to record: the summary says what was missed
+                        ended_while_down = True
+                    else:
+                        service = new_service(sink_for(settings))
+            if restart_at is None or not over():
                 finished = service
 
                 async def demo_end() -> None:
-                    await _first(sim.session_finished.wait(), interrupted.wait(), within=args.duration)
-                    await _freeze_and_catch_up(sim, finished)
+                    await demo.first_of(sim.session_finished.wait(), interrupted.wait(), within=left())
+                    await demo.freeze_and_catch_up(sim, finished)
 
                 await _serve(service, stop_when=demo_end, status_every=args.status_every, print_status=True,
                              first_signal=interrupted)  # fmt: skip
-        traded = sum(trade.size for trade in sim.sent_trades)
-        market_total = sum(market.total_volume(s) for s in market.symbols)
-    status = service.status()
-    print(
-        f"demo: done. the market traded {market_total} shares; "
-        f"simulator sent {len(sim.sent_trades)} trades ({traded} shares); "
-        f"{status.ticks} ticks received; {status.rows_written} rows written to {service.sink.name} "
-        f"({status.option_rows} of them option snapshots)"
-        + (f"; {status.pending_rows} rows were not written: the database did not take them (see the log)"
-           if status.pending_rows else ""),
-        flush=True,
+    seconds = loop.time() - (started or loop.time())
+    await demo.print_summary(
+        args, sim, services, seconds, earlier_runs=not fresh, down_at_end=ended_while_down
     )
 
 
-def _session_offset(market: SimulatedMarket, at: time) -> float:
-    """Seconds from the simulated session's open (09:30 New York) to `at` that day."""
-    opened = datetime.fromtimestamp(market.open_ms / 1000, EXCHANGE_TZ)
-    return (datetime.combine(opened.date(), at, EXCHANGE_TZ) - opened).total_seconds()
-
-
-async def _market_at(sim: SchwabSimulator, offset_s: float) -> None:
-    """Return once the simulated clock is `offset_s` seconds past the open (polls; bounded by it)."""
-    while sim.clock() < sim.market.open_ms / 1000 + offset_s:  # noqa: ASYNC110 - the market's own clock
-        await asyncio.sleep(0.05)
-
-
-async def _freeze_and_catch_up(sim: SchwabSimulator, service: Service) -> None:
-    """Freeze the market and give the service up to 10 s to receive what was already sent, so the
-    demo's totals can be compared."""
-    sim.pause()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-
-    def caught_up() -> bool:
-        seen = (service.stream.merger.state(s) for s in sim.market.symbols)
-        totals = [state["total_volume"] if state else None for state in seen]
-        return totals == [sim.market.total_volume(s) for s in sim.market.symbols]
-
-    while not caught_up() and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll
-        await asyncio.sleep(0.05)
-
-
-async def _first(*waits: Awaitable[Any], within: float | None = None) -> None:
-    """Return when the first of `waits` completes (the others are cancelled) or `within` seconds pass."""
-    tasks = [asyncio.ensure_future(wait) for wait in waits]
-    try:
-        await asyncio.wait(tasks, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+async def _no_health_server(host: str, port: int, error: OSError, print_status: bool) -> None:
+    """Say that /healthz and the dashboard could not listen on `host`:`port`, why (who holds the port),
+    and how to pick another: in the log, and with `print_status` on the terminal too."""
+    if error.errno == errno.EADDRINUSE:
+        why = f"port {port} of {host} is in use by {await _port_holder(host, port)}"
+        other = f"HEALTH_PORT={_other_port(port)} (or another free port)"
+        fix = f"set {other} in .env, or 0 for none"
+        told = f"For this one's, set {other} in .env or the environment"
+    else:
+        why = f"cannot listen on {host}:{port}: {error.strerror or error}"
+        fix = told = "set HEALTH_HOST to an address of this machine and HEALTH_PORT to a free port"
+    log.error("dashboard and /healthz not started", held_by=why, fix=fix)
+    if print_status:
+        print(f"dashboard: not started: {why}. {told}", flush=True)
 
 
 async def _serve(
@@ -565,6 +555,8 @@ async def _serve(
     async def report() -> None:
         while True:
             await asyncio.sleep(status_every)
+            if service.stopping:  # "stopped" is said once, at the end
+                return
             status = service.status()
             service.warn_if_token_expires_soon()
             if print_status:
@@ -584,8 +576,8 @@ async def _serve(
             log.info("health endpoint and dashboard listening", healthz=f"{url}healthz", dashboard=url)
             if print_status:
                 print(f"dashboard: {url}", flush=True)
-        except OSError as exc:  # the recorder matters more than its health page
-            log.error("health endpoint not started", error=str(exc), fix="set HEALTH_PORT to a free port")
+        except OSError as exc:  # the recorder matters more than its health page: it goes on without
+            await _no_health_server(settings.health_host, settings.health_port, exc, print_status)
     try:
         async with asyncio.TaskGroup() as group:
             stopper = group.create_task(stop_later(), name="stop-timer")

@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -159,9 +159,16 @@ class Settings(BaseSettings):
     def _supabase_pair(self) -> Settings:
         """A key needs the URL; the URL needs a key (the anon key alone serves only the dashboard)."""
         if self.supabase_url is None and (self.supabase_service_role_key or self.supabase_anon_key):
-            raise ValueError("SUPABASE_URL must be set too (Supabase needs both URL and key)")
+            raise _RuleBroken(
+                "SUPABASE_URL must be set too (Supabase needs both URL and key)",
+                "set SUPABASE_URL too (https://<project>.supabase.co), or remove the Supabase keys",
+            )
         if self.supabase_url is not None and not (self.supabase_service_role_key or self.supabase_anon_key):
-            raise ValueError("SUPABASE_SERVICE_ROLE_KEY must be set too (Supabase needs both URL and key)")
+            raise _RuleBroken(
+                "SUPABASE_SERVICE_ROLE_KEY must be set too (Supabase needs both URL and key)",
+                "set SUPABASE_SERVICE_ROLE_KEY too (Supabase dashboard: Project Settings > API keys), "
+                "or remove SUPABASE_URL",
+            )
         return self
 
     @property
@@ -177,19 +184,39 @@ class Settings(BaseSettings):
 _KNOWN = frozenset(name.upper() for name in Settings.model_fields)
 
 
+class _RuleBroken(ValueError):
+    """A rule across variables is broken: the message says which, `fix` what to change."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+class _Problem(NamedTuple):
+    """One bad variable: the line of `ConfigError`'s message, and what is wrong and what to change."""
+
+    line: str
+    what: str
+    fix: str
+
+
 def load_settings(
     flags: dict[str, str] | None = None, *, check_unknown: bool = True, **overrides: Any
 ) -> Settings:
     """Read the environment and `.env`, apply `overrides`; raise `ConfigError` if invalid or if a
-    variable looks like ours but is unknown (`STREAM_TICKERS`). `flags` maps an override that came
-    from a command-line flag to the flag's name, so an error names the flag, not the variable;
-    `check_unknown=False` skips the unknown-variable check (for commands that read few variables)."""
+    variable looks like ours but is unknown (`STREAM_TICKERS`), with every such problem at once.
+    `flags` maps an override that came from a command-line flag to the flag's name, so an error
+    names the flag, not the variable; `check_unknown=False` skips the unknown-variable check (for
+    commands that read few variables)."""
+    problems: list[_Problem] = []
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, flags or {})) from None
-    if check_unknown and (unknown := _unknown_variables()):
-        raise ConfigError("\n".join(unknown))
+        problems = _describe(exc, flags or {})
+    if check_unknown:
+        problems += _unknown_variables()
+    if problems:
+        raise ConfigError("\n".join(p.line for p in problems), [(p.what, p.fix) for p in problems])
     return settings
 
 
@@ -200,26 +227,32 @@ def is_our_variable(name: str) -> bool:
     return upper not in _NOT_OURS and (upper in _KNOWN or upper.startswith(_OUR_PREFIXES))
 
 
-def _unknown_variables(env_file: Path = Path(".env")) -> list[str]:
-    """One error line per variable of the environment or `.env` that starts like ours but is not."""
+def _unknown_variables(env_file: Path = Path(".env")) -> list[_Problem]:
+    """One problem per variable of the environment or `.env` that starts like ours but is not."""
     names: dict[str, str] = {name: "the environment" for name in os.environ}
     names.update(dict.fromkeys(_dotenv_names(env_file), str(env_file)))
-    lines = []
+    problems = []
     for name, where in sorted(names.items()):
         upper = name.upper()
         if upper in _KNOWN or not is_our_variable(upper):
             continue
         close = difflib.get_close_matches(upper, sorted(_KNOWN), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "see .env.example for the known variables"
-        lines.append(f"config error: {name} (in {where}) is not a setting of this service; {hint}")
-    return lines
+        what = f"{name} (in {where}) is not a setting of this service"
+        fix = (f"rename {name} to {close[0]} in {where}" if close
+               else f"remove {name} from {where} (.env.example lists the known variables)")  # fmt: skip
+        problems.append(_Problem(f"config error: {what}; {hint}", what, fix))
+    return problems
 
 
-def _describe(exc: ValidationError, flags: dict[str, str]) -> str:
-    lines = []
+def _describe(exc: ValidationError, flags: dict[str, str]) -> list[_Problem]:
+    problems = []
     for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
         if not error["loc"]:  # a model-level rule; its message names the variables
-            lines.append(f"config error: {error['msg'].removeprefix('Value error, ')}")
+            cause = (error.get("ctx") or {}).get("error")
+            fix = cause.fix if isinstance(cause, _RuleBroken) else "change the variables named here"
+            problems.append(_Problem(f"config error: {message}", message, fix))
             continue
         name = str(error["loc"][0])
         field = Settings.model_fields.get(name)
@@ -228,16 +261,22 @@ def _describe(exc: ValidationError, flags: dict[str, str]) -> str:
         default = field.default if field else None
         if isinstance(default, tuple):
             default = ",".join(default)
-        problem = f"is invalid ({error['msg'].removeprefix('Value error, ')}); allowed: {allowed}"
+        problem = f"is invalid ({message}); allowed: {allowed}"
         if name in flags:
-            lines.append(f"config error: {flags[name]} {shown} {problem}.")
+            flag = f"{flags[name]} {shown}"
+            problems.append(_Problem(f"config error: {flag} {problem}.", f"{flag} is invalid ({message})",
+                                     f"give {flags[name]} {allowed}"))  # fmt: skip
             continue
-        lines.append(
-            f"config error: {name.upper()}={shown} {problem}"
+        variable, where = name.upper(), _where_set(name.upper())
+        reset = "remove it" if default is None else f"remove it for the default ({default})"
+        problems.append(_Problem(
+            f"config error: {variable}={shown} {problem}"
             + (f" (default {default})" if default is not None else "")
-            + f". Fix it in {_where_set(name.upper())}."
-        )
-    return "\n".join(lines)
+            + f". Fix it in {where}.",
+            f"{variable}={shown} is invalid ({message})",
+            f"set {variable} in {where} to {allowed}, or {reset}",
+        ))  # fmt: skip
+    return problems
 
 
 def _where_set(variable: str, env_file: Path = Path(".env")) -> str:

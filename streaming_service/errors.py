@@ -10,6 +10,8 @@
 Every message names the problem and the fix; none contains a secret.
 """
 
+from collections.abc import Sequence
+
 __all__ = [
     "AuthError",
     "ConfigError",
@@ -25,7 +27,12 @@ class StreamerError(Exception):
 
 
 class ConfigError(StreamerError):
-    """A setting or argument is invalid; the message says which and what is allowed."""
+    """A setting or argument is invalid; the message says which and what is allowed. `problems`:
+    the same per bad setting, when known, as (what is wrong, what to change) pairs (for `check`)."""
+
+    def __init__(self, message: str, problems: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
 
 
 class AuthError(StreamerError):

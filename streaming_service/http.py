@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import structlog
@@ -28,8 +28,8 @@ import structlog
 from streaming_service.token import REFRESH_TOKEN_LIFE_S, TokenInfo, describe, format_duration
 
 __all__ = [
-    "MAX_REQUEST_BYTES", "HealthServer", "Pages", "Response", "Snapshot", "fetch_health", "format_health",
-    "json_response", "local_host",
+    "MAX_REQUEST_BYTES", "HealthServer", "NotThisService", "Pages", "PortHolder", "Response", "Snapshot",
+    "fetch_health", "format_health", "json_response", "local_host", "port_holder",
 ]  # fmt: skip
 
 log = structlog.get_logger(__name__)
@@ -139,7 +139,7 @@ class HealthServer:
         try:
             async with asyncio.timeout(self._timeout):
                 if len(self._connections) > self._max_connections:
-                    reply = _reply(503, {"ok": False, "error": "too many connections"})
+                    reply = _reply(503, {"state": "busy", "ok": False, "error": "too many connections"})
                 else:
                     reply = await self._answer(reader)
                 writer.write(reply)
@@ -184,7 +184,8 @@ class HealthServer:
         except Exception:
             what = "health snapshot" if path == "/healthz" else "page"
             log.exception(f"{what} failed", path=path[:100])
-            return _reply(500, {"ok": False, "error": f"{what} failed; see the service log"})
+            failed = f"{what} failed; see the service log"
+            return _reply(500, {"state": "error", "ok": False, "error": failed})
 
 
 def json_response(status: int, body: dict[str, Any], *, cache: bool = False) -> Response:
@@ -228,12 +229,22 @@ def local_host(host: str) -> str:
     return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
+class NotThisService(ValueError):
+    """What answered at /healthz is not this service's health: `seen` says what it was ("HTTP 404,
+    text/html", "HTTP 200, JSON", "not HTTP")."""
+
+    def __init__(self, host: str, port: int, seen: str) -> None:
+        super().__init__(f"{host}:{port} is not streaming-service ({seen} at /healthz)")
+        self.seen = seen
+
+
 def fetch_health(host: str, port: int, timeout: float = 3.0) -> tuple[int, dict[str, Any]]:
     """GET /healthz from a `HealthServer` (blocking). `host` 0.0.0.0/:: means this machine.
 
     Returns (status, body); 503 is a normal answer. Raises `OSError` when nothing answers
-    (refused, reset, `TimeoutError` after `timeout` s without progress) and `ValueError` when the
-    answer is not HTTP with a JSON object of at most 1 MiB. Never uses a proxy.
+    (refused, reset, `TimeoutError` after `timeout` s without progress) and `NotThisService` (a
+    `ValueError`) when something else does: not HTTP, more than 1 MiB, or not a JSON object with
+    the service's `state` (text) and `ok` (true or false). Never uses a proxy.
     """
     host = local_host(host)
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -244,15 +255,43 @@ def fetch_health(host: str, port: int, timeout: float = 3.0) -> tuple[int, dict[
     except http.client.HTTPException as exc:
         if isinstance(exc, ConnectionError):  # RemoteDisconnected is both
             raise
-        raise ValueError(f"{host}:{port} did not answer in HTTP ({type(exc).__name__})") from None
+        raise NotThisService(host, port, "not HTTP") from None
     finally:
         connection.close()
+    media = (response.getheader("Content-Type") or "no content type").split(";")[0].strip()
+    seen = f"HTTP {response.status}, {media}"
     if len(data) > MAX_RESPONSE_BYTES:
-        raise ValueError(f"{host}:{port} answered more than {MAX_RESPONSE_BYTES} bytes")
-    body = json.loads(data)  # JSONDecodeError is a ValueError
-    if not isinstance(body, dict):
-        raise ValueError(f"{host}:{port} answered JSON that is not an object")
+        raise NotThisService(host, port, f"{seen}, more than {MAX_RESPONSE_BYTES} bytes")
+    try:
+        body = json.loads(data)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise NotThisService(host, port, seen) from None
+    ours = isinstance(body, dict) and isinstance(body.get("state"), str) and isinstance(body.get("ok"), bool)
+    if not ours:
+        raise NotThisService(host, port, f"HTTP {response.status}, JSON")
     return response.status, body
+
+
+class PortHolder(NamedTuple):
+    """What listens on a port: `ours` True for another streaming-service, False for another program,
+    None if it cannot be told; `description` says so for a person."""
+
+    ours: bool | None
+    description: str
+
+
+def port_holder(host: str, port: int, timeout: float = 1.0) -> PortHolder:
+    """Who listens on `host`:`port`, found cheaply: GET /healthz (blocking, about `timeout` s)."""
+    try:
+        _, body = fetch_health(host, port, timeout)
+    except NotThisService as exc:
+        return PortHolder(False, f"a program that is not streaming-service ({exc.seen} at /healthz)")
+    except OSError:
+        return PortHolder(
+            None, f"a program that does not answer HTTP (`lsof -i :{port}` or `ss -ltnp` names it)"
+        )
+    state, version = _text(body.get("state")), _text(body.get("version"))
+    return PortHolder(True, f"another streaming-service (state {state}, version {version})")
 
 
 def format_health(body: dict[str, Any]) -> str:
@@ -263,6 +302,8 @@ def format_health(body: dict[str, Any]) -> str:
     ok = body.get("ok")
     verdict = {True: "OK", False: "NOT OK"}.get(ok, "?") if isinstance(ok, bool) else "?"
     lines = [f"state: {_text(body.get('state'))} ({verdict}), version {_text(body.get('version'))}"]
+    if isinstance(body.get("error"), str):
+        lines.append(f"error: {body['error']}")
 
     tickers = _section(body, "tickers")
     for ticker, info in sorted(tickers.items()):
@@ -280,9 +321,10 @@ def format_health(body: dict[str, Any]) -> str:
 
     sink = _section(body, "sink")
     failing = _number(sink.get("failing_for_s"))
-    state = "ok" if failing is None else f"failing for {_age(failing)}"
-    error = sink.get("last_error")
-    lines.append(f"sink: {_text(sink.get('name'))}, {state}" + (f": {error}" if error and failing else ""))
+    known = "failing_for_s" in sink and (failing is not None or sink["failing_for_s"] is None)
+    state = "?" if not known else "ok" if failing is None else f"failing for {_age(failing)}"
+    error = f": {sink['last_error']}" if sink.get("last_error") and failing else ""
+    lines.append(f"sink: {_text(sink.get('name'))}, {state}{error}" if sink else "sink: ?")
 
     lines.append(f"token: {_token_line(_section(body, 'token'))}")
 

@@ -217,7 +217,7 @@ class Service:
             task.cancel()
         await asyncio.wait({sources, stopping}, timeout=_CLOSE_TIMEOUT_S)
         grace = self.settings.shutdown_grace
-        log.info("stream stopped; writing what is spooled", rows=self.batcher.pending, grace_s=grace)
+        log.info("stopping: writing what is spooled", rows=self.batcher.pending, grace_s=grace)
         closing = asyncio.create_task(self.batcher.close(grace), name="writer-close")
         forced = asyncio.create_task(force.wait() if force else asyncio.Event().wait(), name="force")
         await asyncio.wait({closing, forced}, return_when=asyncio.FIRST_COMPLETED)
@@ -234,10 +234,12 @@ class Service:
             except Exception as exc:  # closing is best effort: the rows are safe in the spool
                 log.warning("closing failed", what=name, error=f"{type(exc).__name__}: {exc}")
         await self.spool.aclose()
+        failing = self.batcher.stats.failing_since
         log.info(
             "stopped",
             rows_written=self.batcher.stats.rows_written,
             rows_left_in_spool=self.spool.depth,
+            **({} if failing is None else {"sink_failing_for_s": round(time.time() - failing, 1)}),
         )
 
     async def _sources(self) -> None:
@@ -346,7 +348,7 @@ class Service:
                 async with asyncio.timeout(closes - now):
                     await self._stream_and_options()
             except TimeoutError:
-                log.info("market closed; stream stopped", closed_at=_iso(closes))
+                log.info("market closed; disconnected until the next open", closed_at=_iso(closes))
             finally:
                 self.in_session = False
 

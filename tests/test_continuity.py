@@ -312,7 +312,7 @@ async def test_reconnect_gaps_are_recorded_and_filled(tmp_path: Path) -> None:
 def test_the_demo_shows_a_restart_gap_being_backfilled(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "streaming_service", "demo", "--restart-at", "09:40", "--down-for", "240",
-         "--speed", "300", "--duration", "3", "--status-every", "1", "--database-url",
+         "--speed", "300", "--duration", "6", "--status-every", "1", "--database-url",
          f"sqlite:///{tmp_path / 'demo.db'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
         env={**os.environ, "LOG_FORMAT": "json"},

@@ -8,6 +8,7 @@ so every failure must end, named, within a few seconds.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -355,7 +356,7 @@ def test_waiting_for_the_open_counts_as_healthy(world: World) -> None:
     assert "healthy: waiting_for_open" in run.stdout
 
 
-def test_missing_local_files_and_key_are_named_before_any_call(world: World) -> None:
+def test_missing_local_files_and_key_are_named_before_anything_is_done(world: World) -> None:
     (world.project / ".env").unlink()
     assert_fails(world.run("up"), ".env not found", "cp .env.example .env")
     (world.project / ".env").write_text("STREAM_TICKER=QQQ\n")
@@ -365,7 +366,53 @@ def test_missing_local_files_and_key_are_named_before_any_call(world: World) -> 
     key.unlink()
     run = world.run("up")
     assert_fails(run, "ssh key", "not found", "SSH_KEY")
-    assert world.calls() == []
+    # only the read-only checks of the other prerequisites ran: AWS credentials, Docker answering
+    assert len(run.of("aws", "sts", "get-caller-identity")) == len(run.of("docker", "version")) == 1
+    assert len(run.calls) == 2
+
+
+def path_without(world: World, *tools: str) -> str:
+    """A PATH for `world.run` on which `tools` do not exist: the world's stubs but those, then links to
+    every other program of this machine's PATH."""
+    others = world.tmp / "other-programs"
+    others.mkdir()
+    for directory in map(Path, os.environ["PATH"].split(os.pathsep)):
+        for program in sorted(directory.iterdir()) if directory.is_dir() else ():
+            link = others / program.name
+            if program.name not in tools and os.access(program, os.X_OK) and not link.exists():
+                link.symlink_to(program)
+    stubs = world.tmp / "stubs" / "bin"
+    for tool in tools:
+        (stubs / tool).unlink(missing_ok=True)
+    return f"{stubs}{os.pathsep}{others}"
+
+
+def test_every_missing_prerequisite_is_named_at_once(world: World) -> None:
+    (world.project / ".env").unlink()
+    (world.home / ".ssh" / "LightsailDefaultKey-us-east-1.pem").unlink()
+    run = world.run("up", PATH=path_without(world, "aws", "docker", "ssh"))
+    assert_fails(
+        run,
+        "5 prerequisites of './deploy.sh up' are missing",
+        "  - .env not found: cp .env.example .env",
+        "  - ssh key " + str(world.home / ".ssh" / "LightsailDefaultKey-us-east-1.pem") + " not found",
+        "  - ssh is not installed here",
+        "  - the aws CLI is not installed",
+        "  - docker is not installed here",
+    )
+    assert run.calls == []
+
+
+def test_missing_credentials_and_local_files_are_named_together(world: World) -> None:
+    world.set("faults", no_credentials=True)
+    (world.project / ".env").unlink()
+    (world.home / ".ssh" / "LightsailDefaultKey-us-east-1.pem").chmod(0o644)
+    run = world.run("status")
+    assert_fails(
+        run, "2 prerequisites of './deploy.sh status' are missing", "chmod 600", "no usable AWS credentials"
+    )
+    assert ".env" not in run.stderr  # status does not need it
+    assert mutations(run) == [] and not run.of("ssh")
 
 
 # --- the Schwab token ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +15,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from streaming_service.http import MAX_REQUEST_BYTES, HealthServer, fetch_health, format_health
+from streaming_service.http import (
+    MAX_REQUEST_BYTES,
+    HealthServer,
+    NotThisService,
+    fetch_health,
+    format_health,
+)
 
 BODY: dict[str, Any] = {
     "state": "streaming",
@@ -245,3 +252,24 @@ def test_format_health_tolerates_missing_and_odd_values(body: dict[str, Any]) ->
     text = format_health(body)
     assert text.startswith("state: ? (?), version ?") and "stream: ? connects" in text
     assert text.count("\n") >= 5
+
+
+async def test_fetch_health_refuses_json_that_is_not_the_services() -> None:
+    async def other_api(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"ok": true}'
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n"
+        writer.write(head + body)
+        await writer.drain()
+        writer.close()
+
+    async with await asyncio.start_server(other_api, "127.0.0.1", 0) as other:
+        with pytest.raises(NotThisService) as refused:
+            await asyncio.to_thread(fetch_health, "127.0.0.1", other.sockets[0].getsockname()[1])
+    assert refused.value.seen == "HTTP 200, JSON"
+
+
+def test_format_health_says_ok_only_where_the_service_said_so() -> None:
+    text = format_health({"state": "not_running", "ok": False, "error": "no service answers"})
+    assert text.splitlines()[:2] == ["state: not_running (NOT OK), version ?", "error: no service answers"]
+    assert "sink: ?" in text.splitlines() and not re.search(r"\bok\b", text)

@@ -278,7 +278,7 @@ async def test_status_reports_sink_down_and_a_second_signal_stops_at_once(
         sim.pause()  # what is sent after the first process stops reading is a gap (not this test)
         await asyncio.sleep(1.0)
         first.proc.send_signal(signal.SIGTERM)
-        await wait_until(lambda: any(e["event"].startswith("stream stopped") for e in first.events()))
+        await wait_until(lambda: any(e["event"].startswith("stopping") for e in first.events()))
         code, took = await first.stop(signal.SIGTERM)  # the second signal, during a 60 s grace
         print(f"second signal: exit {code} after {took:.2f}s of a 60 s grace")
         assert code == 0

@@ -34,7 +34,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -62,6 +64,22 @@ from streaming_service.sources.clock import exchange_clock, use_exchange_clock
 __all__ = ["EQUITY_SERVICE", "OPTION_SERVICE", "SchwabSimulator"]
 
 _OPTION_REPRICE_MS = 1000  # option quotes follow the underlying at most once per simulated second
+
+#: The streamer's log (websockets'): a client that hangs up before its handshake is done (a service
+#: stopped while it connects) is no error of the simulator's, so it is not logged with a traceback;
+#: a failing connection handler (a bug here) still is.
+_WS_LOG = logging.getLogger("streaming_service.simulator.streamer")
+_WS_LOG.addFilter(lambda record: record.getMessage() != "opening handshake failed")
+
+
+class _RestServer(ThreadingHTTPServer):
+    """The REST side's server: a client that resets or drops its connection gets no traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class SchwabSimulator:
@@ -111,7 +129,7 @@ class SchwabSimulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock_token: Any = None
         self._ws: Server | None = None
-        self._http: ThreadingHTTPServer | None = None
+        self._http: _RestServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -180,9 +198,8 @@ class SchwabSimulator:
         exchange clock of the current context (see the module docstring)."""
         self._loop = asyncio.get_running_loop()
         self._clock_token = use_exchange_clock(self.clock)
-        self._ws = await serve(self._serve_client, self._host, 0)
-        self._http = ThreadingHTTPServer((self._host, self._port), rest_handler(self))
-        self._http.daemon_threads = True
+        self._ws = await serve(self._serve_client, self._host, 0, logger=_WS_LOG)
+        self._http = _RestServer((self._host, self._port), rest_handler(self))
         threading.Thread(target=self._http.serve_forever, name="sim-rest", daemon=True).start()
         self._tasks.append(asyncio.create_task(self._run_market(), name="sim-market"))
 
