@@ -23,9 +23,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-ROOT = Path(__file__).resolve().parent.parent
+from _rows import ROOT, quiet  # first: it puts tests/ on sys.path
+
+# isort: split
+
+from pg_cluster import PgCluster, PgClusterError
+
+from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
+
 RUNNER = ROOT / "tests" / "service_process.py"
 DEPENDENCIES = (
     "streaming_service.cli",
@@ -38,6 +45,18 @@ DEPENDENCIES = (
     "tenacity",
     "pandas",
 )
+
+
+class Scale(NamedTuple):
+    """How much one run does."""
+
+    session_s: float  # simulated seconds of session (wall time: session_s / speed)
+    sample_s: float  # RSS sampled every this many wall seconds
+
+
+FULL = Scale(session_s=23_400.0, sample_s=1.0)
+#: CI: the same steps, figures not meaningful; `run` takes a few seconds to start streaming
+QUICK = Scale(session_s=1800.0, sample_s=0.25)
 
 
 def peak_rss_mib(code: str) -> float:
@@ -69,11 +88,8 @@ def _maps_pandas(pid: int) -> bool:
     return "/pandas/" in Path(f"/proc/{pid}/maps").read_text()
 
 
-async def _soak(session_s: float, speed: float, database_url: str | None = None) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT))
-    from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
-
-    market = SimulatedMarket(["QQQ"], seed=7, trades_per_second=5.0, session_seconds=session_s)
+async def _soak(scale: Scale, speed: float, database_url: str | None = None) -> dict[str, Any]:
+    market = SimulatedMarket(["QQQ"], seed=7, trades_per_second=5.0, session_seconds=scale.session_s)
     with tempfile.TemporaryDirectory() as tmp:
         token = Path(tmp) / "token.json"
         write_token_file(token)
@@ -93,15 +109,22 @@ async def _soak(session_s: float, speed: float, database_url: str | None = None)
             samples: list[float] = []
             try:
                 while not sim.session_finished.is_set():
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(scale.sample_s)
                     if proc.poll() is not None:
                         raise SystemExit(f"the run process exited with {proc.returncode}")
                     samples.append(_rss_mib(proc.pid))
+                if not sim.sent_trades:  # it starts within seconds on an idle machine
+                    raise SystemExit(
+                        f"the run process streamed nothing in the {scale.session_s / speed:.0f} s the session"
+                        " lasted: run the soak on a less busy machine or with a lower --speed"
+                    )
                 pandas = _maps_pandas(proc.pid)
                 contracts = len({s for s in sim.option_truth})
             finally:
-                proc.terminate()
-                proc.wait(30)
+                with quiet("websockets.server"):  # `run` stopped while it connects fails its handshake
+                    proc.terminate()
+                    await asyncio.to_thread(proc.wait, 30)  # the simulator answers its goodbye meanwhile
+                    await sim.stop()  # the connections' handlers end (and log) in here
     tenth = max(1, len(samples) // 10)
     return {
         "steady": statistics.median(samples[tenth:]),
@@ -120,17 +143,15 @@ async def _soak(session_s: float, speed: float, database_url: str | None = None)
 def run(quick: bool = False, speed: float = 300.0) -> list[dict[str, Any]]:
     """The table's memory rows (see the module docstring). The run process writes to a local
     Postgres (as in production, where the database is another process) when one can be started."""
-    session_s = 1800.0 if quick else 23_400.0
-    sys.path.insert(0, str(ROOT / "tests"))
-    from pg_cluster import PgCluster, PgClusterError
-
+    scale = QUICK if quick else FULL
     try:
         with PgCluster() as cluster:
-            soak = asyncio.run(_soak(session_s, speed, cluster.dsn()))
+            soak = asyncio.run(_soak(scale, speed, cluster.dsn()))
         sink = "Postgres"
     except PgClusterError:
-        soak, sink = asyncio.run(_soak(session_s, speed)), "SQLite"
-    what = f"run → {sink}, 1 ticker + {soak['contracts']} contracts, {session_s / 3600:.1f} h simulated"
+        soak, sink = asyncio.run(_soak(scale, speed)), "SQLite"
+    hours = scale.session_s / 3600
+    what = f"run → {sink}, 1 ticker + {soak['contracts']} contracts, {hours:.1f} h simulated"
     rows = import_costs()
     rows += [
         {"name": f"memory: steady RSS ({what})", "value": round(soak["steady"], 1), "unit": "MiB",

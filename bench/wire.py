@@ -220,7 +220,7 @@ def run(
     `repeat`: runs per path, the least counts (default 1 quick, else 3); `deflate`: the sender
     compresses (permessage-deflate; whether Schwab does is not known, so off by default)."""
     repeat = repeat or (1 if quick else 3)
-    equities = frames or (5_000 if quick else 200_000)
+    equities = frames or (2_000 if quick else 200_000)
     recordings = {
         "equities": equity_frames(equities),
         "options": option_frames(max(equities // 20, 100)),
@@ -259,7 +259,7 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5,000 equity frames (CI)")
+    parser.add_argument("--quick", action="store_true", help="2,000 equity frames (CI)")
     parser.add_argument("--frames", type=int, help="equity frames (default 200,000; options: a twentieth)")
     parser.add_argument("--repeat", type=int, help="runs per path, the least counts (default 3; quick 1)")
     parser.add_argument("--deflate", action="store_true", help="the sender compresses (permessage-deflate)")
