@@ -48,7 +48,8 @@ class Scale(NamedTuple):
 
 
 FULL = Scale(postgres=30_000, naive_postgres=3000, supabase=20_000, naive_supabase=250)
-QUICK = Scale(postgres=1000, naive_postgres=100, supabase=200, naive_supabase=10)  # CI: not meaningful
+#: CI: the same writes, figures not meaningful
+QUICK = Scale(postgres=1000, naive_postgres=100, supabase=200, naive_supabase=10)
 
 
 def _batches(pairs: int, size: int, ticker: str) -> list[Batch]:

@@ -4,12 +4,13 @@ Usage: python bench/soak.py [--quick] [--speed 300]
 - soak: the simulator (1 ticker, 80 option contracts, 5 trades/s) runs here; `run` runs as its own
   process (`tests/service_process.py`: settings from the environment, the Schwab client pointed at
   the simulator, trade times checked against its clock) writing to SQLite. Its RSS is sampled every
-  second from /proc: steady RSS (median after the first tenth of the session), peak, warm-up (the
-  middle's median minus the second tenth's: caches filling) and growth over the second half (the
-  last tenth's median minus the middle's: what a leak would show). Whether pandas is mapped into it
-  is read from /proc/PID/maps (it must not be: the market calendar is computed in a short child process).
+  second (`--quick`: every quarter) from /proc: steady RSS (median after the first tenth of the
+  session), peak, warm-up (the middle's median minus the second tenth's: caches filling) and growth
+  over the second half (the last tenth's median minus the middle's: what a leak would show). Whether
+  pandas is mapped into it is read from /proc/PID/maps (it must not be: the market calendar is
+  computed in a short child process).
 - imports: peak RSS of `python -c "import X"` for each dependency, minus a bare interpreter's, all
-  measured in this run.
+  measured in this run (side by side: each interpreter's peak is its own).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -56,7 +58,7 @@ class Scale(NamedTuple):
 
 FULL = Scale(session_s=23_400.0, sample_s=1.0)
 #: CI: the same steps, figures not meaningful; `run` takes a few seconds to start streaming
-QUICK = Scale(session_s=1800.0, sample_s=0.25)
+QUICK = Scale(session_s=3000.0, sample_s=0.25)
 
 
 def peak_rss_mib(code: str) -> float:
@@ -68,10 +70,11 @@ def peak_rss_mib(code: str) -> float:
 
 
 def import_costs() -> list[dict[str, Any]]:
-    bare = peak_rss_mib("pass")
+    with ThreadPoolExecutor() as pool:  # side by side: each interpreter's peak is its own
+        bare, *peaks = pool.map(peak_rss_mib, ["pass", *(f"import {module}" for module in DEPENDENCIES)])
     rows = [{"name": "memory: bare interpreter", "value": round(bare, 1), "unit": "MiB"}]
-    for module in DEPENDENCIES:
-        cost = peak_rss_mib(f"import {module}") - bare
+    for module, peak in zip(DEPENDENCIES, peaks, strict=True):
+        cost = peak - bare
         rows.append({"name": f"memory: import {module}", "value": round(cost, 1), "unit": "MiB",
                      "baseline": round(bare, 1), "ratio": round((bare + cost) / bare, 2)})  # fmt: skip
     return rows
@@ -144,6 +147,7 @@ def run(quick: bool = False, speed: float = 300.0) -> list[dict[str, Any]]:
     """The table's memory rows (see the module docstring). The run process writes to a local
     Postgres (as in production, where the database is another process) when one can be started."""
     scale = QUICK if quick else FULL
+    rows = import_costs()  # before the soak: under `bench --quick`, the other parts have started by then
     try:
         with PgCluster() as cluster:
             soak = asyncio.run(_soak(scale, speed, cluster.dsn()))
@@ -152,7 +156,6 @@ def run(quick: bool = False, speed: float = 300.0) -> list[dict[str, Any]]:
         soak, sink = asyncio.run(_soak(scale, speed)), "SQLite"
     hours = scale.session_s / 3600
     what = f"run → {sink}, 1 ticker + {soak['contracts']} contracts, {hours:.1f} h simulated"
-    rows = import_costs()
     rows += [
         {"name": f"memory: steady RSS ({what})", "value": round(soak["steady"], 1), "unit": "MiB",
          "baseline": 100.0, "ratio": round(soak["steady"] / 100.0, 2), "note": "target ≤ 100 MiB"},
@@ -168,7 +171,7 @@ def run(quick: bool = False, speed: float = 300.0) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="half an hour of simulated session")
+    parser.add_argument("--quick", action="store_true", help="50 minutes of simulated session")
     parser.add_argument("--speed", type=float, default=300.0, help="simulated seconds per second")
     args = parser.parse_args()
     started = time.monotonic()
