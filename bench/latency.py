@@ -105,7 +105,8 @@ async def _measure(dsn: str, seconds: float, *, old: bool, **settings: Any) -> d
                     stopped_at = time.time()
                     writes = service.batcher.stats.batches
         listening.cancel()
-    latencies, cumulative = [], {}
+    latencies: list[float] = []
+    cumulative: dict[int, int] = {}
     for trade, sent_at in zip(list(stamped), stamped.times, strict=True):
         ts = trade.timestamp_ms
         bucket = ts - ts % resolution_ms if resolution_ms else ts

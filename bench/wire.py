@@ -92,7 +92,7 @@ def _serve(frames: dict[str, list[str]], pipe: Connection, deflate: bool) -> Non
         async with serve(
             handler, "127.0.0.1", 0, max_queue=None, compression="deflate" if deflate else None
         ) as server:
-            pipe.send(server.sockets[0].getsockname()[1])
+            pipe.send(next(iter(server.sockets)).getsockname()[1])
             await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # until told to stop
 
     asyncio.run(main())
