@@ -8,7 +8,7 @@ Usage: python bench/soak.py [--quick] [--speed 300]
   session), peak, warm-up (the middle's median minus the second tenth's: caches filling) and growth
   over the second half (the last tenth's median minus the middle's: what a leak would show). Whether
   pandas is mapped into it is read from /proc/PID/maps (it must not be: the market calendar is
-  computed in a short child process).
+  computed in a short child process). `--quick` stops once `run` was sent 5,000 trades.
 - imports: peak RSS of `python -c "import X"` for each dependency, minus a bare interpreter's, all
   measured in this run (side by side: each interpreter's peak is its own).
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import statistics
 import subprocess
@@ -47,18 +48,20 @@ DEPENDENCIES = (
     "tenacity",
     "pandas",
 )
+SESSION_S = 23_400.0  # 09:30 to 16:00
 
 
 class Scale(NamedTuple):
     """How much one run does."""
 
-    session_s: float  # simulated seconds of session (wall time: session_s / speed)
+    trades: float  # stop once `run` was sent this many trades (inf: at the session's end)
     sample_s: float  # RSS sampled every this many wall seconds
 
 
-FULL = Scale(session_s=23_400.0, sample_s=1.0)
-#: CI: the same steps, figures not meaningful; `run` takes a few seconds to start streaming
-QUICK = Scale(session_s=3000.0, sample_s=0.25)
+FULL = Scale(trades=math.inf, sample_s=1.0)
+#: CI: the same steps, figures not meaningful. A count of trades, not a time: `run` takes seconds to
+#: start streaming, many more on a busy machine
+QUICK = Scale(trades=5000, sample_s=0.25)
 
 
 def peak_rss_mib(code: str) -> float:
@@ -92,7 +95,7 @@ def _maps_pandas(pid: int) -> bool:
 
 
 async def _soak(scale: Scale, speed: float, database_url: str | None = None) -> dict[str, Any]:
-    market = SimulatedMarket(["QQQ"], seed=7, trades_per_second=5.0, session_seconds=scale.session_s)
+    market = SimulatedMarket(["QQQ"], seed=7, trades_per_second=5.0, session_seconds=SESSION_S)
     with tempfile.TemporaryDirectory() as tmp:
         token = Path(tmp) / "token.json"
         write_token_file(token)
@@ -111,16 +114,17 @@ async def _soak(scale: Scale, speed: float, database_url: str | None = None) -> 
             )
             samples: list[float] = []
             try:
-                while not sim.session_finished.is_set():
+                while not sim.session_finished.is_set() and len(sim.sent_trades) < scale.trades:
                     await asyncio.sleep(scale.sample_s)
                     if proc.poll() is not None:
                         raise SystemExit(f"the run process exited with {proc.returncode}")
                     samples.append(_rss_mib(proc.pid))
                 if not sim.sent_trades:  # it starts within seconds on an idle machine
                     raise SystemExit(
-                        f"the run process streamed nothing in the {scale.session_s / speed:.0f} s the session"
+                        f"the run process streamed nothing in the {SESSION_S / speed:.0f} s the session"
                         " lasted: run the soak on a less busy machine or with a lower --speed"
                     )
+                simulated_s = sim.clock() - market.open_ms / 1000
                 pandas = _maps_pandas(proc.pid)
                 contracts = len({s for s in sim.option_truth})
             finally:
@@ -140,6 +144,7 @@ async def _soak(scale: Scale, speed: float, database_url: str | None = None) -> 
         "contracts": contracts,
         "samples": len(samples),
         "trades": len(market.trades),
+        "simulated_s": simulated_s,
     }
 
 
@@ -154,7 +159,7 @@ def run(quick: bool = False, speed: float = 300.0) -> list[dict[str, Any]]:
         sink = "Postgres"
     except PgClusterError:
         soak, sink = asyncio.run(_soak(scale, speed)), "SQLite"
-    hours = scale.session_s / 3600
+    hours = soak["simulated_s"] / 3600
     what = f"run → {sink}, 1 ticker + {soak['contracts']} contracts, {hours:.1f} h simulated"
     rows += [
         {"name": f"memory: steady RSS ({what})", "value": round(soak["steady"], 1), "unit": "MiB",
@@ -171,7 +176,7 @@ def run(quick: bool = False, speed: float = 300.0) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="50 minutes of simulated session")
+    parser.add_argument("--quick", action="store_true", help="until run was sent 5,000 trades")
     parser.add_argument("--speed", type=float, default=300.0, help="simulated seconds per second")
     args = parser.parse_args()
     started = time.monotonic()
