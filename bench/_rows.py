@@ -4,7 +4,10 @@ baseline (None without a baseline)."""
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,19 @@ def row(name: str, value: float, unit: str, baseline: float | None = None) -> Ro
     """One result; `baseline` is the same-run reference it is compared with."""
     ratio = value / baseline if baseline else None
     return {"name": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio}
+
+
+@contextmanager
+def quiet(logger: str) -> Iterator[None]:
+    """Drop what `logger` (a stdlib logger) reports inside the block: for errors the benchmark causes
+    on purpose (a database it stops, a process it stops while it connects); restored on exit."""
+    target = logging.getLogger(logger)
+    level = target.level
+    target.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -32,7 +32,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from _rows import ROOT, Row, percentile, print_table, row  # first: it puts tests/ on sys.path
 
@@ -48,6 +48,19 @@ from streaming_service.sinks import SQLiteSink
 RUNNER = ROOT / "tests" / "service_process.py"
 RATE = 300.0  # trades per second offered
 LOADS = ("baseline", "one page", "4 pages reloading")
+
+
+class Scale(NamedTuple):
+    """How much one run does."""
+
+    seconds: float  # each load's measured wall time
+    warmup_s: float  # streaming before the measurement: the first option snapshot, the first writes
+    yesterday: int  # one-second rows of the session before (the page asks for 2,000 points of it)
+
+
+FULL = Scale(seconds=30.0, warmup_s=3.0, yesterday=23_400)
+#: CI: the same steps, figures not meaningful; in 2 s an open page asks twice (then `since` its last point)
+QUICK = Scale(seconds=2.0, warmup_s=0.5, yesterday=4000)
 
 
 def _get(port: int, path: str) -> tuple[int, Any]:
@@ -105,13 +118,13 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _yesterday(path: Path, market: SimulatedMarket) -> str:
-    """Write the session before the simulator's: 23,400 one-second rows with indicators."""
+async def _yesterday(path: Path, market: SimulatedMarket, rows: int) -> str:
+    """Write the session before the simulator's: `rows` one-second rows with indicators."""
     day = market.session_date - timedelta(days=1)
     opened = day_bounds(day)[0] + timedelta(hours=9, minutes=30)
     rng, price = random.Random(3), 500.0
     equity, indicators = [], []
-    for i in range(23_400):
+    for i in range(rows):
         price = round(price + rng.uniform(-0.05, 0.05), 2)
         ts = opened + timedelta(seconds=i)
         equity.append(EquityRow("QQQ", ts, price, rng.randint(1, 50) * 100))
@@ -123,11 +136,11 @@ async def _yesterday(path: Path, market: SimulatedMarket) -> str:
     return day.isoformat()
 
 
-async def _measure(load: str, seconds: float) -> dict[str, Any]:
+async def _measure(load: str, scale: Scale) -> dict[str, Any]:
     market = SimulatedMarket(["QQQ"], seed=11, trades_per_second=RATE)
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        day = await _yesterday(Path(tmp) / "rows.db", market)
+        day = await _yesterday(Path(tmp) / "rows.db", market, scale.yesterday)
         token = Path(tmp) / "token.json"
         write_token_file(token)
         ours = ("SCHWAB", "SUPABASE")
@@ -143,15 +156,15 @@ async def _measure(load: str, seconds: float) -> dict[str, Any]:
             )  # fmt: skip
             try:
                 await _streaming(port, service)
-                await asyncio.sleep(3.0)  # warm-up: the first option snapshot, the first writes
+                await asyncio.sleep(scale.warmup_s)
                 sent0, ticks0 = len(sim.sent_trades), await _ticks(port)
                 cpu0, t0 = _cpu_s(service.pid), time.time()
                 answers: dict[str, Any] = {"times": [], "errors": 0}
                 if load == "baseline":
-                    await asyncio.sleep(seconds)
+                    await asyncio.sleep(scale.seconds)
                 else:
                     clients = await asyncio.create_subprocess_exec(
-                        sys.executable, __file__, "--poll", str(port), load, day, str(seconds),
+                        sys.executable, __file__, "--poll", str(port), load, day, str(scale.seconds),
                         stdout=asyncio.subprocess.PIPE,
                     )  # fmt: skip
                     out, _ = await clients.communicate()
@@ -161,7 +174,7 @@ async def _measure(load: str, seconds: float) -> dict[str, Any]:
                 cpu = _cpu_s(service.pid) - cpu0
             finally:
                 service.terminate()
-                service.wait(30)
+                await asyncio.to_thread(service.wait, 30)  # the simulator answers its goodbye meanwhile
     return {"sent_per_s": sent / wall, "ticks_per_s": ticks / wall, "cpu": cpu / wall, **answers}
 
 
@@ -187,10 +200,10 @@ async def _streaming(port: int, service: subprocess.Popen[bytes], within: float 
 
 
 def run(quick: bool = False) -> list[Row]:
-    seconds = 5.0 if quick else 30.0
-    results = {load: asyncio.run(_measure(load, seconds)) for load in LOADS}
+    scale = QUICK if quick else FULL
+    results = {load: asyncio.run(_measure(load, scale)) for load in LOADS}
     base = results["baseline"]
-    rows = [row(f"dashboard: offered load ({RATE:.0f} trades/s, {seconds:.0f} s per load)",
+    rows = [row(f"dashboard: offered load ({RATE:.0f} trades/s, {scale.seconds:g} s per load)",
                 round(base["sent_per_s"], 1), "trades/s")]  # fmt: skip
     for load, result in results.items():
         rows.append(row(f"dashboard: ticks/s received, {load}", round(result["ticks_per_s"], 1), "ticks/s",

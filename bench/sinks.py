@@ -17,6 +17,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from _rows import Row, print_table, row  # first: it puts tests/ on sys.path
 
@@ -35,6 +36,20 @@ from streaming_service.sinks.supabase import SupabaseSink
 T0 = datetime(2026, 11, 24, 14, 30, tzinfo=UTC)
 SIZES = (10, 100, 1000)
 DELAY_S = 0.02
+
+
+class Scale(NamedTuple):
+    """How many equity rows (each with its indicators row) each writer writes."""
+
+    postgres: int  # per batch size
+    naive_postgres: int
+    supabase: int  # per batch size
+    naive_supabase: int
+
+
+FULL = Scale(postgres=30_000, naive_postgres=3000, supabase=20_000, naive_supabase=250)
+#: CI: the same writes, figures not meaningful
+QUICK = Scale(postgres=1000, naive_postgres=100, supabase=200, naive_supabase=10)
 
 
 def _batches(pairs: int, size: int, ticker: str) -> list[Batch]:
@@ -84,8 +99,8 @@ async def _naive_supabase(sink: SupabaseSink, pairs: int) -> float:
     return 2 * pairs / took
 
 
-async def _run(quick: bool) -> list[Row]:
-    pg_pairs, naive_pg, sb_pairs, naive_sb = (3000, 300, 2000, 40) if quick else (30_000, 3000, 20_000, 250)
+async def _run(scale: Scale) -> list[Row]:
+    pg_pairs, naive_pg, sb_pairs, naive_sb = scale
     rows: list[Row] = []
     with PgCluster(durable=True) as cluster, fresh_database(cluster) as dsn:
         await PostgresSink(dsn).open()  # the tables
@@ -111,7 +126,7 @@ async def _run(quick: bool) -> list[Row]:
 
 def run(quick: bool) -> list[Row]:
     """The result rows (see the module docstring); baseline = the naive writer of the same database."""
-    return asyncio.run(_run(quick))
+    return asyncio.run(_run(QUICK if quick else FULL))
 
 
 def main() -> None:

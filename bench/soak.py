@@ -4,28 +4,38 @@ Usage: python bench/soak.py [--quick] [--speed 300]
 - soak: the simulator (1 ticker, 80 option contracts, 5 trades/s) runs here; `run` runs as its own
   process (`tests/service_process.py`: settings from the environment, the Schwab client pointed at
   the simulator, trade times checked against its clock) writing to SQLite. Its RSS is sampled every
-  second from /proc: steady RSS (median after the first tenth of the session), peak, warm-up (the
-  middle's median minus the second tenth's: caches filling) and growth over the second half (the
-  last tenth's median minus the middle's: what a leak would show). Whether pandas is mapped into it
-  is read from /proc/PID/maps (it must not be: the market calendar is computed in a short child process).
+  second (`--quick`: every quarter) from /proc: steady RSS (median after the first tenth of the
+  session), peak, warm-up (the middle's median minus the second tenth's: caches filling) and growth
+  over the second half (the last tenth's median minus the middle's: what a leak would show). Whether
+  pandas is mapped into it is read from /proc/PID/maps (it must not be: the market calendar is
+  computed in a short child process). `--quick` stops once `run` was sent 5,000 trades.
 - imports: peak RSS of `python -c "import X"` for each dependency, minus a bare interpreter's, all
-  measured in this run.
+  measured in this run (side by side: each interpreter's peak is its own).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-ROOT = Path(__file__).resolve().parent.parent
+from _rows import ROOT, quiet  # first: it puts tests/ on sys.path
+
+# isort: split
+
+from pg_cluster import PgCluster, PgClusterError
+
+from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
+
 RUNNER = ROOT / "tests" / "service_process.py"
 DEPENDENCIES = (
     "streaming_service.cli",
@@ -38,6 +48,20 @@ DEPENDENCIES = (
     "tenacity",
     "pandas",
 )
+SESSION_S = 23_400.0  # 09:30 to 16:00
+
+
+class Scale(NamedTuple):
+    """How much one run does."""
+
+    trades: float  # stop once `run` was sent this many trades (inf: at the session's end)
+    sample_s: float  # RSS sampled every this many wall seconds
+
+
+FULL = Scale(trades=math.inf, sample_s=1.0)
+#: CI: the same steps, figures not meaningful. A count of trades, not a time: `run` takes seconds to
+#: start streaming, many more on a busy machine
+QUICK = Scale(trades=5000, sample_s=0.25)
 
 
 def peak_rss_mib(code: str) -> float:
@@ -49,10 +73,11 @@ def peak_rss_mib(code: str) -> float:
 
 
 def import_costs() -> list[dict[str, Any]]:
-    bare = peak_rss_mib("pass")
+    with ThreadPoolExecutor() as pool:  # side by side: each interpreter's peak is its own
+        bare, *peaks = pool.map(peak_rss_mib, ["pass", *(f"import {module}" for module in DEPENDENCIES)])
     rows = [{"name": "memory: bare interpreter", "value": round(bare, 1), "unit": "MiB"}]
-    for module in DEPENDENCIES:
-        cost = peak_rss_mib(f"import {module}") - bare
+    for module, peak in zip(DEPENDENCIES, peaks, strict=True):
+        cost = peak - bare
         rows.append({"name": f"memory: import {module}", "value": round(cost, 1), "unit": "MiB",
                      "baseline": round(bare, 1), "ratio": round((bare + cost) / bare, 2)})  # fmt: skip
     return rows
@@ -69,11 +94,8 @@ def _maps_pandas(pid: int) -> bool:
     return "/pandas/" in Path(f"/proc/{pid}/maps").read_text()
 
 
-async def _soak(session_s: float, speed: float, database_url: str | None = None) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT))
-    from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
-
-    market = SimulatedMarket(["QQQ"], seed=7, trades_per_second=5.0, session_seconds=session_s)
+async def _soak(scale: Scale, speed: float, database_url: str | None = None) -> dict[str, Any]:
+    market = SimulatedMarket(["QQQ"], seed=7, trades_per_second=5.0, session_seconds=SESSION_S)
     with tempfile.TemporaryDirectory() as tmp:
         token = Path(tmp) / "token.json"
         write_token_file(token)
@@ -92,16 +114,24 @@ async def _soak(session_s: float, speed: float, database_url: str | None = None)
             )
             samples: list[float] = []
             try:
-                while not sim.session_finished.is_set():
-                    await asyncio.sleep(1.0)
+                while not sim.session_finished.is_set() and len(sim.sent_trades) < scale.trades:
+                    await asyncio.sleep(scale.sample_s)
                     if proc.poll() is not None:
                         raise SystemExit(f"the run process exited with {proc.returncode}")
                     samples.append(_rss_mib(proc.pid))
+                if not sim.sent_trades:  # it starts within seconds on an idle machine
+                    raise SystemExit(
+                        f"the run process streamed nothing in the {SESSION_S / speed:.0f} s the session"
+                        " lasted: run the soak on a less busy machine or with a lower --speed"
+                    )
+                simulated_s = sim.clock() - market.open_ms / 1000
                 pandas = _maps_pandas(proc.pid)
                 contracts = len({s for s in sim.option_truth})
             finally:
-                proc.terminate()
-                proc.wait(30)
+                with quiet("websockets.server"):  # `run` stopped while it connects fails its handshake
+                    proc.terminate()
+                    await asyncio.to_thread(proc.wait, 30)  # the simulator answers its goodbye meanwhile
+                    await sim.stop()  # the connections' handlers end (and log) in here
     tenth = max(1, len(samples) // 10)
     return {
         "steady": statistics.median(samples[tenth:]),
@@ -114,24 +144,23 @@ async def _soak(session_s: float, speed: float, database_url: str | None = None)
         "contracts": contracts,
         "samples": len(samples),
         "trades": len(market.trades),
+        "simulated_s": simulated_s,
     }
 
 
 def run(quick: bool = False, speed: float = 300.0) -> list[dict[str, Any]]:
     """The table's memory rows (see the module docstring). The run process writes to a local
     Postgres (as in production, where the database is another process) when one can be started."""
-    session_s = 1800.0 if quick else 23_400.0
-    sys.path.insert(0, str(ROOT / "tests"))
-    from pg_cluster import PgCluster, PgClusterError
-
+    scale = QUICK if quick else FULL
+    rows = import_costs()  # before the soak: under `bench --quick`, the other parts have started by then
     try:
         with PgCluster() as cluster:
-            soak = asyncio.run(_soak(session_s, speed, cluster.dsn()))
+            soak = asyncio.run(_soak(scale, speed, cluster.dsn()))
         sink = "Postgres"
     except PgClusterError:
-        soak, sink = asyncio.run(_soak(session_s, speed)), "SQLite"
-    what = f"run → {sink}, 1 ticker + {soak['contracts']} contracts, {session_s / 3600:.1f} h simulated"
-    rows = import_costs()
+        soak, sink = asyncio.run(_soak(scale, speed)), "SQLite"
+    hours = soak["simulated_s"] / 3600
+    what = f"run → {sink}, 1 ticker + {soak['contracts']} contracts, {hours:.1f} h simulated"
     rows += [
         {"name": f"memory: steady RSS ({what})", "value": round(soak["steady"], 1), "unit": "MiB",
          "baseline": 100.0, "ratio": round(soak["steady"] / 100.0, 2), "note": "target ≤ 100 MiB"},
@@ -147,7 +176,7 @@ def run(quick: bool = False, speed: float = 300.0) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="half an hour of simulated session")
+    parser.add_argument("--quick", action="store_true", help="until run was sent 5,000 trades")
     parser.add_argument("--speed", type=float, default=300.0, help="simulated seconds per second")
     args = parser.parse_args()
     started = time.monotonic()

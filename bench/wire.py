@@ -92,7 +92,7 @@ def _serve(frames: dict[str, list[str]], pipe: Connection, deflate: bool) -> Non
         async with serve(
             handler, "127.0.0.1", 0, max_queue=None, compression="deflate" if deflate else None
         ) as server:
-            pipe.send(server.sockets[0].getsockname()[1])
+            pipe.send(next(iter(server.sockets)).getsockname()[1])
             await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # until told to stop
 
     asyncio.run(main())
@@ -220,7 +220,7 @@ def run(
     `repeat`: runs per path, the least counts (default 1 quick, else 3); `deflate`: the sender
     compresses (permessage-deflate; whether Schwab does is not known, so off by default)."""
     repeat = repeat or (1 if quick else 3)
-    equities = frames or (5_000 if quick else 200_000)
+    equities = frames or (2_000 if quick else 200_000)
     recordings = {
         "equities": equity_frames(equities),
         "options": option_frames(max(equities // 20, 100)),
@@ -259,7 +259,7 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5,000 equity frames (CI)")
+    parser.add_argument("--quick", action="store_true", help="2,000 equity frames (CI)")
     parser.add_argument("--frames", type=int, help="equity frames (default 200,000; options: a twentieth)")
     parser.add_argument("--repeat", type=int, help="runs per path, the least counts (default 3; quick 1)")
     parser.add_argument("--deflate", action="store_true", help="the sender compresses (permessage-deflate)")
