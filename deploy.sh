@@ -422,7 +422,7 @@ sync_token() {
   local force=${1:-}
   if [ ! -f "$TOKEN_FILE" ]; then
     [ "$BOX_TOKEN_CREATED" = none ] || { say "no local $TOKEN_FILE; the box keeps its token"; return; }
-    die "no Schwab token here ($TOKEN_FILE) nor on the box: run 'streaming-service auth' first (README, Schwab token)"
+    die "no Schwab token here ($TOKEN_FILE) nor on the box: run 'streaming-service auth' first (docs/operations.md, 'Schwab token')"
   fi
   local mine theirs
   mine=$(token_created "$TOKEN_FILE")

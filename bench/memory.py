@@ -4,7 +4,7 @@ Usage: python bench/memory.py [--duration 30] [--rate 5] [--speed 10]  (options 
 Runs `python -m streaming_service demo` (simulator + real schwab-py client + pipeline + SQLite sink in
 one process, so this over-states the production `run` process, which has no simulator) and prints
 peak RSS in MiB and the ratio to the baseline. The Lightsail nano has 512 MB; the container is
-limited to 256 MB.
+limited to 192 MB (docker-compose.yml, mem_limit).
 """
 
 from __future__ import annotations

@@ -357,7 +357,7 @@ _REST_PROBES: dict[str, dict[str, object]] = {
 }
 
 
-_FIX_SCHEMA = "apply supabase/migrations to the project (README, 'Supabase')"
+_FIX_SCHEMA = "apply supabase/migrations to the project (docs/deployment.md, 'Supabase')"
 
 
 async def _check_supabase(url: str, key: str) -> list[CheckResult]:

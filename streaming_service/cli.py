@@ -180,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_clock_time,
         metavar="HH:MM",
         help="stop the service at this simulated New York time, let the market run --down-for "
-        "simulated seconds, start it again: the gap is backfilled (see README, 'Continuity')",
+        "simulated seconds, start it again: the gap is backfilled (see docs/continuity.md)",
     )
     demo.add_argument(
         "--down-for",
@@ -353,7 +353,7 @@ async def _dashboard(args: argparse.Namespace) -> None:
         except OSError as exc:
             raise ConfigError(f"--build {args.build}: cannot write there ({exc})") from None
         print(f"wrote {len(files)} files to {args.build}: publish that folder on any static host "
-              "(see README, 'Look at the data')")  # fmt: skip
+              "(see docs/dashboard.md)")  # fmt: skip
         return
     port = settings.health_port if args.port is None else args.port
     service = (local_host(settings.health_host), settings.health_port)
