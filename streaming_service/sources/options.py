@@ -215,9 +215,9 @@ def _number(contract: OptionContract, key: str, value: Any) -> float:
 
 
 def _row(contract: OptionContract, timestamp: datetime, state: Mapping[str, Any]) -> OptionRow:
-    def r4(name: str, scale: float = 1.0) -> float | None:
-        value = state.get(name)
-        return None if value is None else round(value * scale, 4)
+    def r4(name: str, divisor: float = 1.0) -> float | None:
+        value = state.get(name)  # divided, not multiplied by 0.01: 20.625 * 0.01 is 0.20625000000000002
+        return None if value is None else round(value / divisor, 4)
 
     return OptionRow(
         ticker=contract.underlying,
@@ -230,7 +230,7 @@ def _row(contract: OptionContract, timestamp: datetime, state: Mapping[str, Any]
         ask=r4("ASK_PRICE"),
         volume=state.get("TOTAL_VOLUME"),
         open_interest=state.get("OPEN_INTEREST"),
-        implied_volatility=r4("VOLATILITY", 0.01),
+        implied_volatility=r4("VOLATILITY", 100),  # Schwab sends percent
         delta=r4("DELTA"),
         gamma=r4("GAMMA"),
         theta=r4("THETA"),
