@@ -15,6 +15,7 @@ import httpx
 import pytest
 from harness import simulator_client
 from polling import wait_until
+from reference import candles_of
 
 from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 from streaming_service.simulator.market import Event
@@ -42,33 +43,8 @@ async def market_run(
             await client.close_async_session()
 
 
-def recomputed(
-    trades: list[Event],
-    symbol: str,
-    open_ms: int,
-    *,
-    minutes: int = 1,
-    start_ms: int | None = None,
-    end_ms: int | None = None,
-) -> list[dict[str, Any]]:
-    """Schwab-shaped candles of `symbol`'s trades, by a plain group-by on the period start."""
-    period = minutes * MINUTE_MS
-    groups: dict[int, list[Event]] = {}
-    for trade in trades:
-        if trade.symbol == symbol:
-            groups.setdefault(open_ms + (trade.timestamp_ms - open_ms) // period * period, []).append(trade)
-    return [
-        {
-            "open": group[0].price,
-            "high": max(t.price for t in group),
-            "low": min(t.price for t in group),
-            "close": group[-1].price,
-            "volume": sum(t.size for t in group),
-            "datetime": start,
-        }
-        for start, group in sorted(groups.items())
-        if (start_ms is None or start >= start_ms) and (end_ms is None or start <= end_ms)
-    ]
+def of(trades: list[Event], symbol: str) -> list[Event]:
+    return [t for t in trades if t.symbol == symbol]
 
 
 def at(ms: int) -> datetime:
@@ -84,7 +60,7 @@ async def test_minute_candles_are_the_ground_truth_trades(tmp_path: Path) -> Non
         body = response.json()
         assert response.status_code == 200, body
         shares = market.total_volume("QQQ")
-        truth = recomputed(market.trades, "QQQ", market.open_ms)
+        truth = candles_of(of(market.trades, "QQQ"), market.open_ms)
     candles = body["candles"]
     print(
         f"\n{len(candles)} one-minute candles, {shares:,} shares "
@@ -116,7 +92,7 @@ async def test_start_and_end_select_candles_by_their_start(tmp_path: Path) -> No
     candles = response.json()["candles"]
     # 09:31 starts before startDate: out, though half of it is after; 09:33 starts at endDate: in
     assert [c["datetime"] - open_ms for c in candles] == [120_000, 180_000]
-    assert candles == recomputed(market.trades, "QQQ", open_ms, start_ms=start_ms, end_ms=end_ms)
+    assert candles == candles_of(of(market.trades, "QQQ"), open_ms, start_ms=start_ms, end_ms=end_ms)
     in_window = sum(
         t.size
         for t in market.trades
@@ -145,7 +121,7 @@ async def test_longer_candles_regroup_the_same_trades(tmp_path: Path, minutes: i
     candles = response.json()["candles"]
     print(f"\n{minutes}-minute: {len(candles)} candles, {shares:,} shares")
     assert len(candles) == 3
-    assert candles == recomputed(market.trades, "SPY", market.open_ms, minutes=minutes)
+    assert candles == candles_of(of(market.trades, "SPY"), market.open_ms, minutes=minutes)
     assert sum(c["volume"] for c in candles) == shares
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from harness import simulator_client
 from polling import wait_until
+from reference import candles_of
 
 from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 from streaming_service.simulator.market import NEW_YORK, PRE_MARKET_S, Event
@@ -46,26 +47,6 @@ def day_market(*, seed: int = 1, session_seconds: float = 1_200.0, **options: An
 
 def shares(trades: Iterable[Event], start_ms: float = float("-inf"), stop_ms: float = float("inf")) -> int:
     return sum(t.size for t in trades if start_ms <= t.timestamp_ms < stop_ms)
-
-
-def recomputed(trades: Iterable[Event], open_ms: int, *, minutes: int = 1) -> list[dict[str, Any]]:
-    """Schwab-shaped candles of `trades`, by a plain group-by on the period start (aligned to
-    the open, so also before it)."""
-    period = minutes * MINUTE_MS
-    groups: dict[int, list[Event]] = {}
-    for trade in trades:
-        groups.setdefault(open_ms + (trade.timestamp_ms - open_ms) // period * period, []).append(trade)
-    return [
-        {
-            "open": group[0].price,
-            "high": max(t.price for t in group),
-            "low": min(t.price for t in group),
-            "close": group[-1].price,
-            "volume": sum(t.size for t in group),
-            "datetime": start,
-        }
-        for start, group in sorted(groups.items())
-    ]
 
 
 def clock_time(ms: int) -> str:
@@ -243,10 +224,10 @@ async def test_regular_candles_are_the_session_and_extended_candles_the_whole_da
         f"crosses {opening.size:,} and {closing.size:,}"
     )
     assert absent == regular  # Schwab's default is the regular session
-    assert candles == recomputed(session, open_ms)
+    assert candles == candles_of(session, open_ms)
     assert sum(c["volume"] for c in candles) == shares(session) == shares(trades, open_ms, close_ms)
     assert len(candles) == 20 and candles[-1]["datetime"] == close_ms - MINUTE_MS
-    assert day == recomputed(trades, open_ms)
+    assert day == candles_of(trades, open_ms)
     assert sum(c["volume"] for c in day) == shares(trades) == market.total_volume("QQQ")
     assert open_ms - PRE_MARKET_S * 1000 <= day[0]["datetime"] < open_ms - 5 * 3_600_000  # from 04:00
     assert day[-1]["datetime"] >= close_ms + 10 * MINUTE_MS
@@ -256,7 +237,7 @@ async def test_regular_candles_are_the_session_and_extended_candles_the_whole_da
     assert nine_thirty["open"] == opening.price and nine_thirty["volume"] >= opening.size
     [at_close] = [c for c in day if c["datetime"] == close_ms]
     assert at_close["open"] == closing.price and at_close["volume"] >= closing.size
-    assert fives.json()["candles"] == recomputed(trades, open_ms, minutes=5)
+    assert fives.json()["candles"] == candles_of(trades, open_ms, minutes=5)
     assert (fives.json()["candles"][0]["datetime"] - open_ms) % (5 * MINUTE_MS) == 0
 
 
@@ -297,7 +278,7 @@ async def test_a_minute_candle_is_served_only_once_it_closed_plus_the_lag(
     assert at_09_35_03[1] == [0]  # the 5-minute period 09:30-09:35 the same way
     candles = extended.json()["candles"]
     done = [t for t in market.trades if t.timestamp_ms < open_ms + 5 * MINUTE_MS]
-    assert candles == recomputed(done, open_ms)  # the served candles are complete: all pre-market too
+    assert candles == candles_of(done, open_ms)  # the served candles are complete: all pre-market too
 
 
 async def test_a_paused_market_serves_no_candle_for_minutes_still_to_happen(tmp_path: Path) -> None:
@@ -339,7 +320,7 @@ async def test_candle_noise_is_bounded_as_documented_and_fixed_per_seed(tmp_path
             daily = (await client.get_price_history_every_day("QQQ")).json()
         finally:
             await client.close_async_session()
-    candles, truth = first["candles"], recomputed(market.trades, open_ms)
+    candles, truth = first["candles"], candles_of(market.trades, open_ms)
     errors = [c["volume"] - t["volume"] for c, t in zip(candles, truth, strict=True)]
     changed = sum(e != 0 for e in errors)
     print(
@@ -390,6 +371,6 @@ async def test_with_the_options_off_the_simulator_is_the_regular_session_as_befo
         finally:
             await client.close_async_session()
     assert regular == extended  # no extended hours: both are the session
-    assert regular["candles"] == recomputed(market.trades, market.open_ms)
+    assert regular["candles"] == candles_of(market.trades, market.open_ms)
     assert regular["candles"][-1]["datetime"] == market.open_ms + 2 * MINUTE_MS  # 09:32, under way
     assert sum(c["volume"] for c in regular["candles"]) == market.total_volume("QQQ")
