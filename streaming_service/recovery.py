@@ -20,19 +20,22 @@ accounting rule of DESIGN.md for one ticker and one session:
   unit, has not closed: the minute under way always is); once `give_up_after_ms` passed since it
   could have been final, it is *abandoned*: the ledger reports it, `verify` may fill it later.
 
-How the supervisor calls it (per ticker; the plan is applied before the next `await`):
-1. At start: resume = the checkpoint's builder state (`BuilderState`, ignored here if it belongs
-   to another session or other settings); spans = [`start_span(...)`]: from the checkpoint's
-   `receiving_until`, or from the session's open when there is none.
-2. On every reconnect: append `UnwatchedSpan(last data frame, now, cause)` to the day's spans;
-   resume = the live builder's state. When the first frame after a span arrives, it may replace
-   the span's end with that frame's time and set `total_volume_rise` (same session only).
-3. Each time: recorded = every row of the touched units from the spool *and* the database (if the
-   database cannot be read, plan later: without its rows shares would be credited twice);
-   candles = one price-history answer covering those units (None if it failed). Then write
-   `plan.backfill` (upserts), continue the builder from `plan.state` and upsert `plan.ledger`.
-4. While `plan.pending` is not empty, plan again at its `ready_at_ms` (then with backoff) with
-   the same spans. The first TOTAL_VOLUME of every connection is a baseline, never a delta.
+How the supervisor calls it, per ticker, applying each plan before its next `await`:
+1. At start, before subscribing: resume = the checkpoint's builder state (ignored here if it is of
+   another session or other settings); spans = [`start_span(...)`]: from the checkpoint's
+   `receiving_until`, or from the session's open (bounds from the calendar) when it has none.
+2. At every reconnect: append `UnwatchedSpan(last data frame, now, cause)` to the day's spans;
+   resume = the live builder's state. When the first frame after a span arrives, the span's end
+   may become that frame's time, and `total_volume_rise` is set if both frames are of the session.
+3. Each time: recorded = every row of the touched units (at a start without a usable resume: of
+   the whole session, VWAP is rebuilt from them) from the spool, the database and the writer's
+   memory. If the database cannot be read, plan later: without its rows, shares would be credited
+   twice. candles = one price-history answer covering those units (None if it failed; extended
+   hours or not, only session minutes are read). Then upsert `plan.backfill` and `plan.ledger`
+   and continue the builder from `plan.state` (it maps onto `RowBuilder.state()`).
+4. While `plan.pending` is not empty, plan again at `plan.retry_at_ms` (then with backoff) with
+   the same spans. The TOTAL_VOLUME stream itself counts deltas within one connection only: the
+   first frame of every connection is a baseline.
 """
 
 from __future__ import annotations
@@ -202,7 +205,8 @@ def plan_recovery(inp: RecoveryInput) -> Plan:
     res_ms = s.row_resolution_s * 1000
     unit_ms = math.lcm(MINUTE_MS, res_ms) if res_ms else MINUTE_MS
     end = min(session.close_ms, inp.now_ms)
-    clipped = (replace(p, start_ms=max(p.start_ms, session.open_ms), end_ms=min(p.end_ms, end)) for p in inp.spans)
+    clipped = (replace(p, start_ms=max(p.start_ms, session.open_ms), end_ms=min(p.end_ms, end))
+               for p in inp.spans)  # fmt: skip
     spans = [span for span in clipped if span.start_ms < span.end_ms]
     same_session = inp.resume is not None and inp.resume.session_open_ms == session.open_ms
     open_row = inp.resume.open_row if inp.resume is not None and same_session else None
@@ -220,52 +224,41 @@ def plan_recovery(inp: RecoveryInput) -> Plan:
     units: dict[int, list[int]] = {}
     for minute in touched:
         units.setdefault(minute - minute % unit_ms, []).append(minute)
+    rows_of: dict[int, dict[int, _Row]] = {unit: {} for unit in units}
+    for key, row in rows.items():
+        rows_of.get(key - key % unit_ms, {})[key] = row
     credits: dict[int, _Credit] = {}
-    settled: set[int] = set()
+    settled: list[int] = []
     pending: list[int] = []
     abandoned: list[int] = []
-    retry_at: int | None = None
     for unit, minutes in units.items():
         first, stop = max(unit, session.open_ms), min(unit + unit_ms, session.close_ms)
-        ready = stop + s.candle_lag_ms
-        if not all(final(m) for m in range(first, stop, MINUTE_MS)):
-            if inp.now_ms >= ready + s.give_up_after_ms:
-                abandoned += minutes
-            else:
-                pending += minutes
-                retry_at = ready if retry_at is None else min(retry_at, ready)
-            continue
-        settled.update(minutes)
-        traded = [candles[m] for m in range(first, stop, MINUTE_MS) if m in candles]
-        in_unit = {k: row for k, row in rows.items() if unit <= k < unit + unit_ms}
-        shares = sum(c.volume for c in traded) - sum(row.volume for row in in_unit.values())
-        if shares <= 0:
-            continue
-        piece = max(first, min(span.start_ms for span in touching(first, stop)))  # first unwatched instant
-        key = piece - piece % res_ms if res_ms else piece
-        last = traded[-1]  # the row's last price is its close if that minute's end was not watched
-        last_unwatched = any(span.end_ms >= last.minute_ms + MINUTE_MS for span in touching(last.minute_ms, last.minute_ms + 1))
-        row = in_unit.get(key, _Row(last.close, 0))
-        price = last.close if last_unwatched else row.price
-        unwatched = [c for c in traded if c.minute_ms in minutes] or traded  # their VWAP prices the credit
-        average = sum(c.close * c.volume for c in unwatched) / sum(c.volume for c in unwatched)
-        credits[key] = _Credit(price, row.volume + shares, shares, average)
+        if all(final(m) for m in range(first, stop, MINUTE_MS)):
+            settled += minutes
+            traded = [candles[m] for m in range(first, stop, MINUTE_MS) if m in candles]
+            credit = _credit(traded, minutes, rows_of[unit], touching(first, stop), first, res_ms)
+            credits.update([credit] if credit else [])
+        elif inp.now_ms >= stop + s.candle_lag_ms + s.give_up_after_ms:
+            abandoned += minutes
+        else:
+            pending += minutes
     bars = [(m + MINUTE_MS - 1, candles[m].close) for m in touched if final(m) and m in candles]
     state, indicators = _continue(inp, rows, credits, bars)
     ledger = [_gap(inp, span, [m for m in touched if span.start_ms < m + MINUTE_MS and m < span.end_ms],
-                   settled, set(pending), candles) for span in spans]  # fmt: skip
+                   set(settled), set(pending), candles) for span in spans]  # fmt: skip
     backfill = tuple(
         (EquityRow(inp.ticker, _dt(k), round(c.price, 2), c.volume),
          IndicatorRow(inp.ticker, _dt(k), *(_round(v) for v in indicators[k])))
         for k, c in sorted(credits.items())
     )  # fmt: skip
+    first_ready = min((min(m - m % unit_ms + unit_ms, session.close_ms) for m in pending), default=None)
     return Plan(
         backfill=backfill,
         credited=sum(c.shares for c in credits.values()),
         state=state,
         resumed=_usable(inp.resume, session, s),
         pending=tuple(pending),
-        retry_at_ms=retry_at,
+        retry_at_ms=None if first_ready is None else first_ready + s.candle_lag_ms,
         abandoned=tuple(abandoned),
         ledger=tuple(ledger),
     )
@@ -288,6 +281,25 @@ class _Credit:
     volume: int
     shares: int
     average: float
+
+
+def _credit(traded: list[MinuteCandle], minutes: list[int], rows: dict[int, _Row],
+            spans: list[UnwatchedSpan], first: int, res_ms: int) -> tuple[int, _Credit] | None:  # fmt: skip
+    """The backfill row (key, row) of a final unit, None if nothing is missing: `traded` its candles
+    with shares, `minutes` its touched minutes, `rows` its recorded rows, `spans` those touching it.
+    Shares: candles - recorded. Key: the row of the first unwatched instant, merged with a row
+    recorded there. Last price: the unit's last candle's close if that minute's end was unwatched."""
+    shares = sum(c.volume for c in traded) - sum(row.volume for row in rows.values())
+    if shares <= 0:
+        return None
+    piece = max(first, min(span.start_ms for span in spans))
+    key = piece - piece % res_ms if res_ms else piece
+    last, row = traded[-1], rows.get(key, _Row(traded[-1].close, 0))
+    last_end = last.minute_ms + MINUTE_MS
+    last_unwatched = any(span.start_ms < last_end <= span.end_ms for span in spans)
+    unwatched = [c for c in traded if c.minute_ms in minutes] or traded  # their VWAP prices the shares
+    average = sum(c.close * c.volume for c in unwatched) / sum(c.volume for c in unwatched)
+    return key, _Credit(last.close if last_unwatched else row.price, row.volume + shares, shares, average)
 
 
 def _usable(resume: BuilderState | None, session: Session, s: PlanSettings) -> bool:
