@@ -18,12 +18,15 @@ accounting rule of DESIGN.md for one ticker and one session:
   candles wherever they cover. Planning again after the backfill is applied credits nothing.
 - A touched minute of a unit that is not final is *pending* (its candle, or a candle of its
   unit, has not closed: the minute under way always is); once `give_up_after_ms` passed since it
-  could have been final, it is *abandoned*: the ledger reports it, `verify` may fill it later.
+  could have been final, it is *abandoned*: the ledger reports it (the daily proof may fill it).
+- The builder continues from `resume` when usable (exact), else from the recorded rows; a
+  backfilled minute closes its SMA bar at the candle's close and joins VWAP at the candles' prices.
 
 How the supervisor calls it, per ticker, applying each plan before its next `await`:
 1. At start, before subscribing: resume = the checkpoint's builder state (ignored here if it is of
    another session or other settings); spans = [`start_span(...)`]: from the checkpoint's
-   `receiving_until`, or from the session's open (bounds from the calendar) when it has none.
+   `receiving_until`, or from the session's open when it has none. The session is that of the
+   day being recovered (from the calendar; after the close, today's, to fill the afternoon).
 2. At every reconnect: append `UnwatchedSpan(last data frame, now, cause)` to the day's spans;
    resume = the live builder's state. When the first frame after a span arrives, the span's end
    may become that frame's time, and `total_volume_rise` is set if both frames are of the session.
@@ -49,8 +52,8 @@ from streaming_service.indicators import MovingAverage, SessionVwap, session_seg
 from streaming_service.models import EquityRow, GapCause, GapRow, IndicatorRow
 
 __all__ = [
-    "MINUTE_MS", "BuilderState", "CandleHistory", "MinuteCandle", "OpenRow", "Plan",
-    "PlanSettings", "RecordedRow", "RecoveryInput", "Session", "SmaState", "UnwatchedSpan", "VwapState",
+    "MINUTE_MS", "BuilderState", "CandleHistory", "MinuteCandle", "Plan", "PlanSettings", "RecordedRow",
+    "RecoveryInput", "Row", "Session", "SmaState", "UnwatchedSpan", "VwapState",
     "plan_recovery", "start_span",
 ]  # fmt: skip
 
@@ -133,14 +136,14 @@ class VwapState:
 
 
 @dataclass(frozen=True, slots=True)
-class OpenRow:
-    """The builder's open row: its key (epoch ms), last price, shares and indicators."""
+class Row:
+    """A row: its key (epoch ms), last price, shares and indicators (None: not known)."""
 
     timestamp_ms: int
     price: float
     volume: int
-    sma: float | None
-    vwap: float | None
+    sma: float | None = None
+    vwap: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +154,7 @@ class BuilderState:
     row_resolution_s: int
     sma_period: int
     sma_bar_seconds: int
-    open_row: OpenRow | None = None
+    open_row: Row | None = None
     sma: SmaState = field(default_factory=SmaState)
     vwap: VwapState = field(default_factory=VwapState)
     last_trade_ms: int | None = None
@@ -224,7 +227,7 @@ def plan_recovery(inp: RecoveryInput) -> Plan:
     units: dict[int, list[int]] = {}
     for minute in touched:
         units.setdefault(minute - minute % unit_ms, []).append(minute)
-    rows_of: dict[int, dict[int, _Row]] = {unit: {} for unit in units}
+    rows_of: dict[int, dict[int, Row]] = {unit: {} for unit in units}
     for key, row in rows.items():
         rows_of.get(key - key % unit_ms, {})[key] = row
     credits: dict[int, _Credit] = {}
@@ -265,15 +268,6 @@ def plan_recovery(inp: RecoveryInput) -> Plan:
 
 
 @dataclass(frozen=True, slots=True)
-class _Row:
-    """A recorded row's totals (and the VWAP recorded with it)."""
-
-    price: float
-    volume: int
-    vwap: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class _Credit:
     """A backfill row: its last price and full volume, the shares credited, their average price."""
 
@@ -283,7 +277,7 @@ class _Credit:
     average: float
 
 
-def _credit(traded: list[MinuteCandle], minutes: list[int], rows: dict[int, _Row],
+def _credit(traded: list[MinuteCandle], minutes: list[int], rows: dict[int, Row],
             spans: list[UnwatchedSpan], first: int, res_ms: int) -> tuple[int, _Credit] | None:  # fmt: skip
     """The backfill row (key, row) of a final unit, None if nothing is missing: `traded` its candles
     with shares, `minutes` its touched minutes, `rows` its recorded rows, `spans` those touching it.
@@ -294,7 +288,7 @@ def _credit(traded: list[MinuteCandle], minutes: list[int], rows: dict[int, _Row
         return None
     piece = max(first, min(span.start_ms for span in spans))
     key = piece - piece % res_ms if res_ms else piece
-    last, row = traded[-1], rows.get(key, _Row(traded[-1].close, 0))
+    last, row = traded[-1], rows.get(key, Row(key, traded[-1].close, 0))
     last_end = last.minute_ms + MINUTE_MS
     last_unwatched = any(span.start_ms < last_end <= span.end_ms for span in spans)
     unwatched = [c for c in traded if c.minute_ms in minutes] or traded  # their VWAP prices the shares
@@ -310,21 +304,20 @@ def _usable(resume: BuilderState | None, session: Session, s: PlanSettings) -> b
     )  # fmt: skip
 
 
-def _merge(recorded: Sequence[RecordedRow], open_row: OpenRow | None, first_ms: int, end_ms: int,
-           ) -> dict[int, _Row]:  # fmt: skip
+def _merge(recorded: Sequence[RecordedRow], open_row: Row | None, first_ms: int, end_ms: int,
+           ) -> dict[int, Row]:  # fmt: skip
     """Rows by key (epoch ms) in [first_ms, end_ms), the largest version of each: a row's volume
     only grows, so the largest is the latest."""
-    versions = [(_ms(e.timestamp), _Row(e.price, e.volume, i.vwap if i else None)) for e, i in recorded]
-    if open_row is not None:
-        versions.append((open_row.timestamp_ms, _Row(open_row.price, open_row.volume, open_row.vwap)))
-    merged: dict[int, _Row] = {}
-    for key, row in versions:
+    versions = [Row(_ms(e.timestamp), e.price, e.volume, vwap=i.vwap if i else None) for e, i in recorded]
+    merged: dict[int, Row] = {}
+    for row in [*versions, open_row] if open_row else versions:
+        key = row.timestamp_ms
         if first_ms <= key < end_ms and (key not in merged or row.volume > merged[key].volume):
             merged[key] = row
     return merged
 
 
-def _continue(inp: RecoveryInput, rows: dict[int, _Row], credits: dict[int, _Credit],
+def _continue(inp: RecoveryInput, rows: dict[int, Row], credits: dict[int, _Credit],
               bars: list[tuple[int, float]]) -> tuple[BuilderState, dict[int, Indicators]]:  # fmt: skip
     """The builder state after the credits, and the indicators of each credited row.
 
@@ -374,7 +367,7 @@ def _continue(inp: RecoveryInput, rows: dict[int, _Row], credits: dict[int, _Cre
         key = max(totals)
         kept = base.open_row if base and base.open_row and base.open_row.timestamp_ms == key else None
         sma9, vwap9 = indicators.get(key, (kept.sma, kept.vwap) if kept else now)
-        open_row = OpenRow(key, totals[key][0], totals[key][1], sma9, vwap9)
+        open_row = Row(key, totals[key][0], totals[key][1], sma9, vwap9)
     sma_state, segment = sma.state(), vwap.state()
     return BuilderState(
         inp.session.open_ms, s.row_resolution_s, s.sma_period, s.sma_bar_seconds, open_row,

@@ -25,11 +25,11 @@ from streaming_service.recovery import (
     BuilderState,
     CandleHistory,
     MinuteCandle,
-    OpenRow,
     Plan,
     PlanSettings,
     RecordedRow,
     RecoveryInput,
+    Row,
     Session,
     UnwatchedSpan,
     plan_recovery,
@@ -182,7 +182,7 @@ def worlds(draw: st.DrawFn, *, agreeing: bool = True) -> World:
     resume = None
     if full and draw(st.booleans()):  # the builder's open row, in the spool too
         key = max(full)
-        resume = BuilderState(OPEN, resolution, 9, 60, OpenRow(key, full[key][0], full[key][1], None, None))
+        resume = BuilderState(OPEN, resolution, 9, 60, Row(key, full[key][0], full[key][1]))
     return World(resolution, session, now, tuple(trades), spans, tuple(recorded), candles, lag, resume)
 
 
@@ -367,7 +367,7 @@ def test_defect_4_and_9_a_checkpoint_is_resumed_only_when_it_can_be() -> None:
     """A checkpoint without `receiving_until` (written before the first frame) or one made with other
     settings starts from the session's open; its rows still count as recorded, so nothing doubles."""
     session, now = Session(OPEN, at("16:00")), at("10:00", 30)
-    saved = BuilderState(OPEN, 60, 9, 60, OpenRow(at("9:59"), 100.0, 500, None, None))
+    saved = BuilderState(OPEN, 60, 9, 60, Row(at("9:59"), 100.0, 500))
     assert start_span(saved, None, session, now, PlanSettings(60)).start_ms == OPEN
     assert start_span(saved, at("9:59", 40), session, now, PlanSettings(60)).start_ms == at("9:59", 40)
     assert start_span(saved, at("9:59", 40), session, now, PlanSettings(1)).start_ms == OPEN  # defect 9
