@@ -8,8 +8,10 @@ Each part measures its figures and a baseline in the same run and prints the rat
 - soak: steady RSS and growth of `run` over a simulated session, import cost per dependency;
 - dashboard: ticks/s and CPU of `run` with pages polling its dashboard API, against nobody looking.
 `--quick` runs each at a small scale, all at once (CI runs it to keep the code working: the same code
-paths, figures not meaningful, no thresholds). `--write` also writes the table as Markdown with the
-machine, date and library versions.
+paths, figures not meaningful, no thresholds). `--write FILE` rewrites FILE (bench/RESULTS.md) with the
+machine, date and library versions and a `## <title>` section per part, each with its own table; the
+sections' prose, the parts not run (`--only`) and everything from `## Capacity on the nano` on (kept by
+hand) stay as they were.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import importlib
 import multiprocessing
 import os
 import platform
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +30,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PARTS = ("wire", "sinks", "latency", "recovery", "soak", "dashboard")
+#: Each part's section title in RESULTS.md, in order; the docs link to their anchors (#cpu-per-frame).
+SECTIONS = {
+    "wire": "CPU per frame", "sinks": "Write throughput", "latency": "Latency",
+    "recovery": "Recovery and catch-up", "soak": "Memory", "dashboard": "Dashboard",
+}  # fmt: skip
+PARTS = tuple(SECTIONS)
+#: RESULTS.md from this heading on is kept by hand: --write leaves it as it is.
+HAND_KEPT = "## Capacity on the nano"
+TABLE_HEADER = "| part | what | value | unit | baseline | ratio | note |"
+INTRO = (
+    "Every measured figure of this project is recorded here, once; each stands beside a baseline "
+    "measured in the same run, and `ratio` is figure ÷ baseline."
+)
 LIBRARIES = ("schwab-py", "websockets", "orjson", "psycopg", "supabase", "postgrest", "httpx")
 
 
@@ -60,11 +75,53 @@ def _cell(value: Any) -> str:
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown table lines: what, value, unit, baseline, ratio, note."""
-    lines = ["| part | what | value | unit | baseline | ratio | note |", "|---|---|---|---|---|---|---|"]
+    lines = [TABLE_HEADER, "|---|---|---|---|---|---|---|"]
     for row in rows:
         cells = [row.get(k) for k in ("part", "name", "value", "unit", "baseline", "ratio", "note")]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return lines
+
+
+def render_results(header: list[str], rows: list[dict[str, Any]], old: str) -> str:
+    """RESULTS.md's new text: `header` (title, run, machine, libraries), the introduction of `old`,
+    then a `## <title>` section (`SECTIONS`) per part: its prose in `old` (or a line naming its
+    script) around a table of its `rows`; a part without rows keeps its section of `old` as it was.
+    Then any other section of `old`, and everything of `old` from `HAND_KEPT` on, unchanged.
+    `old` is '' when there is no file yet."""
+    generated, hand_heading, hand_kept = old.partition(HAND_KEPT)
+    chunks = re.split(r"^## (.+)\n", generated, flags=re.MULTILINE)
+    preamble, sections = chunks[0], dict(zip(chunks[1::2], chunks[2::2], strict=True))
+    lines = preamble.split("\n")
+    after_header = next((i + 1 for i, line in enumerate(lines) if line.startswith("- Libraries:")), None)
+    intro = "\n".join(lines[after_header:]) if after_header else f"\n{INTRO}\n\n"
+    out = ["\n".join(header), "\n", intro]
+    for part, title in SECTIONS.items():
+        mine = [row for row in rows if row["part"] == part]
+        body = sections.pop(title, None)
+        if mine:
+            body = _section_body(body or f"\n`bench/{part}.py`.\n\n", table(mine))
+        if body is not None:
+            out.append(f"## {title}\n{body.rstrip()}\n\n")
+    out += [f"## {title}\n{body.rstrip()}\n\n" for title, body in sections.items()]
+    text = "".join(out)
+    return text + hand_heading + hand_kept if hand_heading else text.rstrip("\n") + "\n"
+
+
+def _section_body(body: str, new_table: list[str]) -> str:
+    """`body` (a section's text after its heading) with its table, or a new one after its prose,
+    replaced by `new_table`."""
+    lines = body.split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith(TABLE_HEADER)), None)
+    if start is None:
+        while lines and not lines[-1]:
+            lines.pop()
+        before, after = [*lines, ""], ["", ""]
+    else:
+        end = start
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        before, after = lines[:start], lines[end:]
+    return "\n".join([*before, *new_table, *after])
 
 
 def _common(row: dict[str, Any]) -> dict[str, Any]:
@@ -105,24 +162,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small and all at once (CI)")
     parser.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
-    parser.add_argument("--write", type=Path, help="also write the table as Markdown to this file")
+    parser.add_argument(
+        "--write", type=Path, help="also write the figures into this Markdown file (bench/RESULTS.md)"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # the parts import each other by name
     started = time.monotonic()
-    lines = table(measure_all(args.only or list(PARTS), args.quick))
-    print("\n".join(lines))
+    parts = args.only or list(PARTS)
+    rows = measure_all(parts, args.quick)
+    print("\n".join(table(rows)))
     if args.write:
+        flags = [*(["--quick"] * args.quick), *(["--only", *parts] * bool(args.only))]
+        others = " (the other parts' sections are from earlier runs)" if args.only else ""
+        took = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {time.monotonic() - started:.0f} s{others}"
         header = [
             "# Benchmark results",
             "",
-            f"`python -m bench{' --quick' if args.quick else ''}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-            f"{time.monotonic() - started:.0f} s.",
+            f"`{' '.join(['python -m bench', *flags])}`, {took}.",
             "",
             f"- Machine: {machine()}",
             f"- Libraries: {versions()}",
-            "",
         ]
-        args.write.write_text("\n".join([*header, *lines, ""]))
+        old = args.write.read_text() if args.write.exists() else ""
+        args.write.write_text(render_results(header, rows, old))
     return 0
 
 

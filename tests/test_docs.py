@@ -8,11 +8,13 @@ checkers are plain functions of a text, so `test_the_checkers_catch_*` can show 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import subprocess
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -343,3 +345,72 @@ def test_operations_lists_every_command_and_flag_that_help_has_and_no_other() ->
 def test_operations_exit_codes_are_the_codes_the_cli_uses() -> None:
     codes = {int(row[0]) for row in _table_rows(_section(OPERATIONS, "Commands"), "| code | meaning")}
     assert codes == {0, 130, *EXIT_CODES.values()}
+
+
+# --- `python -m bench --write` keeps RESULTS.md's sections, prose and hand-kept part ----------------
+
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+@cache
+def _bench() -> Any:
+    """bench/__main__.py as a module (bench/ is scripts, not a package on the path)."""
+    spec = importlib.util.spec_from_file_location("bench_main", ROOT / "bench" / "__main__.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _results_rows(markdown: str) -> list[dict[str, str]]:
+    """The figures of RESULTS.md's generated tables, as `python -m bench` had them (cells as text)."""
+    keys = ("part", "name", "value", "unit", "baseline", "ratio", "note")
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    parts = set(_bench().PARTS)
+    return [dict(zip(keys, cells, strict=True)) for line in lines
+            if (cells := [c.strip() for c in line.strip()[2:-2].split(" | ")])[0] in parts]  # fmt: skip
+
+
+def _linked_results_anchors() -> set[str]:
+    """The anchors of bench/RESULTS.md that README.md and docs/*.md link to."""
+    return {
+        target.partition("#")[2]
+        for doc in DOCS
+        for target in _LINK.findall(prose_of(doc.read_text()))
+        if target.partition("#")[0].endswith("RESULTS.md") and "#" in target
+    }
+
+
+def test_bench_write_renders_results_md_back_unchanged_from_its_own_figures() -> None:
+    old = RESULTS.read_text()
+    rows = _results_rows(old)
+    assert {row["part"] for row in rows} == set(_bench().PARTS)
+    header = old.split("\n")[:6]
+    assert _bench().render_results(header, rows, old) == old
+
+
+def test_bench_write_replaces_only_the_tables_of_the_parts_it_ran() -> None:
+    old = RESULTS.read_text()
+    soak = [{"part": "soak", "name": "memory: steady RSS", "value": 71.5, "unit": "MiB", "baseline": 100}]
+    header = ["# Benchmark results", "", "`python -m bench --only soak`, now."]
+    new = _bench().render_results(header, soak, old)
+    memory = new[new.index("\n## Memory\n") : new.index("\n## Dashboard\n")]
+    assert "| soak | memory: steady RSS | 71.50 | MiB | 100 |  |  |" in memory
+    assert "| soak | memory: bare interpreter |" not in new
+    prose = old[old.index("\n## Memory\n") : old.index("| part | what", old.index("## Memory"))]
+    assert memory.startswith(prose)
+    for kept in ("## CPU per frame", "## Dashboard", "## Capacity on the nano"):  # other parts, hand-kept
+        assert new[new.index(kept) :].split("\n## ")[0] == old[old.index(kept) :].split("\n## ")[0]
+    assert new.endswith(old[old.index("## Capacity on the nano") :])
+    assert "Every measured figure of this project is recorded here" in new
+    parts = {"cpu-per-frame", "write-throughput", "latency", "recovery-and-catch-up", "memory", "dashboard"}
+    assert _linked_results_anchors() | parts <= anchors_of(new)
+
+
+def test_bench_write_without_a_file_yet_makes_every_section() -> None:
+    rows = [{"part": part, "name": f"{part} figure", "value": 1.5, "unit": "s"} for part in _bench().PARTS]
+    new = _bench().render_results(["# Benchmark results"], rows, "")
+    titles = re.findall(r"^## (.+)$", new, re.MULTILINE)
+    assert titles == list(_bench().SECTIONS.values())
+    assert all(f"| {part} | {part} figure | 1.50 | s |" in new for part in _bench().PARTS)
+    assert new.endswith("|\n") and "\n\n\n" not in new
