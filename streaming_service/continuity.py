@@ -2,11 +2,25 @@
 
 - **Checkpoint** (`checkpoint()`): per ticker, the row builder's state (indicators, open row) and
   the merger's (last TOTAL_VOLUME of the exchange date), plus `receiving_until`, the exchange time
-  up to which the stream was receiving. The writer commits it with the rows it covers, in one
-  spool transaction, so the two always agree.
+  up to which the stream was receiving, and the settings that state was made under
+  (ROW_RESOLUTION, SMA_PERIOD, SMA_BAR_SECONDS). The writer commits it with the rows it covers, in
+  one spool transaction, so the two always agree.
 - **Warm start** (`restore()`): a checkpoint of the current exchange date is resumed. The open row
   continues (it is never overwritten by a smaller one), VWAP and SMA go on, and the next
   TOTAL_VOLUME counts exactly what was traded meanwhile. A checkpoint of an earlier date is ignored.
+- **Changed settings.** A checkpoint is never resumed blindly: if a setting differs from the one
+  it was made under (or it does not say, being older than this rule), one warning names what
+  changed, and only what depends on it starts afresh:
+  - SMA_PERIOD or SMA_BAR_SECONDS: the SMA is rebuilt under the new settings from the rows
+    recorded today (spool and database), before the gap is filled; as in a cold start, a bar's
+    close is its last row's price, so rows coarser than a bar give fewer bars. If the rows cannot
+    be read, the SMA starts empty (NULL until it has its bars). VWAP, the open row and the
+    TOTAL_VOLUME baseline continue: they do not depend on either setting.
+  - ROW_RESOLUTION: new rows have the new resolution. The open row was recorded under the old one
+    and keeps its timestamp; a trade whose new interval starts at or before it is added to it
+    (only when the new resolution is coarser: it then closes at the next boundary), so no
+    recorded row is replaced by a smaller one and no share is counted twice. Everything else
+    continues.
 - **Gaps** (`before_subscribe()`, awaited before every subscription): when the stream was not
   receiving, the time since `receiving_until` (restart) or since the last data frame (reconnect)
   is a gap. If a minute boundary passed since the ticker's last trade, Schwab's 1-minute price
@@ -81,6 +95,7 @@ class Continuity:
         self._recorded_rows = recorded_rows
         self._options_missed = options_missed
         self._restart_from: dict[str, int] = {}  # ticker → receiving_until of the resumed checkpoint
+        self._sma_to_rebuild: set[str] = set()  # resumed under other SMA settings
         self._first = True
         self._receiving_until_ms: int | None = None
         self.gaps: list[GapRow] = []  # recorded by this process, latest version of each
@@ -92,6 +107,7 @@ class Continuity:
             self._receiving_until_ms = until
         return {
             "version": CHECKPOINT_VERSION,
+            "settings": self._pipeline.settings,
             "receiving_until_ms": self._receiving_until_ms,
             "tickers": {
                 ticker: {"builder": builder.state(), "merger": self._merger.state(ticker)}
@@ -124,7 +140,32 @@ class Continuity:
             tickers=",".join(resumed) or None,
             receiving_until=_iso(until),
         )
+        if resumed:
+            self._settings_changed(saved.get("settings"), resumed)
         return resumed
+
+    def _settings_changed(self, made_under: dict[str, Any] | None, resumed: list[str]) -> None:
+        """Log what changed since the checkpoint was made and start afresh what depends on it (see
+        the module docstring)."""
+        now = self._pipeline.settings
+        then: dict[str, Any] = made_under if isinstance(made_under, dict) else dict.fromkeys(now, "?")
+        changed = [name for name in now if then.get(name) != now[name]]
+        if not changed:
+            return
+        sma = "SMA_PERIOD" in changed or "SMA_BAR_SECONDS" in changed
+        if sma:
+            for ticker in resumed:
+                self._pipeline.builders[ticker].rebuild_sma(())
+            self._sma_to_rebuild.update(resumed)
+        afresh = ["the SMA, rebuilt from the rows recorded today"] if sma else []
+        if "ROW_RESOLUTION" in changed:
+            afresh.append("new rows at the new resolution (the open row keeps its timestamp)")
+        log.warning(
+            "settings changed since the checkpoint",
+            changed=", ".join(f"{name} {then.get(name, '?')} -> {now[name]}" for name in changed),
+            afresh="; ".join(afresh),
+            continued="VWAP, the open row, the volume baseline" + ("" if sma else ", the SMA"),
+        )
 
     async def before_subscribe(self) -> None:
         """Fill every ticker's gap (see the module docstring). Never raises except on cancel."""
@@ -132,6 +173,8 @@ class Continuity:
         session_start = session_segment(now_ms)[0]
         first, self._first = self._first, False
         for ticker in self._pipeline.builders:
+            if first and ticker in self._sma_to_rebuild:
+                await self._rebuild_sma(ticker, now_ms)
             start: int | None
             if first and ticker in self._restart_from:
                 start, cause = self._restart_from.pop(ticker), "restart"
@@ -220,6 +263,25 @@ class Continuity:
             backfilled_shares=credited,
             state_from=source,
         )
+
+    async def _rebuild_sma(self, ticker: str, now_ms: int) -> None:
+        """Rebuild `ticker`'s SMA from the rows recorded today; if they cannot be read, it stays
+        empty (logged). Never raises except on cancel."""
+        self._sma_to_rebuild.discard(ticker)
+        if self._recorded_rows is None:
+            return
+        try:
+            async with asyncio.timeout(_FILL_TIMEOUT_S):
+                recorded = await self._recorded_rows(ticker, _dt(exchange_day(now_ms)[0]), _dt(now_ms + 1))
+        except Exception as exc:
+            log.warning(
+                "today's rows cannot be read: the SMA starts empty",
+                ticker=ticker,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
+        self._pipeline.builders[ticker].rebuild_sma(equity for equity, _ in recorded)
+        log.debug("SMA rebuilt from the recorded rows", ticker=ticker, rows=len(recorded))
 
     async def _replay_recorded(self, ticker: str, since_ms: int, now_ms: int) -> str | None:
         """Rebuild `ticker`'s builder from the sink's rows of the session; return "sink rows" if any."""

@@ -169,10 +169,19 @@ class Service:
         self._rate_mark = (time.monotonic(), 0)
 
     async def _recorded_rows(self, ticker: str, since: datetime, until: datetime) -> list[RecordedRow]:
-        """The sink's rows of `ticker` in [since, until), once the sink is open (5 s at most)."""
+        """What is recorded of `ticker` in [since, until), oldest first: the rows waiting in the spool
+        over the sink's (read once the sink is open, 5 s at most). The spool is read first, so a row
+        the writer moves to the sink meanwhile is found there; the spool's version of a row is the
+        newer. Raises what the sink or the spool raise."""
+        waiting = await self.spool.recorded_rows(ticker, since, until)
         async with asyncio.timeout(_SINK_READ_WAIT_S):
             await self.batcher.sink_open.wait()
-        return await self.sink.recorded_rows(ticker, since, until)
+        written = await self.sink.recorded_rows(ticker, since, until)
+        rows = {equity.timestamp: (equity, indicators) for equity, indicators in written}
+        for equity, indicators in waiting:
+            older = rows.get(equity.timestamp)
+            rows[equity.timestamp] = (equity, indicators or (older[1] if older else None))
+        return [rows[stamp] for stamp in sorted(rows)]
 
     async def _minute_candles(self, symbol: str, start_ms: int, end_ms: int) -> list[Candle]:
         return await minute_candles(self._client, symbol, start_ms, end_ms)
