@@ -30,6 +30,9 @@
   them. The next TOTAL_VOLUME then counts only what the candles did not hold (the current minute
   up to the subscription; also the minute before if the subscription straddled a minute boundary
   after the history was read): nothing is counted twice. One `stream_gaps` row records the gap.
+  Only regular hours of a date count (of a trading day, streaming around the clock), and between
+  midnight and 04:00 nothing is filled: the day has no session yet, so today's first TOTAL_VOLUME
+  is a plain baseline (a hole in the previous day's session is not recorded after midnight).
 - **Cold start** (no checkpoint of today): the session so far is rebuilt from the sink's rows of
   the session (exact), then from price history for the minutes after them; the day's volume by
   price history is the TOTAL_VOLUME baseline, so the first live row counts only the current minute.
@@ -43,7 +46,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import structlog
@@ -70,7 +73,8 @@ RecordedRows = Callable[[str, datetime, datetime], Awaitable[list[tuple[EquityRo
 class Continuity:
     """See the module docstring. `now`: the exchange clock (epoch s); `receiving_until`: the
     stream's exchange time (ms) of its last data frame, None before any; `end_cause`: why the
-    stream's last connection ended."""
+    stream's last connection ended; `trading_day`: whether trades can happen on a date (streaming
+    around the clock; None: every date's regular hours count)."""
 
     def __init__(
         self,
@@ -84,6 +88,7 @@ class Continuity:
         fetch_candles: FetchCandles | None,
         recorded_rows: RecordedRows | None,
         options_missed: bool,
+        trading_day: Callable[[date], bool] | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._merger = merger
@@ -94,6 +99,7 @@ class Continuity:
         self._fetch_candles = fetch_candles
         self._recorded_rows = recorded_rows
         self._options_missed = options_missed
+        self._trading_day = trading_day
         self._restart_from: dict[str, int] = {}  # ticker → receiving_until of the resumed checkpoint
         self._sma_to_rebuild: set[str] = set()  # resumed under other SMA settings
         self._first = True
@@ -172,9 +178,12 @@ class Continuity:
         now_ms = int(self._now() * 1000)
         session_start = session_segment(now_ms)[0]
         first, self._first = self._first, False
+        for ticker in sorted(self._sma_to_rebuild) if first else ():
+            await self._rebuild_sma(ticker, now_ms)
+        if session_start < exchange_day(now_ms)[0]:  # after midnight, before 04:00: nothing of today
+            self._restart_from.clear()
+            return
         for ticker in self._pipeline.builders:
-            if first and ticker in self._sma_to_rebuild:
-                await self._rebuild_sma(ticker, now_ms)
             start: int | None
             if first and ticker in self._restart_from:
                 start, cause = self._restart_from.pop(ticker), "restart"
@@ -188,7 +197,7 @@ class Continuity:
                 start = session_start
                 if now_ms - start < _MINUTE_MS:
                     continue  # (re)starting at the session's start is no gap
-            if start >= now_ms or not _overlaps_regular_hours(start, now_ms):
+            if start >= now_ms or not _overlaps_regular_hours(start, now_ms, self._trading_day):
                 continue
             try:
                 async with asyncio.timeout(_FILL_TIMEOUT_S):
@@ -306,13 +315,19 @@ class Continuity:
         self._add_gap(gap)
 
 
-def _overlaps_regular_hours(start_ms: int, end_ms: int) -> bool:
-    """Whether [start, end) overlaps 09:30-16:00 New York time of some date: gaps outside it (quiet
-    nights when streaming around the clock) are not recorded. With the market calendar on, the
-    service streams in sessions only, so weekends and holidays never come here."""
+def _overlaps_regular_hours(
+    start_ms: int, end_ms: int, trading_day: Callable[[date], bool] | None = None
+) -> bool:
+    """Whether [start, end) overlaps 09:30-16:00 New York time of some date (of a trading day, with
+    `trading_day`): gaps outside it (quiet nights, weekends and holidays when streaming around the
+    clock) are not recorded. With the market calendar on, the service streams in sessions only, so
+    weekends and holidays never come here."""
     day_start = exchange_day(start_ms)[0]
     while day_start < end_ms:
         day = datetime.fromtimestamp(day_start / 1000 + 43_200, EXCHANGE_TZ).date()  # noon: that date
+        if trading_day is not None and not trading_day(day):
+            day_start = exchange_day(day_start)[1]
+            continue
         opens = datetime.combine(day, REGULAR_OPEN, EXCHANGE_TZ).timestamp() * 1000
         closes = datetime.combine(day, _REGULAR_CLOSE, EXCHANGE_TZ).timestamp() * 1000
         if start_ms < closes and end_ms > opens:

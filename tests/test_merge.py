@@ -346,3 +346,29 @@ async def test_no_row_takes_the_price_a_refused_item_replaced(tmp_path: Path) ->
     after = [(ms - at, price, volume) for ms, price, volume in stamped if ms >= at]
     print(f"rows after the refused item (ms after it, price, volume): {after}; old price {old_price}")
     assert after == [(2, later_price, 400)]  # the 300 shares waited for a price that was accepted
+
+
+# --- Schwab's morning reset -----------------------------------------------------------------------------
+
+MORNING = T0 - 4 * 3_600_000 + 28 * 60_000  # 07:28 New York, the day of T0
+
+
+def test_the_morning_reset_of_total_volume_is_a_new_baseline_not_a_refused_fall() -> None:
+    """Streaming overnight, the date's first TOTAL_VOLUME is still yesterday's total; Schwab resets
+    it before the open. That first fall is the new baseline at once: the trades after it count."""
+    clock = Clock(MORNING - 3 * 3_600_000)  # 04:28: the pre-market
+    m = merger(clock)
+    m.apply(snap(LAST_PRICE=500.0, TOTAL_VOLUME=41_000_000, TRADE_TIME_MILLIS=clock.ms - 1))  # yesterday's
+    clock.ms = MORNING
+    assert m.apply(snap(TOTAL_VOLUME=0, TRADE_TIME_MILLIS=MORNING - 1)) is None  # the reset
+    counted = [m.apply(snap(TOTAL_VOLUME=v, TRADE_TIME_MILLIS=MORNING + v)) for v in (100, 250, 400)]
+    assert [t.volume if t else None for t in counted] == [100, 150, 150]
+    with pytest.raises(BadFrame, match="went from 400 to 50"):  # one reset a day: a second fall is refused
+        m.apply(snap(TOTAL_VOLUME=50))
+
+
+def test_after_the_open_a_fall_is_refused_as_before() -> None:
+    m = started(volume=41_000_000)  # 11:00
+    with pytest.raises(BadFrame) as refused:
+        m.apply(snap(TOTAL_VOLUME=0))
+    assert refused.value.kind == "volume fall"

@@ -274,8 +274,8 @@ async def test_window_snapshots_and_ground_truth(postgres_dsn: str, tmp_path: Pa
         sim.pause()
         truth = sim.option_truth
         await wait_until(lambda: caught_up(tracker.quotes, truth, window.contracts))
-        first_expiry = min(c.expiration for c in window.contracts.values())
-        stamp = datetime.combine(first_expiry, time(15, 0, 7), UTC)  # not on a minute: no clash
+        # the quotes' own date (a snapshot of another date has none); not on a minute: no clash
+        stamp = datetime.combine(sim.market.session_date, time(15, 0, 7), UTC)
         rows = tracker.quotes.snapshot(stamp)
         service.batcher.add_options(rows)
         await wait_until(lambda: any(r[0] == stamp for r in stored_options(postgres_dsn)))

@@ -36,6 +36,14 @@ price. Yesterday's baseline therefore never turns this morning's first snapshot 
 Shares traded today before that first value are not counted by the stream; they fall in a gap
 (nothing was connected to see them).
 
+Morning reset. Schwab resets TOTAL_VOLUME to 0 once each morning, before the open (about 07:28
+New York time for equities). A process streaming through the night (SKIP_MARKET_HOURS=true) takes
+the date's baseline from the first TOTAL_VOLUME after midnight, which is still yesterday's total,
+so it sees the reset as a fall. The first fall of a symbol's TOTAL_VOLUME on an exchange date, if
+it comes before 09:30, is therefore that reset: it becomes the baseline at once and counts nothing
+(shares traded between the reset and that value, usually none, are not counted by the stream).
+Any other fall is refused as below.
+
 Implausible changes. Within a day TOTAL_VOLUME only rises. Two changes are refused (`BadFrame`,
 kinds "volume fall" and "volume jump"):
 - a fall;
@@ -85,6 +93,7 @@ log = structlog.get_logger(__name__)
 NEW_YORK = ZoneInfo("America/New_York")
 PRICE_LIMIT = 1e8  # DECIMAL(10,2) holds less than this
 VOLUME_LIMIT = 2**63  # BIGINT holds less than this
+_REGULAR_OPEN = clock_time(9, 30)  # New York: Schwab's morning reset of TOTAL_VOLUME comes before it
 _MISSING: Any = object()
 # LEVELONE_EQUITIES wire keys (StreamClient.LevelOneEquityFields values; tests/test_wire_parity.py)
 SYMBOL = "key"
@@ -109,6 +118,7 @@ class _SymbolState:
     trade_time_ms: int | None = None
     suspect: int | None = None  # the last refused TOTAL_VOLUME, and how many agreeing ones in a row
     suspects: int = 0
+    reset_seen: bool = False  # the date's first fall before the open was taken as the morning reset
     on_gap_closed: Callable[[str, int, int], None] | None = None  # set by expect_total()
 
 
@@ -136,6 +146,7 @@ class QuoteMerger:
         self._now = now
         self._state: dict[str, _SymbolState] = {}
         self._day = (0.0, 0.0)  # [start, end) of the current exchange date, epoch ms
+        self._open_ms = 0.0  # 09:30 of that date, epoch ms
 
     def apply(self, item: Mapping[str, Any], frame_time_ms: float | None = None) -> Tick | None:
         """Merge one item (wire keys); return the trade it reports, if any. Raises `BadFrame`, merging
@@ -184,7 +195,11 @@ class QuoteMerger:
                     symbol=symbol, rows_hold=previous, total_volume=total,
                 )  # fmt: skip
             elif total is not None and previous is not None and total != previous:
-                if total < previous or total - previous > self._allowed(previous):
+                if total < previous and not state.reset_seen and now_ms < self._open_ms:
+                    state.reset_seen = True  # Schwab's morning reset: the new baseline
+                    log.info("TOTAL_VOLUME reset before the open: new baseline", symbol=symbol,
+                             previous=previous, total=total)  # fmt: skip
+                elif total < previous or total - previous > self._allowed(previous):
                     self._refuse_unless_confirmed(symbol, state, previous, total)
                 else:
                     # after a gap, the trade time known from before it is stale: the frame's is better
@@ -318,6 +333,7 @@ class QuoteMerger:
             midnight = datetime.combine(today, clock_time(0), NEW_YORK)
             following = datetime.combine(today + timedelta(days=1), clock_time(0), NEW_YORK)
             self._day = (midnight.timestamp() * 1000, following.timestamp() * 1000)
+            self._open_ms = datetime.combine(today, _REGULAR_OPEN, NEW_YORK).timestamp() * 1000
         return int(self._day[0])
 
 
