@@ -2,11 +2,25 @@
 
 - **Checkpoint** (`checkpoint()`): per ticker, the row builder's state (indicators, open row) and
   the merger's (last TOTAL_VOLUME of the exchange date), plus `receiving_until`, the exchange time
-  up to which the stream was receiving. The writer commits it with the rows it covers, in one
-  spool transaction, so the two always agree.
+  up to which the stream was receiving, and the settings that state was made under
+  (ROW_RESOLUTION, SMA_PERIOD, SMA_BAR_SECONDS). The writer commits it with the rows it covers, in
+  one spool transaction, so the two always agree.
 - **Warm start** (`restore()`): a checkpoint of the current exchange date is resumed. The open row
   continues (it is never overwritten by a smaller one), VWAP and SMA go on, and the next
   TOTAL_VOLUME counts exactly what was traded meanwhile. A checkpoint of an earlier date is ignored.
+- **Changed settings.** A checkpoint is never resumed blindly: if a setting differs from the one
+  it was made under (or it does not say, being older than this rule), one warning names what
+  changed, and only what depends on it starts afresh:
+  - SMA_PERIOD or SMA_BAR_SECONDS: the SMA is rebuilt under the new settings from the rows
+    recorded today (spool and database), before the gap is filled; as in a cold start, a bar's
+    close is its last row's price, so rows coarser than a bar give fewer bars. If the rows cannot
+    be read, the SMA starts empty (NULL until it has its bars). VWAP, the open row and the
+    TOTAL_VOLUME baseline continue: they do not depend on either setting.
+  - ROW_RESOLUTION: new rows have the new resolution. The open row was recorded under the old one
+    and keeps its timestamp; a trade whose new interval starts at or before it is added to it
+    (only when the new resolution is coarser: it then closes at the next boundary), so no
+    recorded row is replaced by a smaller one and no share is counted twice. Everything else
+    continues.
 - **Gaps** (`before_subscribe()`, awaited before every subscription): when the stream was not
   receiving, the time since `receiving_until` (restart) or since the last data frame (reconnect)
   is a gap. If a minute boundary passed since the ticker's last trade, Schwab's 1-minute price
@@ -16,6 +30,9 @@
   them. The next TOTAL_VOLUME then counts only what the candles did not hold (the current minute
   up to the subscription; also the minute before if the subscription straddled a minute boundary
   after the history was read): nothing is counted twice. One `stream_gaps` row records the gap.
+  Only regular hours of a date count (of a trading day, streaming around the clock), and between
+  midnight and 04:00 nothing is filled: the day has no session yet, so today's first TOTAL_VOLUME
+  is a plain baseline (a hole in the previous day's session is not recorded after midnight).
 - **Cold start** (no checkpoint of today): the session so far is rebuilt from the sink's rows of
   the session (exact), then from price history for the minutes after them; the day's volume by
   price history is the TOTAL_VOLUME baseline, so the first live row counts only the current minute.
@@ -29,7 +46,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import structlog
@@ -56,7 +73,8 @@ RecordedRows = Callable[[str, datetime, datetime], Awaitable[list[tuple[EquityRo
 class Continuity:
     """See the module docstring. `now`: the exchange clock (epoch s); `receiving_until`: the
     stream's exchange time (ms) of its last data frame, None before any; `end_cause`: why the
-    stream's last connection ended."""
+    stream's last connection ended; `trading_day`: whether trades can happen on a date (streaming
+    around the clock; None: every date's regular hours count)."""
 
     def __init__(
         self,
@@ -70,6 +88,7 @@ class Continuity:
         fetch_candles: FetchCandles | None,
         recorded_rows: RecordedRows | None,
         options_missed: bool,
+        trading_day: Callable[[date], bool] | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._merger = merger
@@ -80,7 +99,9 @@ class Continuity:
         self._fetch_candles = fetch_candles
         self._recorded_rows = recorded_rows
         self._options_missed = options_missed
+        self._trading_day = trading_day
         self._restart_from: dict[str, int] = {}  # ticker → receiving_until of the resumed checkpoint
+        self._sma_to_rebuild: set[str] = set()  # resumed under other SMA settings
         self._first = True
         self._receiving_until_ms: int | None = None
         self.gaps: list[GapRow] = []  # recorded by this process, latest version of each
@@ -92,6 +113,7 @@ class Continuity:
             self._receiving_until_ms = until
         return {
             "version": CHECKPOINT_VERSION,
+            "settings": self._pipeline.settings,
             "receiving_until_ms": self._receiving_until_ms,
             "tickers": {
                 ticker: {"builder": builder.state(), "merger": self._merger.state(ticker)}
@@ -124,13 +146,43 @@ class Continuity:
             tickers=",".join(resumed) or None,
             receiving_until=_iso(until),
         )
+        if resumed:
+            self._settings_changed(saved.get("settings"), resumed)
         return resumed
+
+    def _settings_changed(self, made_under: dict[str, Any] | None, resumed: list[str]) -> None:
+        """Log what changed since the checkpoint was made and start afresh what depends on it (see
+        the module docstring)."""
+        now = self._pipeline.settings
+        then: dict[str, Any] = made_under if isinstance(made_under, dict) else dict.fromkeys(now, "?")
+        changed = [name for name in now if then.get(name) != now[name]]
+        if not changed:
+            return
+        sma = "SMA_PERIOD" in changed or "SMA_BAR_SECONDS" in changed
+        if sma:
+            for ticker in resumed:
+                self._pipeline.builders[ticker].rebuild_sma(())
+            self._sma_to_rebuild.update(resumed)
+        afresh = ["the SMA, rebuilt from the rows recorded today"] if sma else []
+        if "ROW_RESOLUTION" in changed:
+            afresh.append("new rows at the new resolution (the open row keeps its timestamp)")
+        log.warning(
+            "settings changed since the checkpoint",
+            changed=", ".join(f"{name} {then.get(name, '?')} -> {now[name]}" for name in changed),
+            afresh="; ".join(afresh),
+            continued="VWAP, the open row, the volume baseline" + ("" if sma else ", the SMA"),
+        )
 
     async def before_subscribe(self) -> None:
         """Fill every ticker's gap (see the module docstring). Never raises except on cancel."""
         now_ms = int(self._now() * 1000)
         session_start = session_segment(now_ms)[0]
         first, self._first = self._first, False
+        for ticker in sorted(self._sma_to_rebuild) if first else ():
+            await self._rebuild_sma(ticker, now_ms)
+        if session_start < exchange_day(now_ms)[0]:  # after midnight, before 04:00: nothing of today
+            self._restart_from.clear()
+            return
         for ticker in self._pipeline.builders:
             start: int | None
             if first and ticker in self._restart_from:
@@ -145,7 +197,7 @@ class Continuity:
                 start = session_start
                 if now_ms - start < _MINUTE_MS:
                     continue  # (re)starting at the session's start is no gap
-            if start >= now_ms or not _overlaps_regular_hours(start, now_ms):
+            if start >= now_ms or not _overlaps_regular_hours(start, now_ms, self._trading_day):
                 continue
             try:
                 async with asyncio.timeout(_FILL_TIMEOUT_S):
@@ -221,6 +273,25 @@ class Continuity:
             state_from=source,
         )
 
+    async def _rebuild_sma(self, ticker: str, now_ms: int) -> None:
+        """Rebuild `ticker`'s SMA from the rows recorded today; if they cannot be read, it stays
+        empty (logged). Never raises except on cancel."""
+        self._sma_to_rebuild.discard(ticker)
+        if self._recorded_rows is None:
+            return
+        try:
+            async with asyncio.timeout(_FILL_TIMEOUT_S):
+                recorded = await self._recorded_rows(ticker, _dt(exchange_day(now_ms)[0]), _dt(now_ms + 1))
+        except Exception as exc:
+            log.warning(
+                "today's rows cannot be read: the SMA starts empty",
+                ticker=ticker,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
+        self._pipeline.builders[ticker].rebuild_sma(equity for equity, _ in recorded)
+        log.debug("SMA rebuilt from the recorded rows", ticker=ticker, rows=len(recorded))
+
     async def _replay_recorded(self, ticker: str, since_ms: int, now_ms: int) -> str | None:
         """Rebuild `ticker`'s builder from the sink's rows of the session; return "sink rows" if any."""
         if self._recorded_rows is None:
@@ -244,13 +315,19 @@ class Continuity:
         self._add_gap(gap)
 
 
-def _overlaps_regular_hours(start_ms: int, end_ms: int) -> bool:
-    """Whether [start, end) overlaps 09:30-16:00 New York time of some date: gaps outside it (quiet
-    nights when streaming around the clock) are not recorded. With the market calendar on, the
-    service streams in sessions only, so weekends and holidays never come here."""
+def _overlaps_regular_hours(
+    start_ms: int, end_ms: int, trading_day: Callable[[date], bool] | None = None
+) -> bool:
+    """Whether [start, end) overlaps 09:30-16:00 New York time of some date (of a trading day, with
+    `trading_day`): gaps outside it (quiet nights, weekends and holidays when streaming around the
+    clock) are not recorded. With the market calendar on, the service streams in sessions only, so
+    weekends and holidays never come here."""
     day_start = exchange_day(start_ms)[0]
     while day_start < end_ms:
         day = datetime.fromtimestamp(day_start / 1000 + 43_200, EXCHANGE_TZ).date()  # noon: that date
+        if trading_day is not None and not trading_day(day):
+            day_start = exchange_day(day_start)[1]
+            continue
         opens = datetime.combine(day, REGULAR_OPEN, EXCHANGE_TZ).timestamp() * 1000
         closes = datetime.combine(day, _REGULAR_CLOSE, EXCHANGE_TZ).timestamp() * 1000
         if start_ms < closes and end_ms > opens:

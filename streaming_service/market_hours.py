@@ -8,6 +8,9 @@ the token file. pandas costs ~70 MiB of RAM, paid only by that child, for about 
 `MIN_DAYS_AHEAD` days, at most once per `retry_s` while rebuilding fails, and keeps serving the
 cached schedule meanwhile (a warning per failure; an error once fewer than `ALERT_DAYS` remain).
 Only when no cached session lies ahead does a failed rebuild raise `CalendarUnavailable`.
+
+`QuietHours` says when no trade can happen, for a service streaming around the clock
+(SKIP_MARKET_HOURS=true): then a feed without data is quiet, not stale.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -33,7 +39,10 @@ __all__ = [
     "CalendarUnavailable",
     "MarketCalendar",
     "MarketHours",
+    "QuietHours",
     "build_sessions",
+    "cache_path",
+    "cached_market_hours",
     "load_market_hours",
 ]
 
@@ -46,6 +55,10 @@ MIN_DAYS_AHEAD = 30
 ALERT_DAYS = 7
 RETRY_S = 3600.0
 BUILD_TIMEOUT_S = 300.0
+NEW_YORK = ZoneInfo("America/New_York")
+#: Trading is possible from the pre-market's start to this long after the close (after-hours).
+PRE_MARKET_START = clock_time(4, 0)
+AFTER_HOURS_S = 4 * 3600
 
 
 class CalendarUnavailable(StreamerError, RuntimeError):
@@ -150,10 +163,7 @@ class MarketCalendar:
         return self._last_attempt is not None and 0 <= now - self._last_attempt < self._retry_s
 
     def _read_cache(self) -> MarketHours | None:
-        try:
-            return _parse(self.cache_path.read_text())
-        except (OSError, ValueError, TypeError):
-            return None
+        return cached_market_hours(self.cache_path)
 
     def _build(self, now: float) -> tuple[str, MarketHours]:
         start = datetime.fromtimestamp(now, UTC).date() - timedelta(days=1)
@@ -208,6 +218,71 @@ class MarketCalendar:
             "and redeploy the image, which ships a fresh schedule), or set SKIP_MARKET_HOURS=true to "
             "stream around the clock."
         )
+
+
+class QuietHours:
+    """When a quiet feed is normal, for a service streaming around the clock (SKIP_MARKET_HOURS=true).
+
+    Trades can happen on a trading day from 04:00 New York time (the pre-market) until four hours
+    after the regular close (after-hours: 20:00, or 17:00 after a 13:00 close). At any other time
+    (nights, weekends, holidays) nothing trades, so a feed that sends heartbeats but no data is
+    quiet, not stale: `is_quiet()` is then True. A trading day is a date with a session in
+    `schedule` (the NYSE calendar: holidays and half days) while the schedule covers that date,
+    else a weekday; and a date on which trades did stream (`traded_on`) is one, whatever the
+    calendar says. `now`: the exchange clock (epoch seconds).
+    `last_quiet_at`: the wall-clock time (epoch s) `is_quiet()` last answered True, so that what
+    asks often can tell how long data has been expected.
+    """
+
+    def __init__(
+        self,
+        now: Callable[[], float] = time.time,
+        *,
+        schedule: MarketHours | None = None,
+        traded_on: Callable[[date], bool] = lambda day: False,
+    ) -> None:
+        self._now = now
+        self._traded_on = traded_on
+        sessions = schedule.sessions if schedule is not None else ()
+        self._closes = {datetime.fromtimestamp(o, NEW_YORK).date(): c for o, c in sessions}
+        self._covers = (min(self._closes), max(self._closes)) if self._closes else None
+        self.last_quiet_at: float | None = None
+
+    def trading_day(self, day: date) -> bool:
+        """Whether trades can happen on `day` (see the class docstring)."""
+        if self._traded_on(day):
+            return True
+        if self._covers is not None and self._covers[0] <= day <= self._covers[1]:
+            return day in self._closes
+        return day.weekday() < 5
+
+    def is_quiet(self) -> bool:
+        """True when no trade can happen now (see the class docstring)."""
+        now = self._now()
+        local = datetime.fromtimestamp(now, NEW_YORK)
+        day = local.date()
+        if self.trading_day(day) and local.time() >= PRE_MARKET_START:
+            regular_close = self._closes.get(day)
+            if regular_close is None:
+                regular_close = datetime.combine(day, clock_time(16, 0), NEW_YORK).timestamp()
+            if now < regular_close + AFTER_HOURS_S:
+                return False
+        self.last_quiet_at = time.time()
+        return True
+
+
+def cache_path(token_path: Path) -> Path:
+    """Where the schedule is cached: next to the token file (the Docker entrypoint copies the
+    image's schedule there)."""
+    return token_path.parent / "market_hours.json"
+
+
+def cached_market_hours(path: Path) -> MarketHours | None:
+    """The schedule cached at `path`, without building one; None if there is none usable."""
+    try:
+        return _parse(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def build_sessions(start: date, days: int) -> list[tuple[float, float]]:

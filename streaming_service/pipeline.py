@@ -12,7 +12,9 @@ it changes, so the upsert of the latest emission always holds the row's full tot
 Days: the indicators restart at each exchange date (America/New_York); VWAP also at each session
 segment (see `indicators`). Continuity: `state()`/`restore()` carry a builder across a restart, so
 the open row continues (it is never overwritten by a smaller one) and the indicators go on exactly;
-`replay()` rebuilds a builder from rows already recorded, without emitting them again.
+`replay()` rebuilds a builder from rows already recorded, without emitting them again, and
+`rebuild_sma()` the SMA alone (after SMA_PERIOD or SMA_BAR_SECONDS changed). `Pipeline.settings`
+names the settings a builder's state depends on.
 """
 
 from __future__ import annotations
@@ -111,6 +113,14 @@ class RowBuilder:
         if last_vwap is not None and vwap["volume"]:
             self._vwap.restore({**vwap, "notional": last_vwap * vwap["volume"]})
 
+    def rebuild_sma(self, recorded: Iterable[EquityRow]) -> None:
+        """Start the SMA afresh under this builder's settings from today's recorded rows (oldest
+        first), each a trade at its timestamp and price: a bar's close is its last row's price."""
+        sma = MovingAverage(*self._sma_args)
+        for row in recorded:
+            sma.update(_epoch_ms(row.timestamp), row.price)
+        self._sma = sma
+
     def state(self) -> dict[str, Any]:
         """What `restore()` needs to continue exactly from here (JSON-compatible)."""
         return {
@@ -155,6 +165,10 @@ class Pipeline:
             for t in tickers
         }
         self.emit = emit
+        #: The settings the builders' state depends on, by variable name (stored with a checkpoint)
+        self.settings = {
+            "ROW_RESOLUTION": resolution_s, "SMA_PERIOD": sma_period, "SMA_BAR_SECONDS": sma_bar_seconds
+        }  # fmt: skip
         self.ticks = 0
         self.volume = 0
         self.last_tick: Tick | None = None

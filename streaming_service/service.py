@@ -6,6 +6,15 @@ cancel the write in flight → close the sink, the Schwab session and the spool.
 waits in the spool for the next run (the last log line says how many rows). Setting `force` (a
 second signal) cuts the writing short at once. Nothing here waits on the network without a deadline.
 
+Around the clock (SKIP_MARKET_HOURS=true, no market calendar gating the stream), a feed without
+data is normal whenever no trade can happen (`market_hours.QuietHours`): outside 04:00 to four hours
+after the close of a trading day, so all night, all weekend and all holiday. Trading days come from
+the NYSE schedule cached next to the token file when there is one (holidays, half days), else they
+are the weekdays; a date on which trades streamed is one in any case. While quiet is normal the
+stream is not reconnected for want of data (only a socket that sends not even heartbeats is),
+/healthz is not 503 for it (its body says `"quiet": true`), and the time is no gap. From 04:00 of a
+trading day data is due again within STALE_SECONDS.
+
 The token file is followed (`new_client` + `token_path`): every `token_poll_s` seconds, a file from
 a newer login (`streaming-service auth` ran) replaces the client at once, before the old client's
 next refresh could write its old login back over it. So an expired Schwab login does not stop the
@@ -20,7 +29,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +40,14 @@ from streaming_service.batcher import Batcher
 from streaming_service.config import Settings
 from streaming_service.continuity import Continuity
 from streaming_service.errors import AuthError
-from streaming_service.market_hours import CalendarUnavailable, MarketHours
+from streaming_service.indicators import EXCHANGE_TZ
+from streaming_service.market_hours import (
+    CalendarUnavailable,
+    MarketHours,
+    QuietHours,
+    cache_path,
+    cached_market_hours,
+)
 from streaming_service.models import Tick
 from streaming_service.pipeline import Pipeline
 from streaming_service.sinks.base import RecordedRow, Sink
@@ -132,6 +148,10 @@ class Service:
             sma_period=settings.sma_period,
             sma_bar_seconds=settings.sma_bar_seconds,
         )
+        self.quiet: QuietHours | None = None  # when a feed without data is normal (24/7 only)
+        if settings.skip_market_hours and market_hours is None:
+            schedule = cached_market_hours(cache_path(settings.schwab_token_path))
+            self.quiet = QuietHours(exchange_clock.get(), schedule=schedule, traded_on=self._traded_on)
         self.options: OptionsTracker | None = None
         if settings.options_enabled:
             self.options = OptionsTracker(
@@ -150,6 +170,7 @@ class Service:
             stale_after_s=settings.stale_seconds,
             max_volume_jump=settings.max_volume_jump,
             before_subscribe=lambda: self.continuity.before_subscribe(),
+            quiet=self.quiet.is_quiet if self.quiet else None,
         )
         self.continuity = Continuity(
             self.pipeline,
@@ -161,6 +182,7 @@ class Service:
             fetch_candles=self._minute_candles,
             recorded_rows=self._recorded_rows,
             options_missed=settings.options_enabled,
+            trading_day=self.quiet.trading_day if self.quiet else None,
         )
         self.reauth_needed = False
         self.stopping = False
@@ -169,13 +191,29 @@ class Service:
         self._rate_mark = (time.monotonic(), 0)
 
     async def _recorded_rows(self, ticker: str, since: datetime, until: datetime) -> list[RecordedRow]:
-        """The sink's rows of `ticker` in [since, until), once the sink is open (5 s at most)."""
+        """What is recorded of `ticker` in [since, until), oldest first: the rows waiting in the spool
+        over the sink's (read once the sink is open, 5 s at most). The spool is read first, so a row
+        the writer moves to the sink meanwhile is found there; the spool's version of a row is the
+        newer. Raises what the sink or the spool raise."""
+        waiting = await self.spool.recorded_rows(ticker, since, until)
         async with asyncio.timeout(_SINK_READ_WAIT_S):
             await self.batcher.sink_open.wait()
-        return await self.sink.recorded_rows(ticker, since, until)
+        written = await self.sink.recorded_rows(ticker, since, until)
+        rows = {equity.timestamp: (equity, indicators) for equity, indicators in written}
+        for equity, indicators in waiting:
+            older = rows.get(equity.timestamp)
+            rows[equity.timestamp] = (equity, indicators or (older[1] if older else None))
+        return [rows[stamp] for stamp in sorted(rows)]
 
     async def _minute_candles(self, symbol: str, start_ms: int, end_ms: int) -> list[Candle]:
         return await minute_candles(self._client, symbol, start_ms, end_ms)
+
+    def _traded_on(self, day: date) -> bool:
+        """Whether the last trade of some ticker (streamed, backfilled or resumed) is of `day`."""
+        return any(
+            b.last_ms is not None and datetime.fromtimestamp(b.last_ms / 1000, EXCHANGE_TZ).date() == day
+            for b in self.pipeline.builders.values()
+        )
 
     def _on_tick(self, tick: Tick) -> None:
         self.pipeline.on_tick(tick)
@@ -374,21 +412,27 @@ class Service:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) for /healthz: 200 when streaming or waiting by the calendar; 503
-        when the data is stale in market hours, the sink is down or a new login is needed."""
+        when the data is stale while trades can happen (see the module docstring for streaming
+        around the clock), the sink is down or a new login is needed."""
         now = time.time()
         state = self.state()
         ages = self.last_data_age(now)
         stale_after = self.settings.stale_seconds
         in_hours = state in ("streaming", "reconnecting")
         up_for = now - (self._streaming_since or now)
-        freshest = min((age for age in ages.values() if age is not None), default=None)
-        stale = in_hours and up_for > stale_after and (freshest is None or freshest > stale_after)
+        quiet = self.quiet is not None and self.quiet.is_quiet()
+        waited = min((age for age in ages.values() if age is not None), default=None)
+        if self.quiet is not None and self.quiet.last_quiet_at is not None:  # data is due since then
+            since_quiet = now - self.quiet.last_quiet_at
+            waited = since_quiet if waited is None else min(waited, since_quiet)
+        stale = in_hours and not quiet and up_for > stale_after and (waited is None or waited > stale_after)
         ok = state in ("streaming", "waiting_for_open", "reconnecting") and not stale
         failing = self.batcher.stats.failing_since
         body = {
             "state": state,
             "ok": ok,
             "stale": stale,
+            "quiet": quiet,
             "version": __version__,
             "tickers": {t: {"last_data_age_s": age} for t, age in ages.items()},
             "spool": {

@@ -7,6 +7,8 @@ kill -9 or a power cut loses at most the rows of one commit window. `take()` rea
 `confirm()` deletes them once the sink has committed them — but only the versions that were taken, so
 a row replaced meanwhile stays. Delivery is at-least-once; the sinks' upserts make replays harmless.
 
+`recorded_rows()` reads the rows of a ticker that wait here: with the database's, what is recorded.
+
 The same file holds the service's checkpoint (`commit(checkpoint=...)`, `checkpoint`): the state
 the indicators and open rows need to continue after a restart, written in the same transaction as
 the rows it covers, so the two always agree.
@@ -23,7 +25,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -58,6 +60,7 @@ INSERT INTO outbox (tbl, key, seq, queued_at, payload) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq, payload = excluded.payload
 """
 _DROP_ALERT_EVERY_S = 60.0
+_RECORDED = ("equity_data", "indicators")  # the tables `recorded_rows` reads
 
 
 class SpoolError(StreamerError):
@@ -154,6 +157,23 @@ class Spool:
         """The `limit` oldest committed rows (possibly none). They stay in the spool until confirmed."""
         return await self._run(self._take_sync, limit)
 
+    async def recorded_rows(
+        self, ticker: str, since: datetime, until: datetime
+    ) -> list[tuple[EquityRow, IndicatorRow | None]]:
+        """The equity rows of `ticker` stamped in [since, until) that wait here, committed or
+        buffered (the latest version of each), oldest first, each with its indicators row (None if
+        that is not here). Raises `SpoolError`."""
+        low, high = (f"{ticker}|{moment.astimezone(UTC).isoformat()}" for moment in (since, until))
+        committed = await self._run(self._recorded_sync, low, high)
+        rows: dict[tuple[str, str], TableRow] = {
+            (table, key): _decode(table, json.loads(payload)) for table, key, payload in committed
+        }
+        rows.update((key, row) for key, row in self._buffer.items() if key[0] in _RECORDED)
+        ours = [row for row in rows.values() if row.key[0] == ticker and since <= row.key[1] < until]
+        equity = sorted((row for row in ours if isinstance(row, EquityRow)), key=lambda row: row.timestamp)
+        indicators = {row.timestamp: row for row in ours if isinstance(row, IndicatorRow)}
+        return [(row, indicators.get(row.timestamp)) for row in equity]
+
     async def confirm(self, taken: Taken) -> None:
         """Delete the taken rows whose version is unchanged (the sink committed exactly those).
 
@@ -234,6 +254,12 @@ class Spool:
             tuple(by_table["stream_gaps"]),
         )
         return Taken(batch, rows[-1][1] if rows else 0)
+
+    def _recorded_sync(self, conn: sqlite3.Connection, low: str, high: str) -> list[tuple[str, str, str]]:
+        return conn.execute(
+            "SELECT tbl, key, payload FROM outbox WHERE tbl IN (?, ?) AND key >= ? AND key < ?",
+            (*_RECORDED, low, high),
+        ).fetchall()
 
     def _confirm_sync(self, conn: sqlite3.Connection, last_seq: int) -> None:
         # One statement: atomic. The counts follow from what it deleted (no count(*) over a backlog).

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from harness import running_service
 from polling import wait_until
+from structlog.testing import capture_logs
 
 from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 
@@ -76,12 +77,15 @@ def read_gaps(url: str) -> list[tuple[int, int, str, int, int | None, bool]]:
 Gap = tuple[int, int, int]  # (last trade seen, ended_at, first minute counted in the first live row)
 
 
-def reference(market: SimulatedMarket, gaps: list[Gap]) -> pd.DataFrame:
+def reference(
+    market: SimulatedMarket, gaps: list[Gap], *, period: int = 9, bar_ms: int = MINUTE_MS
+) -> pd.DataFrame:
     """The trades as the service can know them, with VWAP and SMA9 after each (see the module
     docstring): a trade inside a gap (seen, ended] is not seen one by one. Each minute of it before
     `lumped_from` is one trade of the minute's unseen volume at the minute's last price (price
     history); the unseen trades from `lumped_from` on are one trade at the last of them (the first
-    TOTAL_VOLUME after the gap)."""
+    TOTAL_VOLUME after the gap). `period` and `bar_ms` (a multiple of a minute): SMA_PERIOD and
+    SMA_BAR_SECONDS, computed afresh over the whole day (the column keeps its name, sma9)."""
     df = pd.DataFrame(
         [(t.timestamp_ms, t.price, t.size) for t in market.trades], columns=["ms", "price", "size"]
     )
@@ -99,9 +103,9 @@ def reference(market: SimulatedMarket, gaps: list[Gap]) -> pd.DataFrame:
         .reset_index(drop=True)
     )
     df["vwap"] = (df.price * df["size"]).cumsum() / df["size"].cumsum()
-    df["bar"] = df.ms // MINUTE_MS
+    df["bar"] = df.ms // bar_ms
     closes = df.groupby("bar").price.last()
-    df["sma9"] = (df.bar.map(closes.shift(1).rolling(8).sum()) + df.price) / 9
+    df["sma9"] = (df.bar.map(closes.shift(1).rolling(period - 1).sum()) + df.price) / period
     return df
 
 
@@ -129,17 +133,21 @@ def backfilled_minutes(market: SimulatedMarket, seen: int, ended: int) -> set[in
     return {m for t in market.trades if first <= (m := t.timestamp_ms - t.timestamp_ms % MINUTE_MS) < last}
 
 
-def assert_indicators_match(rows: pd.DataFrame, market: SimulatedMarket, gaps: list[Gap]) -> None:
+def assert_indicators_match(
+    rows: pd.DataFrame, market: SimulatedMarket, gaps: list[Gap], *, period: int = 9, bar_ms: int = MINUTE_MS
+) -> None:
     """Each row's indicators equal the reference's just before the next row (its last trade),
     within 0.01 (the columns round to 0.005)."""
-    ref = reference(market, gaps)
+    ref = reference(market, gaps, period=period, bar_ms=bar_ms)
     ends = [*rows.ms[1:], int(ref.ms.max()) + 1]
     expected = ref.iloc[ref.ms.searchsorted(ends, side="left") - 1].reset_index(drop=True)
     rows = rows.reset_index(drop=True)
     vwap_error = (rows.vwap - expected.vwap).abs()
     formed = expected.sma9.notna() & rows.sma9.notna()
     sma_error = (rows.sma9[formed] - expected.sma9[formed]).abs()
-    print(f"rows={len(rows)} max |vwap error|={vwap_error.max():.4f} max |sma9 error|={sma_error.max():.4f}")
+    null_mismatch = int((rows.sma9.isna() != expected.sma9.isna()).sum())
+    print(f"rows={len(rows)} max |vwap error|={vwap_error.max():.4f} max |sma9 error|={sma_error.max():.4f} "
+          f"sma9 NULL where it should not be or the reverse: {null_mismatch}")  # fmt: skip
     assert vwap_error.max() <= 0.01
     assert sma_error.max() <= 0.01
     assert list(rows.sma9.isna()) == list(expected.sma9.isna())  # SMA9 forms when it should
@@ -350,3 +358,42 @@ async def test_a_new_machine_mid_session_continues_from_the_sinks_rows(tmp_path:
     assert cause == "restart" and backfilled >= 2
     assert rows.volume.sum() == market.total_volume("QQQ")
     assert_indicators_match(rows, market, [as_filled(market, seen, ended, backfilled)])
+
+
+@pytest.mark.parametrize(
+    ("setting", "before", "after"),
+    [
+        ("sma_period", 5, 9),
+        ("sma_bar_seconds", 60, 120),
+        ("row_resolution", 1, 60),
+        ("row_resolution", 60, 1),
+    ],
+)
+async def test_a_checkpoint_made_under_other_settings_is_not_resumed_blindly(
+    setting: str, before: int, after: int, tmp_path: Path
+) -> None:
+    """Run, stop, change one setting, run again: the rows after the restart hold the indicators a
+    fresh computation under the new settings gives, and every share exactly once."""
+    settings = {**open_db("sqlite", tmp_path), "row_resolution": 1, "batch_interval": 0.2}
+    market = SimulatedMarket(["QQQ"], seed=23, trades_per_second=3.0, session_seconds=1_200.0)
+    async with SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2) as sim:
+        first = await run_until(sim, tmp_path, {**settings, setting: before}, 740, then_speed=SPEED / 10)
+        recorded = read_rows(settings["database_url"])
+        with capture_logs() as logs:
+            second = await run_to_end(sim, tmp_path, {**settings, setting: after}, speed=SPEED)
+    rows = read_rows(settings["database_url"])
+    seen = first.pipeline.builders["QQQ"].last_ms  # the last trade the first run streamed
+    ((_, ended, cause, backfilled, _, _),) = read_gaps(settings["database_url"])
+    assert cause == "restart" and second.continuity.gaps[0].equity_backfilled_rows == backfilled
+    new = {"sma_period": 9, "sma_bar_seconds": 60, setting: after}
+    changed = [e for e in logs if e["event"].startswith("settings changed since the checkpoint")]
+    print(f"{setting} {before} -> {after}: {[e['changed'] for e in changed]}; Σ {rows.volume.sum()} "
+          f"= truth {market.total_volume('QQQ')}")  # fmt: skip
+    assert len(changed) == 1 and changed[0]["changed"] == f"{setting.upper()} {before} -> {after}"
+    assert rows.volume.sum() == market.total_volume("QQQ")
+    kept = recorded.merge(rows, on="ms", suffixes=("_before", "_after"))
+    assert len(kept) == len(recorded) and (kept.volume_after >= kept.volume_before).all()  # none lost
+    assert_indicators_match(
+        rows[rows.ms > seen], market, [as_filled(market, seen, ended, backfilled)],
+        period=new["sma_period"], bar_ms=new["sma_bar_seconds"] * 1000,
+    )  # fmt: skip

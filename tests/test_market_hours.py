@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import stat
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+import time_machine
 from structlog.testing import capture_logs
 
 from streaming_service.market_hours import (
@@ -20,6 +23,9 @@ from streaming_service.market_hours import (
     CalendarUnavailable,
     MarketCalendar,
     MarketHours,
+    QuietHours,
+    cache_path,
+    cached_market_hours,
     load_market_hours,
 )
 
@@ -254,3 +260,62 @@ def test_interpreter_that_cannot_start_without_cache_raises(tmp_path: Path) -> N
     calendar = MarketCalendar(tmp_path / "mh.json", python=str(tmp_path / "no-such-python"))
     with pytest.raises(CalendarUnavailable, match=r"cannot start .*no-such-python"):
         calendar(at("2026-11-20T12:00:00+00:00"))
+
+
+# --- QuietHours: when a feed without data is normal (SKIP_MARKET_HOURS=true) --------------------------
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def quiet_at(hours: QuietHours, moment: str) -> bool:
+    """`hours.is_quiet()` with the exchange clock at `moment`, New York time."""
+    hours._now = lambda: datetime.fromisoformat(moment).replace(tzinfo=NEW_YORK).timestamp()
+    return hours.is_quiet()
+
+
+@pytest.mark.parametrize(
+    ("moment", "quiet"),
+    [
+        ("2026-12-08T03:59:59", True),  # a Tuesday night
+        ("2026-12-08T04:00:00", False),  # the pre-market
+        ("2026-12-08T12:00:00", False),
+        ("2026-12-08T19:59:59", False),  # after-hours
+        ("2026-12-08T20:00:00", True),
+        ("2026-12-05T12:00:00", True),  # a Saturday
+        ("2026-12-06T19:00:00", True),  # a Sunday
+    ],
+)
+def test_without_a_schedule_trades_can_happen_0400_to_2000_on_weekdays(moment: str, quiet: bool) -> None:
+    assert quiet_at(QuietHours(), moment) is quiet
+
+
+def test_the_schedule_knows_holidays_and_half_days(schedule_text: str, tmp_path: Path) -> None:
+    (tmp_path / "market_hours.json").write_text(schedule_text)
+    schedule = cached_market_hours(cache_path(tmp_path / "token.json"))
+    assert schedule is not None
+    hours = QuietHours(schedule=schedule)
+    assert quiet_at(hours, "2026-11-26T12:00:00")  # Thanksgiving: a Thursday, no session
+    assert not quiet_at(hours, "2026-11-27T16:59:59")  # the half day closes at 13:00 ...
+    assert quiet_at(hours, "2026-11-27T17:00:00")  # ... and its after-hours at 17:00
+    assert not quiet_at(hours, "2026-11-30T04:00:00")  # the Monday after
+    assert not quiet_at(hours, "2027-12-27T04:00:00")  # past the schedule: a weekday is a trading day
+    assert cached_market_hours(tmp_path / "missing.json") is None
+
+
+def test_a_day_that_traded_is_a_trading_day_whatever_the_calendar() -> None:
+    saturday = datetime(2026, 12, 5).date()
+    hours = QuietHours(traded_on=lambda day: day == saturday)  # e.g. a simulated market's
+    assert not quiet_at(hours, "2026-12-05T12:00:00")
+    assert quiet_at(hours, "2026-12-06T12:00:00")
+
+
+def test_the_default_clock_is_the_wall_clock_and_the_last_quiet_moment_is_noted() -> None:
+    with time_machine.travel(datetime(2026, 12, 5, 12, 0, tzinfo=NEW_YORK), tick=True):  # a Saturday
+        hours = QuietHours()
+        assert hours.last_quiet_at is None
+        assert hours.is_quiet()
+        assert hours.last_quiet_at is not None and abs(hours.last_quiet_at - time.time()) < 5
+    with time_machine.travel(datetime(2026, 12, 7, 10, 0, tzinfo=NEW_YORK), tick=True):  # Monday 10:00
+        noted = hours.last_quiet_at
+        assert not hours.is_quiet() and hours.last_quiet_at == noted

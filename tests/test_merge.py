@@ -3,12 +3,18 @@ item is validated before it changes anything (prices, counts, trade times, volum
 
 from __future__ import annotations
 
+import json
 import math
+import sqlite3
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import running_service
+from polling import wait_until
 
+from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 from streaming_service.sources.merge import WIRE_NAMES
 from streaming_service.sources.schwab import BadFrame, QuoteMerger
 
@@ -139,13 +145,22 @@ def test_symbols_are_merged_independently() -> None:
 )
 def test_bad_items_raise_and_merge_nothing(item: dict[str, Any], kind: str) -> None:
     m = started(symbols=("QQQ",))
+    refused_item = {**item, "8": item.get("8", 1_100)} if "key" in item else wire(item)
     with pytest.raises(BadFrame) as refused:
-        m.apply({**item, "8": item.get("8", 1_100)} if "key" in item else wire(item))
+        m.apply(refused_item)
     assert refused.value.kind == kind
     assert len(str(refused.value)) <= 200
-    tick = m.apply(snap(TOTAL_VOLUME=1_150))
-    assert tick is not None and (tick.price, tick.volume) == (500.0, 150)  # baseline and price kept
-    assert tick.timestamp == datetime.fromtimestamp(T0 / 1000, UTC)  # trade time kept
+    ours = refused_item.get("key") == "QQQ"
+    forgot_price, forgot_time = ours and "3" in refused_item, ours and "35" in refused_item
+    if forgot_price:  # the stream will not send that price again: the next trade must bring one
+        with pytest.raises(BadFrame, match="accepted LAST_PRICE"):
+            m.apply(snap(TOTAL_VOLUME=1_150), frame_time_ms=T0 + 9)
+    price = 501.0 if forgot_price else 500.0
+    tick = m.apply(snap(LAST_PRICE=price, TOTAL_VOLUME=1_150) if forgot_price else snap(TOTAL_VOLUME=1_150),
+                   frame_time_ms=T0 + 9)  # fmt: skip
+    assert tick is not None and (tick.price, tick.volume) == (price, 150)  # the baseline kept
+    known_time = T0 + 9 if forgot_time else T0  # a trade time it carried is forgotten, else kept
+    assert tick.timestamp == datetime.fromtimestamp(known_time / 1000, UTC)
 
 
 def test_limits_themselves_are_accepted() -> None:
@@ -213,7 +228,9 @@ def test_a_replayed_old_frame_is_refused_so_no_share_is_counted_twice() -> None:
     with pytest.raises(BadFrame) as refused:
         m.apply(snap(LAST_PRICE=500.0, TOTAL_VOLUME=1_500, TRADE_TIME_MILLIS=T0))  # an old frame again
     assert refused.value.kind == "volume fall"
-    assert volume_after(m, 2_500) == 500  # not 1,000: the fall did not become the baseline
+    tick = m.apply(snap(LAST_PRICE=500.5, TOTAL_VOLUME=2_500), frame_time_ms=T0 + 5)  # (a new price and time:
+    # those the refused frame carried are forgotten)
+    assert tick is not None and tick.volume == 500  # not 1,000: the fall did not become the baseline
 
 
 def test_a_fall_that_stays_resets_the_baseline_without_counting_anything() -> None:
@@ -271,3 +288,87 @@ def test_yesterdays_trade_time_is_refused_after_the_date_changes() -> None:
     with pytest.raises(BadFrame) as refused:
         m.apply(snap(TOTAL_VOLUME=9_000_100, TRADE_TIME_MILLIS=T0 + 5))
     assert refused.value.kind == "trade time of another day"
+
+
+# --- after a refused item --------------------------------------------------------------------------
+
+
+def test_a_refused_item_forgets_the_price_and_time_it_carried() -> None:
+    """The stream will not send again what the refused item carried: the next trade is priced and
+    timed only with values accepted after it (its shares wait for a price; nothing is lost)."""
+    m = started(price=500.0, volume=1_000)
+    with pytest.raises(BadFrame):  # valid price and time, invalid size: refused whole
+        m.apply(snap(LAST_PRICE=501.0, TOTAL_VOLUME=1_100, LAST_SIZE=-1, TRADE_TIME_MILLIS=T0 + 10))
+    with pytest.raises(BadFrame) as waiting:  # a trade at 501.0, which we never accepted
+        m.apply(snap(TOTAL_VOLUME=1_300), frame_time_ms=T0 + 20)
+    assert waiting.value.kind == "trade without a price"
+    tick = m.apply(snap(LAST_PRICE=502.0, TOTAL_VOLUME=1_400), frame_time_ms=T0 + 30)
+    assert tick is not None and (tick.price, tick.volume) == (502.0, 400)
+    assert tick.timestamp == datetime.fromtimestamp((T0 + 30) / 1000, UTC)  # not the forgotten T0
+
+
+def test_a_refused_item_without_a_price_leaves_the_price_known() -> None:
+    m = started(price=500.0, volume=1_000)
+    with pytest.raises(BadFrame):  # a volume jump: the stream's price did not change
+        m.apply(snap(TOTAL_VOLUME=1_000 + 50_000_000))
+    tick = m.apply(snap(TOTAL_VOLUME=1_100))
+    assert tick is not None and (tick.price, tick.volume) == (500.0, 100)
+
+
+async def test_no_row_takes_the_price_a_refused_item_replaced(tmp_path: Path) -> None:
+    """Over the real WebSocket: an item with a new price and a bad field is refused; the next trade
+    comes without a price (the stream sent it already). Its row must not carry the old price."""
+    url = f"sqlite:///{tmp_path / 'record.db'}"
+    market = SimulatedMarket(["QQQ"], seed=5, trades_per_second=3.0, session_seconds=3_600.0)
+    async with (
+        SchwabSimulator(market, speed=10.0, heartbeat_seconds=0.2) as sim,
+        running_service(sim, tmp_path, database_url=url, options_enabled=False) as service,
+    ):
+        await wait_until(lambda: service.pipeline.ticks >= 5)
+        sim.pause()
+        merger = service.stream.merger
+        await wait_until(lambda: merger.state("QQQ")["total_volume"] == market.total_volume("QQQ"))  # type: ignore[index]
+        old_price, total = merger.state("QQQ")["last_price"], market.total_volume("QQQ")  # type: ignore[index]
+        new_price, later_price = round(old_price + 1.23, 2), round(old_price + 1.5, 2)
+        at = int(sim.clock() * 1000)
+        items = [
+            {"key": "QQQ", "3": new_price, "8": total + 100, "9": -5, "35": at},  # refused: LAST_SIZE
+            {"key": "QQQ", "8": total + 300, "35": at + 1},  # a trade at new_price
+            {"key": "QQQ", "3": later_price, "8": total + 400, "35": at + 2},
+        ]
+        for item in items:
+            frame = {"service": "LEVELONE_EQUITIES", "timestamp": at, "command": "SUBS", "content": [item]}
+            await sim.send_raw(json.dumps({"data": [frame]}))
+        await wait_until(lambda: merger.state("QQQ")["total_volume"] == total + 400)  # type: ignore[index]
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        rows = conn.execute("SELECT timestamp, price, volume FROM equity_data").fetchall()
+    stamped = [(int(datetime.fromisoformat(t).timestamp() * 1000), p, volume) for t, p, volume in rows]
+    after = [(ms - at, price, volume) for ms, price, volume in stamped if ms >= at]
+    print(f"rows after the refused item (ms after it, price, volume): {after}; old price {old_price}")
+    assert after == [(2, later_price, 400)]  # the 300 shares waited for a price that was accepted
+
+
+# --- Schwab's morning reset -----------------------------------------------------------------------------
+
+MORNING = T0 - 4 * 3_600_000 + 28 * 60_000  # 07:28 New York, the day of T0
+
+
+def test_the_morning_reset_of_total_volume_is_a_new_baseline_not_a_refused_fall() -> None:
+    """Streaming overnight, the date's first TOTAL_VOLUME is still yesterday's total; Schwab resets
+    it before the open. That first fall is the new baseline at once: the trades after it count."""
+    clock = Clock(MORNING - 3 * 3_600_000)  # 04:28: the pre-market
+    m = merger(clock)
+    m.apply(snap(LAST_PRICE=500.0, TOTAL_VOLUME=41_000_000, TRADE_TIME_MILLIS=clock.ms - 1))  # yesterday's
+    clock.ms = MORNING
+    assert m.apply(snap(TOTAL_VOLUME=0, TRADE_TIME_MILLIS=MORNING - 1)) is None  # the reset
+    counted = [m.apply(snap(TOTAL_VOLUME=v, TRADE_TIME_MILLIS=MORNING + v)) for v in (100, 250, 400)]
+    assert [t.volume if t else None for t in counted] == [100, 150, 150]
+    with pytest.raises(BadFrame, match="went from 400 to 50"):  # one reset a day: a second fall is refused
+        m.apply(snap(TOTAL_VOLUME=50))
+
+
+def test_after_the_open_a_fall_is_refused_as_before() -> None:
+    m = started(volume=41_000_000)  # 11:00
+    with pytest.raises(BadFrame) as refused:
+        m.apply(snap(TOTAL_VOLUME=0))
+    assert refused.value.kind == "volume fall"

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -24,6 +26,7 @@ from streaming_service.service import Service
 from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 from streaming_service.simulator.options import OptionBook
 from streaming_service.simulator.server import OPTION_SERVICE
+from streaming_service.sources.clock import use_exchange_clock
 from streaming_service.sources.options import (
     OPTION_KEYS,
     BadOptionItem,
@@ -31,6 +34,8 @@ from streaming_service.sources.options import (
     OptionsTracker,
     select_window,
 )
+
+NEW_YORK = ZoneInfo("America/New_York")
 
 Tracked = tuple[OptionsTracker, list[set[str]]]
 
@@ -138,7 +143,8 @@ def wire(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def quotes() -> OptionQuotes:
-    book = OptionQuotes()
+    """Quotes of `CONTRACT`, received on its expiration day (2026-11-24 09:30 New York)."""
+    book = OptionQuotes(now=lambda: OPEN_MS / 1000)
     book.set_contracts({CONTRACT.symbol: CONTRACT})
     return book
 
@@ -268,8 +274,8 @@ async def test_window_snapshots_and_ground_truth(postgres_dsn: str, tmp_path: Pa
         sim.pause()
         truth = sim.option_truth
         await wait_until(lambda: caught_up(tracker.quotes, truth, window.contracts))
-        first_expiry = min(c.expiration for c in window.contracts.values())
-        stamp = datetime.combine(first_expiry, time(15, 0, 7), UTC)  # not on a minute: no clash
+        # the quotes' own date (a snapshot of another date has none); not on a minute: no clash
+        stamp = datetime.combine(sim.market.session_date, time(15, 0, 7), UTC)
         rows = tracker.quotes.snapshot(stamp)
         service.batcher.add_options(rows)
         await wait_until(lambda: any(r[0] == stamp for r in stored_options(postgres_dsn)))
@@ -386,3 +392,57 @@ async def test_a_ticker_without_options_is_asked_again_the_next_day(tmp_path: Pa
     refusals = [e for e in logs if e["event"] == "no options recorded for this ticker"]
     assert refusals and refusals[0]["underlying"] == "NOOPT" and "HTTP 400" in refusals[0]["reason"]
     assert "OPTIONS_ENABLED=false" in refusals[0]["fix"]
+
+
+# --- a new trading day -------------------------------------------------------------------------------
+
+
+def option_rows_by_day(url: str) -> dict[date, set[str]]:
+    """The option symbols of the stored snapshot rows, by their New York date."""
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        rows = conn.execute("SELECT timestamp, option_symbol FROM option_prices").fetchall()
+    by_day: dict[date, set[str]] = {}
+    for stamp, symbol in rows:
+        day = datetime.fromisoformat(stamp).astimezone(NEW_YORK).date()
+        by_day.setdefault(day, set()).add(symbol)
+    return by_day
+
+
+async def test_the_first_snapshot_of_a_new_day_holds_only_quotes_received_that_day(tmp_path: Path) -> None:
+    """One process from Monday's session into Tuesday's (a new connection in the morning, as after
+    the close or any overnight drop). Tuesday's market lists none of Monday's window (QQQ opened
+    20 % higher), so Monday's contracts that are still alive get no quote on Tuesday: no Tuesday
+    snapshot may carry them."""
+    monday = SimulatedMarket(["QQQ"], seed=11, trades_per_second=2.0, session_seconds=3_600.0,
+                             session_date=date(2026, 11, 23))  # fmt: skip
+    tuesday = SimulatedMarket(["QQQ"], seed=12, trades_per_second=2.0, session_seconds=3_600.0,
+                              session_date=date(2026, 11, 24), start_prices={"QQQ": 600.0})  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'record.db'}"
+    settings = {"database_url": url, "options_strikes": 3, "options_expirations": 2, "options_interval": 60}
+    async with (
+        SchwabSimulator(monday, speed=60.0, heartbeat_seconds=0.2) as first,
+        SchwabSimulator(tuesday, speed=60.0, heartbeat_seconds=0.2) as second,
+    ):
+        market = [first]
+        use_exchange_clock(lambda: market[0].clock())  # the exchange clock goes from one day to the next
+        async with running_service(first, tmp_path, **settings) as service:
+            tracker = service.options
+            assert tracker is not None
+            await wait_until(lambda: tracker.snapshots >= 2)
+            mondays = set(tracker.windows["QQQ"].contracts)
+            window = tracker.windows["QQQ"].contracts.values()
+            assert any(c.expiration >= tuesday.session_date for c in window)  # alive on Tuesday too
+            client = simulator_client(second, tmp_path)  # the next morning's connection goes to Tuesday
+            service.stream.use_client(client)
+            tracker.use_client(client)
+            market[0] = second
+            await first.disconnect_all()
+            await wait_until(lambda: bool(option_rows_by_day(url).get(tuesday.session_date, set()) - mondays))
+        await client.close_async_session()
+    by_day = option_rows_by_day(url)
+    stale = by_day[tuesday.session_date] & mondays
+    print(f"Tuesday's snapshots: {len(by_day[tuesday.session_date])} contracts, {len(stale)} of them "
+          f"with Monday's quotes")  # fmt: skip
+    assert mondays <= by_day[monday.session_date]
+    assert stale == set()
+    assert by_day[tuesday.session_date] <= set(second.option_truth)  # every one quoted on Tuesday

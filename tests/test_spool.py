@@ -88,6 +88,26 @@ async def test_take_returns_the_oldest_first_and_reopen_finds_what_was_left(tmp_
     await again.aclose()
 
 
+async def test_recorded_rows_are_a_tickers_waiting_rows_in_a_time_range(tmp_path: Path) -> None:
+    """Committed and buffered rows, the latest version of each, oldest first, with their
+    indicators; other tickers, other tables and rows outside [since, until) are left out."""
+    spool = Spool(tmp_path / "s.db", max_bytes=2**30)
+    await spool.open()
+    half = timedelta(milliseconds=500)  # a timestamp with a fraction sorts between whole seconds
+    spool.put([equity(0), equity(1), equity(3), IndicatorRow("QQQ", T0 + timedelta(seconds=1), 501.0, 500.5),
+               EquityRow("QQQM", T0 + timedelta(seconds=1), 20.0, 5), option(0),
+               EquityRow("QQQ", T0 + timedelta(seconds=1) + half, 501.5, 7)])  # fmt: skip
+    await spool.commit()
+    spool.put([equity(1, volume=300), equity(2)])  # buffered: a newer version, and a new row
+    rows = await spool.recorded_rows("QQQ", T0 + timedelta(seconds=1), T0 + timedelta(seconds=3))
+    assert [(e.timestamp - T0, e.volume, i) for e, i in rows] == [
+        (timedelta(seconds=1), 300, IndicatorRow("QQQ", T0 + timedelta(seconds=1), 501.0, 500.5)),
+        (timedelta(seconds=1) + half, 7, None),
+        (timedelta(seconds=2), 100, None),
+    ]
+    await spool.aclose()
+
+
 async def test_past_the_limit_the_oldest_rows_are_dropped_and_counted(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.db", max_bytes=256 * 1024)
     await spool.open()

@@ -7,7 +7,7 @@ TRADE_TIME_MILLIS (the constants below; messages and kinds use the names). A tra
 TOTAL_VOLUME and its volume is the rise, so a dropped frame never loses volume: it folds into the
 next trade. Quote-only updates are not trades.
 
-Checks. An item that fails any of them raises `BadFrame` and changes nothing:
+Checks. An item that fails any of them raises `BadFrame` and merges nothing (see "Refused items"):
 - `key` is a symbol we subscribed to;
 - LAST_PRICE is finite and 0 < price < 1e8 (equity_data.price is DECIMAL(10,2));
 - TOTAL_VOLUME and LAST_SIZE are whole numbers with 0 ≤ n < 2**63 (BIGINT);
@@ -16,6 +16,18 @@ Checks. An item that fails any of them raises `BadFrame` and changes nothing:
   is used, and it must pass the same checks;
 - null counts as a wrong type: Schwab leaves unchanged fields out, it never sends null.
 
+Refused items. The stream sends a field only when it changes, so once an item is refused the
+server believes we hold the values it carried, and it will not send them again until they change.
+A refused item therefore merges none of its fields, and the symbol's LAST_PRICE and
+TRADE_TIME_MILLIS are forgotten if the item carried them (whatever their values): the merged state
+never holds a value the stream has since replaced. The next trade is priced only with a LAST_PRICE
+accepted after the refusal, its own item's or a later one's: a trade whose item brings no price
+before then is refused too ("trade without a price"), and its shares fold into the next trade
+that has one, as a dropped frame's do (TOTAL_VOLUME is cumulative: no share is lost or counted
+twice; they are stamped with that trade's time). A trade without a trade time of its own is stamped
+with its frame's timestamp. A refused item never moves the TOTAL_VOLUME baseline; a refused value
+is only remembered for the confirmations below. A field the refused item did not carry stays known.
+
 Days. The first TOTAL_VOLUME of a symbol on an exchange date is the baseline: it counts nothing.
 Every accepted trade time falls on the current exchange date. So when a symbol's state belongs to
 an earlier date, a new day has begun: the baseline and the trade time are dropped, and the next
@@ -23,6 +35,14 @@ TOTAL_VOLUME becomes the new day's baseline. The last price stays, because it is
 price. Yesterday's baseline therefore never turns this morning's first snapshot into a trade.
 Shares traded today before that first value are not counted by the stream; they fall in a gap
 (nothing was connected to see them).
+
+Morning reset. Schwab resets TOTAL_VOLUME to 0 once each morning, before the open (about 07:28
+New York time for equities). A process streaming through the night (SKIP_MARKET_HOURS=true) takes
+the date's baseline from the first TOTAL_VOLUME after midnight, which is still yesterday's total,
+so it sees the reset as a fall. The first fall of a symbol's TOTAL_VOLUME on an exchange date, if
+it comes before 09:30, is therefore that reset: it becomes the baseline at once and counts nothing
+(shares traded between the reset and that value, usually none, are not counted by the stream).
+Any other fall is refused as below.
 
 Implausible changes. Within a day TOTAL_VOLUME only rises. Two changes are refused (`BadFrame`,
 kinds "volume fall" and "volume jump"):
@@ -73,6 +93,7 @@ log = structlog.get_logger(__name__)
 NEW_YORK = ZoneInfo("America/New_York")
 PRICE_LIMIT = 1e8  # DECIMAL(10,2) holds less than this
 VOLUME_LIMIT = 2**63  # BIGINT holds less than this
+_REGULAR_OPEN = clock_time(9, 30)  # New York: Schwab's morning reset of TOTAL_VOLUME comes before it
 _MISSING: Any = object()
 # LEVELONE_EQUITIES wire keys (StreamClient.LevelOneEquityFields values; tests/test_wire_parity.py)
 SYMBOL = "key"
@@ -97,6 +118,7 @@ class _SymbolState:
     trade_time_ms: int | None = None
     suspect: int | None = None  # the last refused TOTAL_VOLUME, and how many agreeing ones in a row
     suspects: int = 0
+    reset_seen: bool = False  # the date's first fall before the open was taken as the morning reset
     on_gap_closed: Callable[[str, int, int], None] | None = None  # set by expect_total()
 
 
@@ -124,75 +146,85 @@ class QuoteMerger:
         self._now = now
         self._state: dict[str, _SymbolState] = {}
         self._day = (0.0, 0.0)  # [start, end) of the current exchange date, epoch ms
+        self._open_ms = 0.0  # 09:30 of that date, epoch ms
 
     def apply(self, item: Mapping[str, Any], frame_time_ms: float | None = None) -> Tick | None:
         """Merge one item (wire keys); return the trade it reports, if any. Raises `BadFrame`, merging
-        nothing (except that a refused TOTAL_VOLUME is remembered, see the module docstring)."""
+        nothing: the price and trade time it carried are forgotten, a refused TOTAL_VOLUME is
+        remembered (see the module docstring)."""
         symbol = item.get(SYMBOL)
         if not isinstance(symbol, str) or not symbol:
             raise BadFrame(f"item without a symbol key: {excerpt(item)}", kind="bad symbol")
         if self._symbols is not None and symbol not in self._symbols:
             raise BadFrame(f"{excerpt(symbol)} is not subscribed", kind="unsubscribed symbol")
-        # each field: a fast path for the usual exact type and range, else the full check (raises)
-        get = item.get
-        price = get(LAST_PRICE)
-        if type(price) is not float or not 0.0 < price < PRICE_LIMIT:
-            price = _number(item, LAST_PRICE, symbol)
-            if price is not None and not 0 < price < PRICE_LIMIT:
-                raise BadFrame(f"{symbol}: LAST_PRICE {price!r} out of range", kind="bad LAST_PRICE")
-        total = get(TOTAL_VOLUME)
-        if type(total) is not int or not 0 <= total < VOLUME_LIMIT:
-            total = _count(item, TOTAL_VOLUME, symbol)
-        size = get(LAST_SIZE)
-        if type(size) is not int or not 0 <= size < VOLUME_LIMIT:
-            _count(item, LAST_SIZE, symbol)
-        now_ms = self._now() * 1000
-        day = self._today(now_ms)
-        trade_ms = get(TRADE_TIME_MILLIS)
-        start, end = self._day
-        if type(trade_ms) is int and start <= trade_ms < end and trade_ms <= now_ms + self._max_future_ms:
-            time_ms: int | None = trade_ms  # today's, not in the future: what `_time` would accept
-        else:  # absent, or the full checks (null, other types, other days... raise)
-            time_ms = self._time(_number(item, TRADE_TIME_MILLIS, symbol), now_ms, symbol, "trade time")
+        try:
+            # each field: a fast path for the usual exact type and range, else the full check (raises)
+            get = item.get
+            price = get(LAST_PRICE)
+            if type(price) is not float or not 0.0 < price < PRICE_LIMIT:
+                price = _number(item, LAST_PRICE, symbol)
+                if price is not None and not 0 < price < PRICE_LIMIT:
+                    raise BadFrame(f"{symbol}: LAST_PRICE {price!r} out of range", kind="bad LAST_PRICE")
+            total = get(TOTAL_VOLUME)
+            if type(total) is not int or not 0 <= total < VOLUME_LIMIT:
+                total = _count(item, TOTAL_VOLUME, symbol)
+            size = get(LAST_SIZE)
+            if type(size) is not int or not 0 <= size < VOLUME_LIMIT:
+                _count(item, LAST_SIZE, symbol)
+            now_ms = self._now() * 1000
+            day = self._today(now_ms)
+            trade_ms = get(TRADE_TIME_MILLIS)
+            start, end = self._day
+            if type(trade_ms) is int and start <= trade_ms < end and trade_ms <= now_ms + self._max_future_ms:
+                time_ms: int | None = trade_ms  # today's, not in the future: what `_time` would accept
+            else:  # absent, or the full checks (null, other types, other days... raise)
+                time_ms = self._time(_number(item, TRADE_TIME_MILLIS, symbol), now_ms, symbol, "trade time")
 
-        old = self._state.get(symbol)
-        # today's state; a new one at the symbol's first item, or its first of a new exchange date
-        state = old if old is not None and old.day == day else _SymbolState(day)
-        previous, known_time = state.total_volume, state.trade_time_ms
-        last_price = price if price is not None else (old.last_price if old is not None else None)
-        tick = None
-        closing = state.on_gap_closed if total is not None else None
-        if closing is not None:
-            state.on_gap_closed = None
-        if closing is not None and previous is not None and total is not None and total < previous:
-            log.warning(
-                "TOTAL_VOLUME after a gap is below what the rows hold; nothing counted",
-                symbol=symbol, rows_hold=previous, total_volume=total,
-            )  # fmt: skip
-        elif total is not None and previous is not None and total != previous:
-            if total < previous or total - previous > self._allowed(previous):
-                self._refuse_unless_confirmed(symbol, state, previous, total)
-            else:
-                # after a gap, the trade time known from before it is stale: the frame's is better
-                trade_ms = time_ms if time_ms is not None else (None if closing else known_time)
-                if trade_ms is not None and last_price is not None:  # the usual trade, at once
-                    stamp = datetime.fromtimestamp(trade_ms / 1000, UTC)
-                    tick = Tick(symbol, stamp, last_price, total - previous)
+            old = self._state.get(symbol)
+            # today's state; a new one at the symbol's first item, or its first of a new exchange date
+            state = old if old is not None and old.day == day else _SymbolState(day)
+            previous, known_time = state.total_volume, state.trade_time_ms
+            last_price = price if price is not None else (old.last_price if old is not None else None)
+            tick = None
+            closing = state.on_gap_closed if total is not None else None
+            if closing is not None:
+                state.on_gap_closed = None
+            if closing is not None and previous is not None and total is not None and total < previous:
+                log.warning(
+                    "TOTAL_VOLUME after a gap is below what the rows hold; nothing counted",
+                    symbol=symbol, rows_hold=previous, total_volume=total,
+                )  # fmt: skip
+            elif total is not None and previous is not None and total != previous:
+                if total < previous and not state.reset_seen and now_ms < self._open_ms:
+                    state.reset_seen = True  # Schwab's morning reset: the new baseline
+                    log.info("TOTAL_VOLUME reset before the open: new baseline", symbol=symbol,
+                             previous=previous, total=total)  # fmt: skip
+                elif total < previous or total - previous > self._allowed(previous):
+                    self._refuse_unless_confirmed(symbol, state, previous, total)
                 else:
-                    tick = self._trade(symbol, last_price, trade_ms, frame_time_ms, now_ms, total - previous)
+                    # after a gap, the trade time known from before it is stale: the frame's is better
+                    trade_ms = time_ms if time_ms is not None else (None if closing else known_time)
+                    if trade_ms is not None and last_price is not None:  # the usual trade, at once
+                        stamp = datetime.fromtimestamp(trade_ms / 1000, UTC)
+                        tick = Tick(symbol, stamp, last_price, total - previous)
+                    else:
+                        volume = total - previous
+                        tick = self._trade(symbol, last_price, trade_ms, frame_time_ms, now_ms, volume)
 
-        state.last_price = last_price
-        state.trade_time_ms = time_ms if time_ms is not None else known_time
-        if total is not None:
-            state.total_volume = total
-            state.suspect, state.suspects = None, 0
-        self._state[symbol] = state
-        if closing is not None and previous is not None and total is not None:
-            at_ms = (
-                _epoch_ms(tick.timestamp) if tick else frame_time_ms if _is_number(frame_time_ms) else now_ms
-            )
-            closing(symbol, total - previous, int(at_ms))  # type: ignore[arg-type]
-        return tick
+            state.last_price = last_price
+            state.trade_time_ms = time_ms if time_ms is not None else known_time
+            if total is not None:
+                state.total_volume = total
+                state.suspect, state.suspects = None, 0
+            self._state[symbol] = state
+            if closing is not None and previous is not None and total is not None:
+                frame_ms = frame_time_ms if _is_number(frame_time_ms) else now_ms
+                at_ms = _epoch_ms(tick.timestamp) if tick else frame_ms
+                closing(symbol, total - previous, int(at_ms))  # type: ignore[arg-type]
+            return tick
+        except BadFrame:
+            self._forget_carried(symbol, item)
+            raise
 
     def expect_total(self, symbol: str, total: int, on_closed: Callable[[str, int, int], None]) -> None:
         """Close a gap in streaming `symbol` with its next TOTAL_VOLUME.
@@ -233,6 +265,15 @@ class QuoteMerger:
         )
         return True
 
+    def _forget_carried(self, symbol: str, item: Mapping[str, Any]) -> None:
+        """After `item` was refused: forget the price and trade time it carried (module docstring)."""
+        state = self._state.get(symbol)
+        if state is not None:
+            if LAST_PRICE in item:
+                state.last_price = None
+            if TRADE_TIME_MILLIS in item:
+                state.trade_time_ms = None
+
     def _allowed(self, previous: int) -> float:
         return self._max_jump * max(previous, self._floor)
 
@@ -264,7 +305,7 @@ class QuoteMerger:
     ) -> Tick:
         """The trade, stamped with the trade time, else the frame's timestamp; raises `BadFrame`."""
         if price is None:
-            raise BadFrame(f"{symbol}: a trade before any LAST_PRICE", kind="trade without a price")
+            raise BadFrame(f"{symbol}: a trade before any accepted LAST_PRICE", kind="trade without a price")
         if trade_ms is None and frame_time_ms is not None:
             frame_time = frame_time_ms if _is_number(frame_time_ms) else _MISSING
             trade_ms = self._time(frame_time, now_ms, symbol, "frame timestamp")
@@ -292,6 +333,7 @@ class QuoteMerger:
             midnight = datetime.combine(today, clock_time(0), NEW_YORK)
             following = datetime.combine(today + timedelta(days=1), clock_time(0), NEW_YORK)
             self._day = (midnight.timestamp() * 1000, following.timestamp() * 1000)
+            self._open_ms = datetime.combine(today, _REGULAR_OPEN, NEW_YORK).timestamp() * 1000
         return int(self._day[0])
 
 

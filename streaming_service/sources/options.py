@@ -14,10 +14,19 @@ item of a contract must carry its strike and type. An item with a wrong or missi
 non-numeric, non-finite or out-of-range number, or a negative size is skipped whole (`BadFrame`).
 Schwab's -999 for a greek or the volatility means "not computed" and becomes NULL.
 
+Days: a quote belongs to the exchange date (America/New_York) on which it was received, by the
+exchange clock. When the date changes, every contract's quote is forgotten (its identity, checked
+on its first item, is kept), so a snapshot holds only fields received on its own date: yesterday's
+last bid, greeks or volume are never written as today's. A contract that gets no item today has no
+row today; one that gets only some fields today has only those (the stream sends a field again only
+when it changes, so a field unchanged since yesterday stays NULL until it changes or the
+connection is made again, when every contract's full item comes).
+
 Snapshots: every `interval_s` seconds of market time (the underlying's trade times), one
-`OptionRow` per contract with a quote, stamped with the interval's start; contracts never quoted or
-already expired are skipped. Prices and greeks are rounded to 4 decimals, the strike to 2; implied
-volatility is stored as a fraction (the stream's 25.3 % becomes 0.2530).
+`OptionRow` per contract with a quote of that day, stamped with the interval's start; contracts
+never quoted that day or already expired are skipped. Prices and greeks are rounded to 4
+decimals, the strike to 2; implied volatility is stored as a fraction (the stream's 25.3 % becomes
+0.2530).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -35,8 +45,10 @@ import httpx
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
+from streaming_service.indicators import exchange_day
 from streaming_service.models import OptionContract, OptionRow, Tick
 from streaming_service.sources import quiet_library_warnings
+from streaming_service.sources.clock import exchange_clock
 from streaming_service.sources.frames import BadFrame
 from streaming_service.sources.schwab_client import raise_for_auth_status, schwab_errors
 
@@ -125,16 +137,21 @@ def select_window(chain: Mapping[str, Any], price: float, *, expirations: int, s
 
 
 class OptionQuotes:
-    """Merged stream state per contract of the current windows. See the module docstring."""
+    """Merged stream state per contract of the current windows, for the current exchange date.
+    See the module docstring. `now`: the exchange clock (epoch seconds) that dates each item."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
         self.contracts: dict[str, OptionContract] = {}
-        self._state: dict[str, dict[str, Any]] = {}
+        self._now = now
+        self._identified: set[str] = set()  # contracts whose first item carried their identity
+        self._state: dict[str, dict[str, Any]] = {}  # quote fields received on the current date
+        self._day = (0.0, 0.0)  # [start, end) of the date the quotes belong to, epoch ms
 
     def set_contracts(self, contracts: Mapping[str, OptionContract]) -> None:
         """Track exactly `contracts`; quotes of contracts that left are forgotten."""
         self.contracts = dict(contracts)
         self._state = {s: v for s, v in self._state.items() if s in self.contracts}
+        self._identified &= self.contracts.keys()
 
     def apply(self, item: Mapping[str, Any]) -> None:
         """Merge one item (wire keys); items of untracked contracts are ignored. Raises `BadOptionItem`.
@@ -144,8 +161,10 @@ class OptionQuotes:
         contract = self.contracts.get(symbol) if isinstance(symbol, str) else None
         if contract is None:
             return
-        state = self._state.get(contract.symbol)
-        if state is None and (_STRIKE not in item or _TYPE not in item):
+        now_ms = self._now() * 1000
+        if not self._day[0] <= now_ms < self._day[1]:
+            self._start_day(now_ms)
+        if contract.symbol not in self._identified and (_STRIKE not in item or _TYPE not in item):
             raise BadOptionItem(
                 f"{contract.symbol}: first item lacks the strike (20) or type (21): {dict(item)}"
             )
@@ -172,6 +191,7 @@ class OptionQuotes:
                     raise BadOptionItem(f"{contract.symbol}: {OPTION_KEYS[key]} is {value!r}, not a count")
                 value = int(number)
             update[OPTION_KEYS[key]] = value
+        self._identified.add(contract.symbol)
         state = self._state.get(contract.symbol)
         if state is None:
             self._state[contract.symbol] = update
@@ -179,14 +199,26 @@ class OptionQuotes:
             state.update(update)
 
     def snapshot(self, timestamp: datetime) -> list[OptionRow]:
-        """One row per tracked contract that has a quote and has not expired by `timestamp`'s
-        New York date (the first snapshot of a day can come before the window rolls)."""
+        """One row per tracked contract quoted on `timestamp`'s exchange date that has not expired
+        by then (the first snapshot of a day can come before the window rolls); none for a
+        `timestamp` of another date than the quotes'."""
+        ms = timestamp.timestamp() * 1000
+        if ms >= self._day[1]:
+            self._start_day(ms)  # a new date, and no quote of it yet
+        if not self._day[0] <= ms < self._day[1]:
+            return []
         today = timestamp.astimezone(NEW_YORK).date()
         return [
             _row(contract, timestamp, state)
             for symbol, state in self._state.items()
             if (contract := self.contracts[symbol]).expiration >= today
         ]
+
+    def _start_day(self, epoch_ms: float) -> None:
+        """Make the exchange date of `epoch_ms` current: the quotes of another date are forgotten."""
+        start, end = exchange_day(int(epoch_ms))
+        self._day = (float(start), float(end))
+        self._state.clear()
 
 
 def _check_identity(contract: OptionContract, item: Mapping[str, Any]) -> None:
@@ -249,7 +281,8 @@ class OptionsTracker:
     item; run `run(subscribe)` as a task: it queries the chain (`client`: schwab-py AsyncClient)
     when a window must be chosen and calls `subscribe(symbols)` with the full set of contracts.
     Chain requests that fail for a network reason, a 5xx, 408 or 429 are retried; an expired or
-    refused token raises `AuthError` out of `run` (`schwab_client.schwab_errors`).
+    refused token raises `AuthError` out of `run` (`schwab_client.schwab_errors`). `now`: the
+    exchange clock (default: `clock.exchange_clock`, read at construction).
     """
 
     def __init__(
@@ -262,14 +295,16 @@ class OptionsTracker:
         strikes: int,
         interval_s: int,
         max_backoff_s: float = 60.0,
+        now: Callable[[], float] | None = None,
     ) -> None:
         self._client = client
+        self._now = now or exchange_clock.get()
         self._underlyings = underlyings
         self._emit = emit
         self._expirations, self._strikes = expirations, strikes
         self._interval_ms = interval_s * 1000
         self._max_backoff_s = max_backoff_s
-        self.quotes = OptionQuotes()
+        self.quotes = OptionQuotes(self._now)
         self.windows: dict[str, Window] = {}
         self._prices: dict[str, float] = {}
         self._today: date | None = None
@@ -327,7 +362,11 @@ class OptionsTracker:
         if window is None:
             return underlying not in self._disabled
         price = self._prices.get(underlying, window.centre)
-        return window.stale(price, self._today or datetime.now(NEW_YORK).date())
+        return window.stale(price, self._exchange_date())
+
+    def _exchange_date(self) -> date:
+        """The date of the last trade, else of the exchange clock."""
+        return self._today or datetime.fromtimestamp(self._now(), NEW_YORK).date()
 
     async def _choose(self, underlying: str) -> None:
         retrying = AsyncRetrying(
@@ -365,7 +404,7 @@ class OptionsTracker:
         )
 
     async def _query(self, underlying: str) -> Window:
-        today = self._today or datetime.now(NEW_YORK).date()
+        today = self._exchange_date()
         with schwab_errors("the option expiration chain request"):
             listed = _json(await self._client.get_option_expiration_chain(underlying), underlying)
         upcoming = sorted(

@@ -24,6 +24,10 @@ dropped and made again: `stream stale, reconnecting`, counted in `stats.stale_re
 watchdog timer per connection fires when the last data frame would be `stale_after_s` old (not
 once per frame; it re-arms itself if data came meanwhile) and cancels the read; the reader turns
 that cancellation, and only that one, into `_Stale`. A network `TimeoutError` stays a network error.
+With `quiet` (SKIP_MARKET_HOURS=true: `market_hours.QuietHours.is_quiet`), no data is no fault while
+quiet is normal (no trade can happen): the watchdog then looks every second whether it still is,
+and only a socket that sent no frame at all (heartbeats included) for `stale_after_s` is stale.
+When quiet ends, data is due within `stale_after_s` of that moment.
 
 Gaps: `receiving_until_ms` is the exchange time of the last data frame and `end_cause` why the last
 connection ended ("disconnect" or "stale"); `before_subscribe`, if given, is awaited after each
@@ -85,6 +89,7 @@ EQUITY_FIELDS = [
 ]
 _EQUITIES, _OPTIONS = "LEVELONE_EQUITIES", "LEVELONE_OPTIONS"
 _LOGIN_DENIED = 3  # Schwab streamer response code LOGIN_DENIED
+_QUIET_CHECK_S = 1.0  # while quiet is normal, the watchdog looks this often whether it still is
 
 
 class _Reconnect(Exception):
@@ -124,6 +129,7 @@ class SchwabStream:
     when cancelled, or raises a fatal `AuthError`. `on_option` raises `BadFrame` (e.g.
     `BadOptionItem`) for an item it cannot use. `max_volume_jump`: see `QuoteMerger`. `now`:
     the clock for trade-time checks (default: `clock.exchange_clock`, read at construction).
+    `quiet`: says when a feed without data is normal (see "Watchdog" in the module docstring).
     """
 
     def __init__(
@@ -141,6 +147,7 @@ class SchwabStream:
         max_volume_jump: float = 10.0,
         now: Callable[[], float] | None = None,
         before_subscribe: Callable[[], Awaitable[None]] | None = None,
+        quiet: Callable[[], bool] | None = None,
     ) -> None:
         self._client = client
         self._symbols = symbols
@@ -162,6 +169,8 @@ class SchwabStream:
         self._options_lock = asyncio.Lock()
         self._denied = 0  # login denials in a row
         self._data_at = 0.0  # event-loop time of the last data frame
+        self._quiet = quiet
+        self._quiet_at = 0.0  # event-loop time at which quiet was last seen to be normal
         self.stats = StreamStats()
         self._problems = Problems(self.stats)
         services = (_EQUITIES, _OPTIONS) if on_option else (_EQUITIES,)
@@ -378,26 +387,36 @@ class SchwabStream:
 
 
 class _Watchdog:
-    """Cancels the current task (the reader) once `stream` had no data frame for `stale_after_s`;
-    `fired` tells that cancellation apart. A loop timer, re-armed once per `stale_after_s`."""
+    """Cancels the current task (the reader) once `stream` had no data frame for `stale_after_s`
+    (while quiet is normal: no frame at all); `fired` tells that cancellation apart. A loop timer,
+    re-armed once per `stale_after_s` (every `_QUIET_CHECK_S` with `quiet`)."""
 
     def __init__(self, stream: SchwabStream, loop: asyncio.AbstractEventLoop) -> None:
         reader = asyncio.current_task()
         assert reader is not None, "runs in a task"
         self.reader, self.fired = reader, False
         self._stream, self._loop = stream, loop
-        self._timer = loop.call_at(self._deadline(), self._check)
-
-    def _deadline(self) -> float:
-        return self._stream._data_at + self._stream._stale_after_s
+        first = stream._data_at + stream._stale_after_s
+        if stream._quiet is not None:
+            first = min(first, loop.time() + _QUIET_CHECK_S)
+        self._timer = loop.call_at(first, self._check)
 
     def _check(self) -> None:
-        deadline = self._deadline()
-        if self._loop.time() < deadline:
-            self._timer = self._loop.call_at(deadline, self._check)
+        stream, now = self._stream, self._loop.time()
+        if stream._quiet is not None and stream._quiet():
+            stream._quiet_at = now  # no data is due: only a silent socket is stale
+            heard = max(stream._data_at, stream.stats.last_frame_at or 0.0)
+            deadline = heard + stream._stale_after_s
+            if now < deadline:
+                self._timer = self._loop.call_at(min(now + _QUIET_CHECK_S, deadline), self._check)
+                return
         else:
-            self.fired = True
-            self.reader.cancel("stream stale")
+            deadline = max(stream._data_at, stream._quiet_at) + stream._stale_after_s
+            if now < deadline:
+                self._timer = self._loop.call_at(deadline, self._check)
+                return
+        self.fired = True
+        self.reader.cancel("stream stale")
 
     def stop(self) -> None:
         """Disarm (idempotent)."""
