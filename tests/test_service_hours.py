@@ -110,10 +110,12 @@ async def test_a_quiet_night_and_weekend_are_no_stale_gap_and_healthz_stays_200(
         statuses.append((sim.clock(), service.health()[0]))
         return True
 
-    async with SchwabSimulator(market, speed=60.0, heartbeat_seconds=0.2) as sim:
-        sim.start_clock(at_offset_s=offset(market, at(FRIDAY, 19, 59)))
+    async with SchwabSimulator(market, speed=0.0, heartbeat_seconds=0.2) as sim:
+        sim.start_clock(at_offset_s=offset(market, at(FRIDAY, 19, 59)))  # held there until subscribed
         async with running_service(sim, tmp_path, skip_market_hours=True, stale_seconds=5,
                                    options_enabled=False, database_url=url) as service:  # fmt: skip
+            await wait_until(service.stream.subscribed.is_set)
+            sim.set_speed(60.0)  # (running from the start, a loaded machine subscribed after 20:00)
             await wait_until(lambda: service.pipeline.ticks > 0)
             sim.set_speed(7_200.0)  # two hours a second: the night and Saturday morning in 8 s
             await wait_until(lambda: health_now() and sim.clock() >= at(SATURDAY, 11), within=60)
