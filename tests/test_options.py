@@ -435,8 +435,12 @@ async def test_the_first_snapshot_of_a_new_day_holds_only_quotes_received_that_d
             client = simulator_client(second, tmp_path)  # the next morning's connection goes to Tuesday
             service.stream.use_client(client)
             tracker.use_client(client)
-            market[0] = second
+            connects = service.stream.stats.connects
             await first.disconnect_all()
+            # the day changes once Monday's connection is gone: none of its items is still on its
+            # way (flipped before, a loaded machine applied Monday's last items on Tuesday's date)
+            await wait_until(lambda: service.stream.stats.connects > connects)
+            market[0] = second
             await wait_until(lambda: bool(option_rows_by_day(url).get(tuesday.session_date, set()) - mondays))
         await client.close_async_session()
     by_day = option_rows_by_day(url)
