@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -154,10 +154,12 @@ def test_plain_postgres_without_supabase_roles_applies_them_too(postgres_dsn: st
 
 
 def insert_aged_rows(dsn: str) -> None:
-    """Per table: one row 100 days old and one 10 days old."""
+    """Per table: one row 100 days old and one 10 days old, by the database's clock (the one
+    prune_market_data reads; a pinned test clock cannot reach the server)."""
     with as_role(dsn, "service_role") as conn:
+        (now,) = conn.execute("SELECT now()").fetchone()  # type: ignore[misc]
         for age_days in (100, 10):
-            when = (datetime.now(UTC) - timedelta(days=age_days)).isoformat()
+            when = (now - timedelta(days=age_days)).isoformat()
             for statement in ROWS.values():
                 conn.execute(statement.replace("2026-11-24T14:30:00Z", when).encode())
 

@@ -119,7 +119,7 @@ class SimulatedMarket:
             raise ValueError(f"extended_rate must be > 0 (a fraction of the session's), not {extended_rate}")
         if not 0 <= candle_noise < 1:
             raise ValueError(f"candle_noise must be in [0, 1) (0: exact candles), not {candle_noise}")
-        session_date = session_date or datetime.now(NEW_YORK).date()
+        session_date = session_date or latest_weekday(datetime.now(NEW_YORK).date())
         self.open_ms = int(datetime.combine(session_date, time(9, 30), NEW_YORK).timestamp() * 1000)
         self.close_ms = self.open_ms + math.floor(session_seconds * 1000)
         self.session_seconds = session_seconds
@@ -366,6 +366,13 @@ def _aggregate(
 
 def _timestamp(event: Event) -> int:
     return event.timestamp_ms
+
+
+def latest_weekday(day: date) -> date:
+    """`day`, or the Friday before it on a weekend: the default session date (there is no session
+    on a weekend, and a service streaming 24/7 rightly expects no trade then). Holidays are not
+    simulated."""
+    return day - timedelta(days=max(0, day.weekday() - 4))
 
 
 def _midnight_central_ms(day: date) -> int:
