@@ -39,8 +39,8 @@ def _own_working_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch
 # --- Pinned clock: `pytest --clock 2026-11-26T09:29` -------------------------------------------------
 # Each test starts with the wall clock at that instant (New York time unless an offset is given) and
 # ticking, in this process (time-machine) and in every Python process it starts. The monotonic clock
-# (asyncio's) is untouched. `scripts/test-any-day` runs the date-sensitive suites at a set of such
-# instants.
+# (asyncio's) is untouched, and so are the clocks of Postgres, Docker and Chromium. `scripts/test-any-day`
+# runs the suite at a set of such instants.
 
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -69,6 +69,7 @@ def _pinned_clock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PINNED_CLOCK_OFFSET_S", str(instant.timestamp() - time.time()))
     with time_machine.travel(instant, tick=True):
         yield
+
 
 # --- Real PostgreSQL ----------------------------------------------------------------------------
 # `pg_cluster`: one throwaway server for the whole session (started on first use, stopped at the
