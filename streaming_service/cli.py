@@ -251,7 +251,7 @@ def _positive(kind: type[float]) -> Callable[[str], float]:
 async def _run(args: argparse.Namespace) -> None:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
-    from streaming_service.market_hours import MarketCalendar
+    from streaming_service.market_hours import MarketCalendar, cache_path
     from streaming_service.service import Service
     from streaming_service.sinks import sink_for
     from streaming_service.sources.schwab_client import build_schwab_client
@@ -266,7 +266,7 @@ async def _run(args: argparse.Namespace) -> None:
     client = build_schwab_client(settings.schwab_token_path, app_key, app_secret)
     hours = None
     if not settings.skip_market_hours:
-        hours = MarketCalendar(settings.schwab_token_path.parent / "market_hours.json")
+        hours = MarketCalendar(cache_path(settings.schwab_token_path))
 
     def new_client() -> Any:
         return build_schwab_client(settings.schwab_token_path, app_key, app_secret)

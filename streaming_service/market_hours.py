@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import structlog
 
 from streaming_service.errors import StreamerError
+from streaming_service.indicators import EXCHANGE_TZ
 
 __all__ = [
     "ALERT_DAYS",
@@ -55,7 +55,6 @@ MIN_DAYS_AHEAD = 30
 ALERT_DAYS = 7
 RETRY_S = 3600.0
 BUILD_TIMEOUT_S = 300.0
-NEW_YORK = ZoneInfo("America/New_York")
 #: Trading is possible from the pre-market's start to this long after the close (after-hours).
 PRE_MARKET_START = clock_time(4, 0)
 AFTER_HOURS_S = 4 * 3600
@@ -244,7 +243,7 @@ class QuietHours:
         self._now = now
         self._traded_on = traded_on
         sessions = schedule.sessions if schedule is not None else ()
-        self._closes = {datetime.fromtimestamp(o, NEW_YORK).date(): c for o, c in sessions}
+        self._closes = {datetime.fromtimestamp(o, EXCHANGE_TZ).date(): c for o, c in sessions}
         self._covers = (min(self._closes), max(self._closes)) if self._closes else None
         self.last_quiet_at: float | None = None
 
@@ -259,12 +258,12 @@ class QuietHours:
     def is_quiet(self) -> bool:
         """True when no trade can happen now (see the class docstring)."""
         now = self._now()
-        local = datetime.fromtimestamp(now, NEW_YORK)
+        local = datetime.fromtimestamp(now, EXCHANGE_TZ)
         day = local.date()
         if self.trading_day(day) and local.time() >= PRE_MARKET_START:
             regular_close = self._closes.get(day)
             if regular_close is None:
-                regular_close = datetime.combine(day, clock_time(16, 0), NEW_YORK).timestamp()
+                regular_close = datetime.combine(day, clock_time(16, 0), EXCHANGE_TZ).timestamp()
             if now < regular_close + AFTER_HOURS_S:
                 return False
         self.last_quiet_at = time.time()
