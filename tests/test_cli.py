@@ -26,8 +26,7 @@ def test_version_prints_the_installed_version() -> None:
 
 def _env(tmp_path: Path, **values: str) -> dict[str, str]:
     """The environment without any of our variables (a clean user shell), plus `values`."""
-    ours = ("STREAM_", "BATCH_", "SUPABASE_", "DATABASE_", "SCHWAB_", "OPTIONS_", "HEALTH_", "LOG_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    env = dict(os.environ)  # conftest removed our variables
     return {**env, "HEALTH_PORT": "0", "LOG_FORMAT": "json", **values}
 
 

@@ -11,7 +11,7 @@ from streaming_service.simulator import write_token_file
 
 
 def auth(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCHWAB_", "STREAM_"))}
+    env = dict(os.environ)  # conftest removed our variables
     env.update(SCHWAB_TOKEN_PATH=str(tmp_path / "token.json"), SCHWAB_APP_KEY="k", SCHWAB_APP_SECRET="s")
     command = [sys.executable, "-m", "streaming_service", "auth", *args]
     return subprocess.run(

@@ -29,14 +29,10 @@ from streaming_service.check import CheckResult
 from streaming_service.http import HealthServer
 from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
 
-#: Prefixes of the service's variables: none of the user's may leak into a test's subprocess.
-_OURS = ("STREAM_", "BATCH_", "ROW_", "SMA_", "OPTIONS_", "SCHWAB_", "SUPABASE_", "DEAD_LETTER", "DATABASE_",
-         "SKIP_", "LOG_", "SPOOL_", "SHUTDOWN_", "SINK_", "STALE_", "HEALTH_", "MAX_VOLUME")  # fmt: skip
-
 
 def command(tmp_path: Path, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
     """`streaming-service ARGS` in `tmp_path` with none of our variables but `env` (JSON logs)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+    clean = dict(os.environ)  # conftest removed our variables
     return subprocess.run(
         [sys.executable, "-m", "streaming_service", *args],
         cwd=tmp_path, env={**clean, "LOG_FORMAT": "json", **env}, capture_output=True, text=True,
@@ -53,7 +49,7 @@ class RunProcess:
     def __init__(self, sim: SchwabSimulator, tmp_path: Path, **env: str) -> None:
         token = tmp_path / "token.json"
         write_token_file(token)
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+        clean = dict(os.environ)  # conftest removed our variables
         settings = {"DATABASE_URL": f"sqlite:///{tmp_path / 'rows.db'}", "SKIP_MARKET_HOURS": "true",
                     "OPTIONS_ENABLED": "false", "SHUTDOWN_GRACE": "3", "HEALTH_PORT": "0", **env}  # fmt: skip
         self.log_path = tmp_path / f"run-{time.monotonic_ns()}.log"
@@ -341,7 +337,7 @@ _DONE = re.compile(r"traded (\d+) shares; simulator sent (\d+) trades \((\d+) sh
 
 def _timed_demo(tmp_path: Path, *args: str) -> tuple[str, float]:
     """Run the demo; its stdout and the seconds from its first line to its exit."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+    clean = dict(os.environ)  # conftest removed our variables
     with subprocess.Popen(
         [sys.executable, "-m", "streaming_service", "demo", *args], cwd=tmp_path,
         env={**clean, "HEALTH_PORT": "0", "LOG_FORMAT": "json"}, stdout=subprocess.PIPE,

@@ -34,8 +34,6 @@ from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_
 OUTAGE_S = 30.0 if os.environ.get("SOAK") else 8.0
 GRACE_S = 3.0
 RUNNER = Path(__file__).with_name("service_process.py")
-_OURS = ("STREAM_", "BATCH_", "ROW_", "SMA_", "OPTIONS_", "SCHWAB_", "SUPABASE_", "DEAD_LETTER", "DATABASE_",
-         "SKIP_", "LOG_", "SPOOL_", "SHUTDOWN_", "SINK_", "STALE_", "HEALTH_", "MAX_VOLUME")  # fmt: skip
 
 
 #: Every `run` process a test started: killed after the test if it is still running (a failed test).
@@ -74,7 +72,7 @@ class ServiceProcess:
         token = tmp_path / "token.json"
         if not token.exists():
             write_token_file(token)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+        env = dict(os.environ)  # conftest removed our variables
         env.update(
             STREAM_TICKER="QQQ", DATABASE_URL=dsn, ROW_RESOLUTION="0", OPTIONS_ENABLED="false",
             SKIP_MARKET_HOURS="true", HEALTH_PORT="0", SPOOL_PATH=str(tmp_path / "spool.db"),
@@ -247,7 +245,7 @@ def ticks_received(port: int) -> int:
 
 def status_command(port: int) -> subprocess.CompletedProcess[str]:
     """`streaming-service status` as a person runs it, against HEALTH_PORT=`port`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+    env = dict(os.environ)  # conftest removed our variables
     env["HEALTH_PORT"] = str(port)
     command = [sys.executable, "-m", "streaming_service", "status"]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
