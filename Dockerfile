@@ -21,7 +21,8 @@ RUN python -m venv --without-pip /opt/venv && $PIP_INSTALL -r /tmp/requirements.
 FROM deps AS calendar
 COPY requirements-calendar.lock /tmp/
 RUN $PIP_INSTALL -r /tmp/requirements-calendar.lock
-COPY streaming_service/__init__.py streaming_service/errors.py streaming_service/market_hours.py \
+COPY streaming_service/__init__.py streaming_service/errors.py streaming_service/indicators.py \
+     streaming_service/market_hours.py \
      /src/streaming_service/
 # CALENDAR_START (YYYY-MM-DD, default: yesterday at build time) also renews a cached layer:
 # pass today's date at every build so a cached calendar never outlives its welcome.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -319,3 +320,25 @@ def test_the_default_clock_is_the_wall_clock_and_the_last_quiet_moment_is_noted(
     with time_machine.travel(datetime(2026, 12, 7, 10, 0, tzinfo=NEW_YORK), tick=True):  # Monday 10:00
         noted = hours.last_quiet_at
         assert not hours.is_quiet() and hours.last_quiet_at == noted
+
+
+def test_the_image_calendar_stage_copies_every_module_the_builder_imports(tmp_path: Path) -> None:
+    """The Dockerfile's calendar stage copies a few modules to run `python -m market_hours`;
+    an import added to them without the COPY breaks the image build (it did once)."""
+    dockerfile = (Path(__file__).parents[1] / "Dockerfile").read_text()
+    stage = dockerfile.split("AS calendar", 1)[1].split("\nFROM ", 1)[0]
+    copy = stage.split("\nCOPY streaming_service/", 1)[1].split("/src/streaming_service/", 1)[0]
+    names = [word.removeprefix("streaming_service/") for word in copy.replace("\\", " ").split()]
+    package = tmp_path / "streaming_service"
+    package.mkdir()
+    for name in ["__init__.py", *names]:
+        (package / name).write_bytes((Path(__file__).parents[1] / "streaming_service" / name).read_bytes())
+    result = subprocess.run(
+        [sys.executable, "-c", "import streaming_service.market_hours as m; print(m.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(package / "market_hours.py")
