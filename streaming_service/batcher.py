@@ -20,6 +20,10 @@ backoff. Rows arriving meanwhile wait on disk, so RAM stays flat during an outag
 and the backlog then goes out in large batches. A sink that cannot be reached at start-up is
 retried the same way: the stream runs into the spool meanwhile.
 
+`hold()` keeps rows where they are while a reader looks for them (recovery reads the sink, then
+the spool): no commit and no deletion from the spool meanwhile, so a row cannot slip between the two
+reads. Writes go on (a row written while held is still in the spool too).
+
 `close(grace)` ends it: commit, keep writing for at most `grace` seconds, then cancel the write in
 flight. What was not written stays in the spool for the next run.
 """
@@ -114,6 +118,7 @@ class Batcher:
         self._last_spool_alert = 0.0
         self.stats = WriteStats()
         self.sink_open = asyncio.Event()  # set once the sink's open() succeeded
+        self._held = asyncio.Lock()  # see `hold()`
 
     @property
     def pending(self) -> int:
@@ -147,6 +152,11 @@ class Batcher:
     def add_gap(self, row: GapRow) -> None:
         """Queue a `stream_gaps` row (a later version of the same gap replaces it). Never blocks."""
         self.spool.put((row,))
+
+    def hold(self) -> asyncio.Lock:
+        """`async with batcher.hold():` no commit and no deletion from the spool inside (see the
+        module docstring). Hold it briefly: rows received meanwhile wait in memory."""
+        return self._held
 
     async def run(self) -> None:
         """Open the spool and the sink, then write until `close()`. Returns when closed and either
@@ -199,21 +209,23 @@ class Batcher:
             await self._commit()
 
     async def _commit(self) -> None:
-        """Pull the open rows in and commit the spool's buffer. A failing spool is logged, not
-        raised: its rows stay buffered for the next try."""
-        for pair in self._drain():
-            self.spool.put(pair)
-        now = time.monotonic()
-        checkpoint = None
-        if self.spool.buffered or now - self._checkpointed_at >= self._checkpoint_every:
-            checkpoint, self._checkpointed_at = self._checkpoint(), now
-        try:
-            await self.spool.commit(checkpoint)
-        except SpoolError as exc:
+        """Pull the open rows in and commit the spool's buffer with the checkpoint they leave the
+        pipeline in (both taken at once, inside `hold()`). A failing spool is logged, not raised:
+        its rows stay buffered for the next try."""
+        async with self._held:
+            for pair in self._drain():
+                self.spool.put(pair)
             now = time.monotonic()
-            if now - self._last_spool_alert >= _SPOOL_ALERT_EVERY_S or not self._last_spool_alert:
-                self._last_spool_alert = now
-                log.error("spool commit failed; rows kept in memory", error=str(exc))
+            checkpoint = None
+            if self.spool.buffered or now - self._checkpointed_at >= self._checkpoint_every:
+                checkpoint, self._checkpointed_at = self._checkpoint(), now
+            try:
+                await self.spool.commit(checkpoint)
+            except SpoolError as exc:
+                now = time.monotonic()
+                if now - self._last_spool_alert >= _SPOOL_ALERT_EVERY_S or not self._last_spool_alert:
+                    self._last_spool_alert = now
+                    log.error("spool commit failed; rows kept in memory", error=str(exc))
         if self.spool.equity_depth >= self._size:
             self._wake.set()
 
@@ -222,7 +234,8 @@ class Batcher:
         when the interval woke us)."""
         while taken := await self.spool.take(self._batch_rows):
             await self._retrying(lambda: self._sink.write(taken.batch), "write", rows=len(taken))
-            await self.spool.confirm(taken)
+            async with self._held:
+                await self.spool.confirm(taken)
             self._count(taken.batch)
             if not self._closing and len(taken) < self._batch_rows:
                 return

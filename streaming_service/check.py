@@ -373,7 +373,9 @@ async def _check_supabase(url: str, key: str) -> list[CheckResult]:
         for table, probe in _REST_PROBES.items():
             columns = ",".join(TABLE_COLUMNS[table])
             upsert = client.table(table).upsert(
-                probe, on_conflict=",".join(UNIQUE_KEYS[table]), returning="minimal"  # type: ignore[arg-type]
+                probe,
+                on_conflict=",".join(UNIQUE_KEYS[table]),
+                returning="minimal",  # type: ignore[arg-type]
             )
             try:
                 await sink.request(table, client.table(table).select(columns).limit(1))

@@ -111,9 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         "SUPABASE_URL and SUPABASE_ANON_KEY) until Ctrl-C. `run` and `demo` serve the same page on "
         "HEALTH_PORT.",
     )
-    dashboard.add_argument(
-        "--port", type=_port, help="TCP port (default: HEALTH_PORT, 8787 unless set)"
-    )
+    dashboard.add_argument("--port", type=_port, help="TCP port (default: HEALTH_PORT, 8787 unless set)")
     dashboard.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)"
     )

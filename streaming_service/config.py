@@ -37,9 +37,7 @@ TICKER = re.compile(r"^[A-Z][A-Z0-9./]{0,9}$")
 class Settings(BaseSettings):
     """Every variable the service reads. Field descriptions double as the 'allowed' text of errors."""
 
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
 
     def __repr__(self) -> str:  # pydantic's repr would show DATABASE_URL's password
         shown = {name: ("<hidden>" if name in _HIDDEN_IN_REPR and value is not None else value)
@@ -108,9 +106,7 @@ class Settings(BaseSettings):
     health_host: str = Field("127.0.0.1", description="the address /healthz listens on")
 
     skip_market_hours: bool = Field(False, description="true or false")
-    log_format: Literal["auto", "json", "console"] = Field(
-        "auto", description="auto, json or console"
-    )
+    log_format: Literal["auto", "json", "console"] = Field("auto", description="auto, json or console")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="DEBUG, INFO, WARNING or ERROR"
     )

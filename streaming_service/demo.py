@@ -169,7 +169,6 @@ async def first_of(*waits: Awaitable[Any], within: float | None = None) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-
 @dataclass(frozen=True, slots=True)
 class Stored:
     """Rows per table (those that exist) and Σ volume of `equity_data`, as the database has them."""

@@ -25,6 +25,7 @@ __all__ = ["MovingAverage", "SessionVwap", "exchange_day", "session_segment"]
 EXCHANGE_TZ = ZoneInfo("America/New_York")
 PRE_MARKET_OPEN = time(4, 0)
 REGULAR_OPEN = time(9, 30)
+REGULAR_CLOSE = time(16, 0)
 
 
 class MovingAverage:

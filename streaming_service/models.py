@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Literal
 
-__all__ = [
-    "Batch", "EquityRow", "GapRow", "IndicatorRow", "OptionContract", "OptionRow", "TableRow", "Tick"
-]
+__all__ = ["Batch", "EquityRow", "GapRow", "IndicatorRow", "OptionContract", "OptionRow", "TableRow", "Tick"]
 
 
 @dataclass(frozen=True, slots=True)

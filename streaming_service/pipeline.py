@@ -10,22 +10,21 @@ A row is *emitted* (handed to the batcher) when a trade of a later interval arri
 it changes, so the upsert of the latest emission always holds the row's full totals.
 
 Days: the indicators restart at each exchange date (America/New_York); VWAP also at each session
-segment (see `indicators`). Continuity: `state()`/`restore()` carry a builder across a restart, so
-the open row continues (it is never overwritten by a smaller one) and the indicators go on exactly;
-`replay()` rebuilds a builder from rows already recorded, without emitting them again, and
-`rebuild_sma()` the SMA alone (after SMA_PERIOD or SMA_BAR_SECONDS changed). `Pipeline.settings`
-names the settings a builder's state depends on.
+segment (see `indicators`). Recovery: `state()` is what the recovery planner continues from (and
+what a checkpoint holds) and `continue_from()` takes its plan's state, so the open row continues (it
+is never overwritten by a smaller one) and the indicators go on exactly. `Pipeline.settings` names
+the settings a builder's state depends on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import astuple, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from streaming_service.indicators import MovingAverage, SessionVwap, exchange_day
 from streaming_service.models import EquityRow, IndicatorRow, Tick
+from streaming_service.recovery import BuilderState, Row, SmaState, VwapState
 
 __all__ = ["Pipeline", "RowBuilder", "RowPair"]
 
@@ -50,14 +49,13 @@ class RowBuilder:
     ) -> None:
         self.ticker = ticker
         self._resolution_ms = resolution_s * 1000
+        self._resolution_s = resolution_s
         self._sma_args = (sma_period, sma_bar_seconds)
         self._sma = MovingAverage(sma_period, sma_bar_seconds)
         self._vwap = SessionVwap()
         self._row: _OpenRow | None = None
         self._day_end_ms = -1  # end of the exchange date of the last trade
         self.last_ms: int | None = None  # time of the last trade, epoch ms
-        self.minute_ms = 0  # the minute (epoch ms) of the last trade added …
-        self.minute_volume = 0  # … and the shares added in it
         self.last_indicators: tuple[float | None, float | None] = (None, None)
 
     def add(self, tick: Tick) -> list[RowPair]:
@@ -67,11 +65,6 @@ class RowBuilder:
             if self._day_end_ms != -1:
                 self._sma = MovingAverage(*self._sma_args)
             self._day_end_ms = exchange_day(ts_ms)[1]
-        minute = ts_ms - ts_ms % 60_000
-        if minute == self.minute_ms:
-            self.minute_volume += tick.volume
-        else:
-            self.minute_ms, self.minute_volume = minute, tick.volume
         self.last_ms = ts_ms if self.last_ms is None else max(self.last_ms, ts_ms)
         sma = self._sma.update(ts_ms, tick.price)
         vwap = self._vwap.update(ts_ms, tick.price, tick.volume)
@@ -100,50 +93,31 @@ class RowBuilder:
             )
         ]
 
-    def replay(self, recorded: Iterable[tuple[EquityRow, IndicatorRow | None]]) -> None:
-        """Rebuild from rows already recorded (oldest first), emitting nothing: each row counts as
-        one trade at its timestamp. The session VWAP then continues from the last recorded VWAP."""
-        last_vwap = None
-        for equity, indicators in recorded:
-            self.add(Tick(self.ticker, equity.timestamp, equity.price, equity.volume))
-            last_vwap = indicators.vwap if indicators is not None else last_vwap
-        if self._row is not None:
-            self._row.dirty = False
-        vwap = self._vwap.state()
-        if last_vwap is not None and vwap["volume"]:
-            self._vwap.restore({**vwap, "notional": last_vwap * vwap["volume"]})
+    def state(self, session_open_ms: int) -> BuilderState:
+        """What this builder continues from, as the recovery planner reads it, for the session
+        opening at `session_open_ms` (the open row is taken as recorded: drain it first)."""
+        sma, vwap, row = self._sma.state(), self._vwap.state(), self._row
+        return BuilderState(
+            session_open_ms, self._resolution_s, *self._sma_args,
+            open_row=None if row is None else Row(row.bucket_ms, row.price, row.volume, row.sma, row.vwap),
+            sma=SmaState(sma["bar"], sma["close"], tuple(sma["closed"])),
+            vwap=VwapState(vwap["start"], vwap["end"], vwap["notional"], vwap["volume"]),
+            last_trade_ms=self.last_ms,
+        )  # fmt: skip
 
-    def rebuild_sma(self, recorded: Iterable[EquityRow]) -> None:
-        """Start the SMA afresh under this builder's settings from today's recorded rows (oldest
-        first), each a trade at its timestamp and price: a bar's close is its last row's price."""
-        sma = MovingAverage(*self._sma_args)
-        for row in recorded:
-            sma.update(_epoch_ms(row.timestamp), row.price)
-        self._sma = sma
-
-    def state(self) -> dict[str, Any]:
-        """What `restore()` needs to continue exactly from here (JSON-compatible)."""
-        return {
-            "sma": self._sma.state(),
-            "vwap": self._vwap.state(),
-            "row": None if self._row is None else list(astuple(self._row))[:5],
-            "day_end": self._day_end_ms,
-            "last_ms": self.last_ms,
-            "minute": [self.minute_ms, self.minute_volume],
-            "last_indicators": list(self.last_indicators),
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a `state()`: the open row is not emitted again until it changes."""
-        self._sma.restore(state["sma"])
-        self._vwap.restore(state["vwap"])
-        row = state["row"]
-        self._row = None if row is None else _OpenRow(int(row[0]), row[1], int(row[2]), row[3], row[4], False)
-        self._day_end_ms = int(state["day_end"])
-        self.last_ms = state["last_ms"]
-        self.minute_ms, self.minute_volume = (int(v) for v in state["minute"])
-        sma, vwap = state["last_indicators"]
-        self.last_indicators = (sma, vwap)
+    def continue_from(self, state: BuilderState) -> None:
+        """Continue from a plan's (or a checkpoint's) `state`, of this builder's settings: its open
+        row is recorded already, so it is emitted again only when it changes."""
+        sma, vwap, row = state.sma, state.vwap, state.open_row
+        self._sma = MovingAverage(*self._sma_args)
+        self._sma.restore({"bar": sma.bar, "close": sma.close, "closed": list(sma.closed)})
+        self._vwap.restore({"start": vwap.start_ms, "end": vwap.end_ms, "notional": vwap.notional,
+                            "volume": vwap.volume})  # fmt: skip
+        self._row = None if row is None else _OpenRow(row.timestamp_ms, row.price, row.volume, row.sma,
+                                                      row.vwap, dirty=False)  # fmt: skip
+        self._day_end_ms = exchange_day(state.session_open_ms)[1]
+        self.last_ms = state.last_trade_ms
+        self.last_indicators = (row.sma, row.vwap) if row is not None else (None, None)
 
 
 class Pipeline:

@@ -45,8 +45,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from streaming_service.indicators import MovingAverage, SessionVwap, session_segment
 from streaming_service.models import EquityRow, GapCause, GapRow, IndicatorRow
@@ -54,7 +55,7 @@ from streaming_service.models import EquityRow, GapCause, GapRow, IndicatorRow
 __all__ = [
     "MINUTE_MS", "BuilderState", "CandleHistory", "MinuteCandle", "Plan", "PlanSettings", "RecordedRow",
     "RecoveryInput", "Row", "Session", "SmaState", "UnwatchedSpan", "VwapState",
-    "plan_recovery", "start_span",
+    "plan_recovery", "start_span", "state_from_json", "state_to_json",
 ]  # fmt: skip
 
 MINUTE_MS = 60_000
@@ -198,6 +199,26 @@ def start_span(resume: BuilderState | None, receiving_until_ms: int | None, sess
     usable = _usable(resume, session, settings) and receiving_until_ms is not None
     start = receiving_until_ms if usable and receiving_until_ms is not None else session.open_ms
     return UnwatchedSpan(min(start, now_ms), now_ms, "restart")
+
+
+def state_to_json(state: BuilderState) -> dict[str, Any]:
+    """`state` as JSON-compatible data (for a checkpoint); `state_from_json` reads it back."""
+    return asdict(state)
+
+
+def state_from_json(data: dict[str, Any]) -> BuilderState:
+    """The `BuilderState` of `state_to_json(state)`. Raises `ValueError` if `data` is not one."""
+    try:
+        row = data["open_row"]
+        return BuilderState(
+            **{k: data[k] for k in ("session_open_ms", "row_resolution_s", "sma_period", "sma_bar_seconds")},
+            open_row=None if row is None else Row(**row),
+            sma=SmaState(data["sma"]["bar"], data["sma"]["close"], tuple(data["sma"]["closed"])),
+            vwap=VwapState(**data["vwap"]),
+            last_trade_ms=data["last_trade_ms"],
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a builder state: {exc}") from exc
 
 
 def plan_recovery(inp: RecoveryInput) -> Plan:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from datetime import time as clock_time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from streaming_service.batcher import Batcher
 from streaming_service.config import Settings
 from streaming_service.continuity import Continuity
 from streaming_service.errors import AuthError
-from streaming_service.indicators import EXCHANGE_TZ
+from streaming_service.indicators import EXCHANGE_TZ, REGULAR_CLOSE, REGULAR_OPEN
 from streaming_service.market_hours import (
     CalendarUnavailable,
     MarketHours,
@@ -50,6 +51,7 @@ from streaming_service.market_hours import (
 )
 from streaming_service.models import Tick
 from streaming_service.pipeline import Pipeline
+from streaming_service.recovery import Session
 from streaming_service.sinks.base import RecordedRow, Sink
 from streaming_service.sources.clock import exchange_clock
 from streaming_service.sources.options import OptionsTracker
@@ -64,6 +66,8 @@ log = structlog.get_logger(__name__)
 _CLOSE_TIMEOUT_S = 5.0  # closing the sink or the Schwab session never takes longer than this
 _SINK_READ_WAIT_S = 5.0  # a cold start reads the session's rows if the sink opens within this
 _REAUTH_RETRY_S = 1800.0  # while waiting for a new token file, try the current one this often
+#: With the calendar, the stream connects this long before the open: its first frame is a baseline.
+PRE_OPEN_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,18 +176,20 @@ class Service:
             before_subscribe=lambda: self.continuity.before_subscribe(),
             quiet=self.quiet.is_quiet if self.quiet else None,
         )
+        self._now = exchange_clock.get()
         self.continuity = Continuity(
             self.pipeline,
             self.stream.merger,
-            now=exchange_clock.get(),
+            self.batcher,
+            now=self._now,
             receiving_until=lambda: self.stream.receiving_until_ms,
             end_cause=lambda: self.stream.end_cause,
-            add_gap=self.batcher.add_gap,
             fetch_candles=self._minute_candles,
-            recorded_rows=self._recorded_rows,
+            read_rows=self._recorded_rows,
+            session_of=self._session_of,
             options_missed=settings.options_enabled,
-            trading_day=self.quiet.trading_day if self.quiet else None,
         )
+        self._session_ms: tuple[int, int] | None = None  # the session streamed now (gated only)
         self.reauth_needed = False
         self.stopping = False
         self.in_session: bool | None = None  # None: not gated by the calendar
@@ -208,6 +214,21 @@ class Service:
     async def _minute_candles(self, symbol: str, start_ms: int, end_ms: int) -> list[Candle]:
         return await minute_candles(self._client, symbol, start_ms, end_ms)
 
+    def _session_of(self, now_ms: int) -> Session | None:
+        """The regular session of the exchange date of `now_ms` (None: no trading that date): from
+        the calendar when it gates the stream, else 09:30-16:00 of a trading day."""
+        day = datetime.fromtimestamp(now_ms / 1000, EXCHANGE_TZ).date()
+        midnight = datetime.combine(day, clock_time(0), EXCHANGE_TZ).timestamp()
+        if self._market_hours is not None:
+            session = self._market_hours().session_for(midnight)
+            if session is None or datetime.fromtimestamp(session[0], EXCHANGE_TZ).date() != day:
+                return None
+            return Session(int(session[0] * 1000), int(session[1] * 1000))
+        if not (self.quiet.trading_day(day) if self.quiet else day.weekday() < 5):
+            return None
+        opens, closes = (datetime.combine(day, at, EXCHANGE_TZ) for at in (REGULAR_OPEN, REGULAR_CLOSE))
+        return Session(int(opens.timestamp() * 1000), int(closes.timestamp() * 1000))
+
     def _traded_on(self, day: date) -> bool:
         """Whether the last trade of some ticker (streamed, backfilled or resumed) is of `day`."""
         return any(
@@ -216,6 +237,10 @@ class Service:
         )
 
     def _on_tick(self, tick: Tick) -> None:
+        if self._session_ms is not None:  # gated by the calendar: only the session's trades are rows
+            opens, closes = self._session_ms
+            if not opens <= tick.timestamp.timestamp() * 1000 < closes:
+                return
         self.pipeline.on_tick(tick)
         self.batcher.changed()  # low-latency mode writes the open row now
         if self.options is not None:
@@ -234,10 +259,12 @@ class Service:
         sources = asyncio.create_task(self._sources(), name="sources")
         stopping = asyncio.create_task(stop.wait(), name="stop-signal")
         following = asyncio.create_task(self._follow_token_file(), name="token-file")
+        recovering = asyncio.create_task(self.continuity.run(), name="recovery")
         try:
             await asyncio.wait({writer, sources, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             following.cancel()
+            recovering.cancel()
             await self._shutdown(writer, sources, stopping, force)
         for task in (sources, writer):
             if task.done() and not task.cancelled() and task.exception() is not None:
@@ -364,24 +391,27 @@ class Service:
                 group.create_task(self.options.run(self.stream.set_option_symbols), name="options")
 
     async def _stream_in_sessions(self) -> None:
-        """Stream during regular sessions only; between them, stay disconnected."""
+        """Stream during regular sessions only, from `PRE_OPEN_S` before the open (so the first
+        frame, a baseline, comes before the opening cross); between them, stay disconnected."""
         assert self._market_hours is not None
         while True:
             hours = await asyncio.to_thread(self._market_hours)  # cheap unless a rebuild is due
-            now = time.time()
+            now = self._now()
             session = hours.session_for(now)
             if session is None:
                 raise CalendarUnavailable(
                     "the market calendar has no future session; SKIP_MARKET_HOURS=true streams 24/7"
                 )
             opens, closes = session
-            if now < opens:
+            if now < opens - PRE_OPEN_S:
                 self.in_session = False
                 log.info("market closed; waiting for the open", opens_at=_iso(opens))
-                await asyncio.sleep(min(opens - now, 3600.0))  # re-check hourly: clocks drift, hosts sleep
+                await asyncio.sleep(min(opens - PRE_OPEN_S - now, 3600.0))  # re-check hourly: hosts sleep
                 continue
             self.in_session = True
-            log.info("market open; streaming", closes_at=_iso(closes))
+            self._session_ms = int(opens * 1000), int(closes * 1000)
+            log.info("market opens soon; streaming" if now < opens else "market open; streaming",
+                     opens_at=_iso(opens), closes_at=_iso(closes))  # fmt: skip
             try:
                 async with asyncio.timeout(closes - now):
                     await self._stream_and_options()

@@ -41,7 +41,10 @@ log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 _TABLES: dict[type[Any], str] = {
-    EquityRow: "equity_data", IndicatorRow: "indicators", OptionRow: "option_prices", GapRow: "stream_gaps"
+    EquityRow: "equity_data",
+    IndicatorRow: "indicators",
+    OptionRow: "option_prices",
+    GapRow: "stream_gaps",
 }
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -169,10 +172,13 @@ class Spool:
             (table, key): _decode(table, json.loads(payload)) for table, key, payload in committed
         }
         rows.update((key, row) for key, row in self._buffer.items() if key[0] in _RECORDED)
-        ours = [row for row in rows.values() if row.key[0] == ticker and since <= row.key[1] < until]
-        equity = sorted((row for row in ours if isinstance(row, EquityRow)), key=lambda row: row.timestamp)
-        indicators = {row.timestamp: row for row in ours if isinstance(row, IndicatorRow)}
-        return [(row, indicators.get(row.timestamp)) for row in equity]
+        return _pairs(rows.values(), ticker, since, until)
+
+    def buffered_rows(
+        self, ticker: str, since: datetime, until: datetime
+    ) -> list[tuple[EquityRow, IndicatorRow | None]]:
+        """As `recorded_rows`, of the buffer alone (not committed yet), without waiting."""
+        return _pairs((row for key, row in self._buffer.items() if key[0] in _RECORDED), ticker, since, until)
 
     async def confirm(self, taken: Taken) -> None:
         """Delete the taken rows whose version is unchanged (the sink committed exactly those).
@@ -240,9 +246,7 @@ class Spool:
         self._enforce_limit(conn)
 
     def _take_sync(self, conn: sqlite3.Connection, limit: int) -> Taken:
-        rows = conn.execute(
-            "SELECT tbl, seq, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
-        ).fetchall()
+        rows = conn.execute("SELECT tbl, seq, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
         by_table: dict[str, list[Any]] = {table: [] for table in _TABLES.values()}
         values = json.loads(f"[{','.join(payload for _, _, payload in rows)}]")  # one parse per take
         for (table, _, _), row_values in zip(rows, values, strict=True):
@@ -298,6 +302,15 @@ class Spool:
             " (SELECT queued_at FROM outbox ORDER BY seq LIMIT 1)"
         ).fetchone()
         self._depth, self._equity_depth, self._oldest = depth, equity, oldest
+
+
+def _pairs(rows: Iterable[TableRow], ticker: str, since: datetime, until: datetime,
+           ) -> list[tuple[EquityRow, IndicatorRow | None]]:  # fmt: skip
+    """`ticker`'s equity rows of `rows` stamped in [since, until), oldest first, with their indicators."""
+    ours = [row for row in rows if row.key[0] == ticker and since <= row.key[1] < until]
+    equity = sorted((row for row in ours if isinstance(row, EquityRow)), key=lambda row: row.timestamp)
+    indicators = {row.timestamp: row for row in ours if isinstance(row, IndicatorRow)}
+    return [(row, indicators.get(row.timestamp)) for row in equity]
 
 
 def _key_text(key: tuple[Any, ...]) -> str:

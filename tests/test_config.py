@@ -132,8 +132,12 @@ def test_cli_rejects_bad_argument_with_exit_2(tmp_path: Path) -> None:
 def test_run_without_token_file_says_how_to_create_one(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "streaming_service", "run"],
-        env={**os.environ, "SCHWAB_APP_KEY": "k", "SCHWAB_APP_SECRET": "s",
-             "SCHWAB_TOKEN_PATH": str(tmp_path / "missing.json")},
+        env={
+            **os.environ,
+            "SCHWAB_APP_KEY": "k",
+            "SCHWAB_APP_SECRET": "s",
+            "SCHWAB_TOKEN_PATH": str(tmp_path / "missing.json"),
+        },
         cwd=tmp_path,
         capture_output=True,
         text=True,

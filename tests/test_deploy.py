@@ -462,7 +462,9 @@ def test_same_token_on_both_sides_keeps_the_box_copy_with_its_refreshed_access_t
 # --- static checks of the scripts ------------------------------------------------------------------
 
 SCRIPTS = [
-    REPO / "deploy.sh", REPO / ".ci" / "run", *sorted((REPO / "scripts").iterdir()),
+    REPO / "deploy.sh",
+    REPO / ".ci" / "run",
+    *sorted((REPO / "scripts").iterdir()),
     *sorted((REPO / "infrastructure" / "lightsail").glob("*.sh")),
 ]
 

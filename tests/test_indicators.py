@@ -29,10 +29,7 @@ def pipeline_rows(trades: pd.DataFrame, resolution_s: int) -> pd.DataFrame:
         pipeline.on_tick(Tick("QQQ", datetime.fromtimestamp(ms / 1000, UTC), float(price), int(size)))
     emitted.extend(pipeline.drain())
     return pd.DataFrame(
-        [
-            (int(e.timestamp.timestamp() * 1000), e.price, e.volume, i.vwap, i.sma9)
-            for e, i in emitted
-        ],
+        [(int(e.timestamp.timestamp() * 1000), e.price, e.volume, i.vwap, i.sma9) for e, i in emitted],
         columns=["bucket", "price", "volume", "vwap", "sma9"],
     )
 

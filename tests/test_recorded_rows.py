@@ -39,9 +39,7 @@ def session(count: int, *, ticker: str = "QQQ", start: datetime = T0, step: time
 
 
 def as_batch(rows: list[RecordedRow]) -> Batch:
-    return Batch(
-        equity=tuple(e for e, _ in rows), indicators=tuple(i for _, i in rows if i is not None)
-    )
+    return Batch(equity=tuple(e for e, _ in rows), indicators=tuple(i for _, i in rows if i is not None))
 
 
 async def test_the_window_of_one_ticker_ascending_with_its_indicators(target: Target) -> None:

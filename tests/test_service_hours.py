@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 from pathlib import Path
@@ -31,7 +30,7 @@ async def test_closed_market_asks_schwab_nothing_and_the_close_ends_the_stream(t
         stream_ticker="QQQ", options_enabled=True, spool_path=tmp_path / "spool.db", health_port=0
     )
     async with SchwabSimulator(market, speed=10, heartbeat_seconds=0.2) as sim:
-        now = time.time()
+        now = sim.clock()
         closed = MarketHours(((now + 3600, now + 7200),))
         client = simulator_client(sim, tmp_path)
         service = Service(settings, client, MemorySink(), market_hours=lambda: closed)
@@ -43,7 +42,7 @@ async def test_closed_market_asks_schwab_nothing_and_the_close_ends_the_stream(t
         stop.set()
         await asyncio.wait_for(task, timeout=30)
 
-        now = time.time()
+        now = sim.clock()
         closing_soon = MarketHours(((now - 60, now + 4), (now + 3600, now + 7200)))
         service = Service(
             settings, simulator_client(sim, tmp_path), MemorySink(), market_hours=lambda: closing_soon

@@ -56,9 +56,12 @@ baseline and nothing is counted. This way a real change of level cannot stall th
 rest of the day: for example after an outage longer than the jump limit allows, or when Schwab
 corrects its total.
 
-Gaps. `state()`/`restore()` carry a symbol's state across a restart (within its exchange date).
-After a time without streaming, `expect_total()` says how much of TOTAL_VOLUME the recorded rows
-already account for (see there): the next TOTAL_VOLUME closes the gap.
+Connections. The first TOTAL_VOLUME of a symbol on every connection is a baseline too: call
+`new_connection()` before subscribing again, and what was traded while the stream did not watch is
+never counted from TOTAL_VOLUME (it includes the pre-market, and a gap's shares are credited per
+minute from price history: `recovery`). `on_baseline(symbol, at_ms, rise)`, if set, is called at
+each baseline: `at_ms` its time, `rise` its rise over the last TOTAL_VOLUME of the previous
+connection of the same date (None if there is none, or if it fell).
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ class _SymbolState:
     suspect: int | None = None  # the last refused TOTAL_VOLUME, and how many agreeing ones in a row
     suspects: int = 0
     reset_seen: bool = False  # the date's first fall before the open was taken as the morning reset
-    on_gap_closed: Callable[[str, int, int], None] | None = None  # set by expect_total()
+    before_gap: int | None = None  # the last TOTAL_VOLUME of the previous connection (same date)
 
 
 class QuoteMerger:
@@ -147,6 +150,7 @@ class QuoteMerger:
         self._state: dict[str, _SymbolState] = {}
         self._day = (0.0, 0.0)  # [start, end) of the current exchange date, epoch ms
         self._open_ms = 0.0  # 09:30 of that date, epoch ms
+        self.on_baseline: Callable[[str, int, int | None], None] | None = None
 
     def apply(self, item: Mapping[str, Any], frame_time_ms: float | None = None) -> Tick | None:
         """Merge one item (wire keys); return the trade it reports, if any. Raises `BadFrame`, merging
@@ -186,15 +190,7 @@ class QuoteMerger:
             previous, known_time = state.total_volume, state.trade_time_ms
             last_price = price if price is not None else (old.last_price if old is not None else None)
             tick = None
-            closing = state.on_gap_closed if total is not None else None
-            if closing is not None:
-                state.on_gap_closed = None
-            if closing is not None and previous is not None and total is not None and total < previous:
-                log.warning(
-                    "TOTAL_VOLUME after a gap is below what the rows hold; nothing counted",
-                    symbol=symbol, rows_hold=previous, total_volume=total,
-                )  # fmt: skip
-            elif total is not None and previous is not None and total != previous:
+            if total is not None and previous is not None and total != previous:
                 if total < previous and not state.reset_seen and now_ms < self._open_ms:
                     state.reset_seen = True  # Schwab's morning reset: the new baseline
                     log.info("TOTAL_VOLUME reset before the open: new baseline", symbol=symbol,
@@ -202,8 +198,7 @@ class QuoteMerger:
                 elif total < previous or total - previous > self._allowed(previous):
                     self._refuse_unless_confirmed(symbol, state, previous, total)
                 else:
-                    # after a gap, the trade time known from before it is stale: the frame's is better
-                    trade_ms = time_ms if time_ms is not None else (None if closing else known_time)
+                    trade_ms = time_ms if time_ms is not None else known_time
                     if trade_ms is not None and last_price is not None:  # the usual trade, at once
                         stamp = datetime.fromtimestamp(trade_ms / 1000, UTC)
                         tick = Tick(symbol, stamp, last_price, total - previous)
@@ -217,34 +212,25 @@ class QuoteMerger:
                 state.total_volume = total
                 state.suspect, state.suspects = None, 0
             self._state[symbol] = state
-            if closing is not None and previous is not None and total is not None:
-                frame_ms = frame_time_ms if _is_number(frame_time_ms) else now_ms
-                at_ms = _epoch_ms(tick.timestamp) if tick else frame_ms
-                closing(symbol, total - previous, int(at_ms))  # type: ignore[arg-type]
+            if total is not None and previous is None:
+                self._baseline(symbol, state, total, frame_time_ms, now_ms)
             return tick
         except BadFrame:
             self._forget_carried(symbol, item)
             raise
 
-    def expect_total(self, symbol: str, total: int, on_closed: Callable[[str, int, int], None]) -> None:
-        """Close a gap in streaming `symbol` with its next TOTAL_VOLUME.
-
-        `total`: the TOTAL_VOLUME today's recorded rows account for: the last one seen plus the
-        shares backfilled since (or, with no state today, the day's volume by price history). The
-        next TOTAL_VOLUME's rise over `total` is one trade, as usual (shares of the gap that were
-        not backfilled, counted at the trade time the item gives); a value below `total` counts
-        nothing and becomes the baseline. `on_closed(symbol, rise, at_ms)` is then called once (a
-        negative rise: the backfill held more shares than TOTAL_VOLUME says were traded; `at_ms`:
-        the time of that trade, else of the frame: the gap's trades are those up to it)."""
-        today = self._today(self._now() * 1000)
-        state = self._state.get(symbol)
-        if state is None or state.day != today:
-            state = self._state[symbol] = _SymbolState(today)
-        state.total_volume, state.suspect, state.suspects = total, None, 0
-        state.on_gap_closed = on_closed
+    def new_connection(self) -> None:
+        """The next TOTAL_VOLUME of every symbol is a baseline (see "Connections" in the module
+        docstring); the last price and trade time are forgotten (the first snapshot sends them)."""
+        for state in self._state.values():
+            if state.total_volume is not None:
+                state.before_gap = state.total_volume
+            state.total_volume = state.trade_time_ms = state.last_price = None
+            state.suspect, state.suspects = None, 0
 
     def state(self, symbol: str) -> dict[str, Any] | None:
-        """`symbol`'s state for `restore()` (JSON-compatible); None if nothing was seen yet."""
+        """`symbol`'s merged state (day, last_price, total_volume, trade_time_ms); None if nothing
+        was seen yet."""
         state = self._state.get(symbol)
         if state is None:
             return None
@@ -255,15 +241,15 @@ class QuoteMerger:
             "trade_time_ms": state.trade_time_ms,
         }
 
-    def restore(self, symbol: str, saved: Mapping[str, Any]) -> bool:
-        """Continue from a `state()` if it belongs to the current exchange date; return whether
-        it did (a state of an earlier date is ignored: its baseline would count yesterday)."""
-        if int(saved["day"]) != self._today(self._now() * 1000):
-            return False
-        self._state[symbol] = _SymbolState(
-            int(saved["day"]), saved["last_price"], saved["total_volume"], saved["trade_time_ms"]
-        )
-        return True
+    def _baseline(self, symbol: str, state: _SymbolState, total: int, frame_time_ms: float | None,
+                  now_ms: float) -> None:  # fmt: skip
+        """Report a baseline to `on_baseline` (see "Connections" in the module docstring)."""
+        before, state.before_gap = state.before_gap, None
+        if self.on_baseline is None:
+            return
+        at_ms = frame_time_ms if _is_number(frame_time_ms) else now_ms  # it holds the trades up to then
+        rise = total - before if before is not None and total >= before else None
+        self.on_baseline(symbol, int(at_ms), rise)  # type: ignore[arg-type]
 
     def _forget_carried(self, symbol: str, item: Mapping[str, Any]) -> None:
         """After `item` was refused: forget the price and trade time it carried (module docstring)."""
@@ -335,10 +321,6 @@ class QuoteMerger:
             self._day = (midnight.timestamp() * 1000, following.timestamp() * 1000)
             self._open_ms = datetime.combine(today, _REGULAR_OPEN, NEW_YORK).timestamp() * 1000
         return int(self._day[0])
-
-
-def _epoch_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000 + 0.5)
 
 
 def _is_number(value: Any) -> bool:
