@@ -125,7 +125,6 @@ class Continuity:
             options_missed=options_missed,
         )
         self._tickers = {ticker: _Ticker() for ticker in pipeline.builders}
-        self._first = True
         self._receiving_until_ms: int | None = None
         self.gaps: list[GapRow] = []  # recorded by this process, latest version of each
         merger.on_baseline = self.on_baseline
@@ -205,31 +204,43 @@ class Continuity:
         )
         return resumed
 
+    def start(self) -> None:
+        """Add each ticker's start span: since the checkpoint's `receiving_until` if its builder
+        continues, else since the session's open (see the module docstring). Call once, after
+        `restore`: a start after the close fills the afternoon without waiting for a connection."""
+        now_ms = self._now_ms()
+        session = self._session_of(now_ms)
+        for ticker, known in self._tickers.items():
+            if session is None:
+                continue
+            if known.session != session:
+                known.session, known.spans, known.resumable = session, [], False
+            resume = self._pipeline.builders[ticker].state(session.open_ms) if known.resumable else None
+            known.spans.append(
+                start_span(resume, self._receiving_until_ms, session, now_ms, self._plan_settings)
+            )
+            known.awaiting_baseline, known.due_ms = True, now_ms
+
     async def before_subscribe(self) -> None:
-        """Add the span each ticker was not watched (see the module docstring); a start without
-        usable builder state then waits until its recorded rows were read and planned."""
+        """Add the span each ticker was not watched, from its last data frame (or its session's
+        open), to the coming first frame; a ticker without usable builder state then waits until
+        its recorded rows were read and planned (see the module docstring)."""
         now_ms = self._now_ms()
         session = self._session_of(now_ms)
         self._merger.new_connection()
-        first, self._first = self._first, False
         last_frame = self._receiving_until()
         for ticker, known in self._tickers.items():
-            if known.session != session:
+            if known.session != session:  # a new session (the stream was down when it began)
                 if known.spans:
                     log.warning("unsettled minutes of an earlier session left as they are", ticker=ticker)
                 known.session, known.spans, known.resumable, known.attempts = session, [], False, 0
+                known.awaiting_baseline = False
             if session is None:
                 continue
-            span: UnwatchedSpan | None = None
-            if first:
-                resume = self._pipeline.builders[ticker].state(session.open_ms) if known.resumable else None
-                span = start_span(resume, self._receiving_until_ms, session, now_ms, self._plan_settings)
-            elif last_frame is not None and not known.awaiting_baseline:
-                span = UnwatchedSpan(min(last_frame, now_ms), now_ms, self._end_cause())  # type: ignore[arg-type]
-            if span is not None:
-                known.spans.append(span)
-            known.awaiting_baseline = bool(known.spans)
-            known.due_ms = now_ms
+            if not known.awaiting_baseline:  # else the span since then is still open
+                since = last_frame if last_frame is not None else session.open_ms
+                known.spans.append(UnwatchedSpan(min(since, now_ms), now_ms, self._end_cause()))  # type: ignore[arg-type]
+            known.awaiting_baseline, known.due_ms = True, now_ms
         delay = _START_RETRY_S[0]
         while cold := [t for t, known in self._tickers.items() if known.session and not known.resumable]:
             if await self._pass(cold):
@@ -273,7 +284,7 @@ class Continuity:
                 continue
             unit_ms = self._unit_ms()
             since = session.open_ms
-            if known.resumable:
+            if known.resumable and self._is_current(session):
                 first = min(span.start_ms for span in known.spans)
                 since = max(since, first - first % unit_ms)
             now_ms = self._now_ms()
@@ -294,8 +305,10 @@ class Continuity:
             except Exception as exc:  # the sink or the spool cannot be read: plan later
                 done = False
                 self._retry_later(known, self._now_ms())
-                log.warning("recorded rows cannot be read: recovery retried later", ticker=ticker,
-                            error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                bug = isinstance(exc, ValueError)  # the planner refused its input
+                log.warning("recovery cannot plan (a bug: please report it)" if bug else
+                            "recorded rows cannot be read: recovery retried later",
+                            ticker=ticker, error=f"{type(exc).__name__}: {exc}")  # fmt: skip
         return done
 
     async def _candles(self, ticker: str, since: int, known: _Ticker) -> CandleHistory | None:
@@ -316,7 +329,8 @@ class Continuity:
         """Plan and apply, without awaiting (module docstring)."""
         now_ms = self._now_ms()
         builder = self._pipeline.builders[ticker]
-        resume = builder.state(session.open_ms) if known.resumable else None
+        current = self._is_current(session)  # else the builder is on a later session already
+        resume = builder.state(session.open_ms) if known.resumable and current else None
         plan = plan_recovery(RecoveryInput(
             ticker, now_ms, session, self._plan_settings, tuple(known.spans), tuple(recorded), candles, resume
         ))  # fmt: skip
@@ -324,8 +338,9 @@ class Continuity:
             self._writer.add(pair)
         for gap in plan.ledger:
             self._record(gap)
-        builder.continue_from(plan.state)
-        known.resumable = True
+        if current:
+            builder.continue_from(plan.state)
+            known.resumable = True
         pending = plan.pending
         keep = [s for s in known.spans if any(s.start_ms < m + MINUTE_MS and m < s.end_ms for m in pending)]
         if known.awaiting_baseline and known.spans and (not keep or keep[-1] != known.spans[-1]):
@@ -345,6 +360,10 @@ class Continuity:
                 minutes_given_up=len(plan.abandoned),
                 builder_from="checkpoint" if plan.resumed else "recorded rows",
             )
+
+    def _is_current(self, session: Session) -> bool:
+        """Whether `session` is today's (the builders are of today's)."""
+        return session == self._session_of(self._now_ms())
 
     def _retry_later(self, known: _Ticker, now_ms: int, not_before_ms: int | None = None) -> None:
         backoff = min(_RETRY_MS[0] * 2 ** min(known.attempts, 10), _RETRY_MS[1])

@@ -381,7 +381,10 @@ def _continue(inp: RecoveryInput, rows: dict[int, Row], credits: dict[int, _Cred
         if kind != _BAR:
             last_trade = t if last_trade is None else max(last_trade, t)
     indicators.update((k, now) for _, k in ends)
-    totals = {k: (row.price, row.volume) for k, row in rows.items()}
+    # the open row: the latest credit, or the builder's own (another recorded row later than it is
+    # of a run whose clock went back: a later trade would be added to it), or cold, the latest row
+    own = base.open_row.timestamp_ms if base is not None and base.open_row is not None else None
+    totals = {k: (row.price, row.volume) for k, row in rows.items() if base is None or k == own}
     totals |= {k: (c.price, c.volume) for k, c in credits.items()}
     open_row = None
     if totals:

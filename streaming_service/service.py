@@ -51,7 +51,7 @@ from streaming_service.market_hours import (
 )
 from streaming_service.models import Tick
 from streaming_service.pipeline import Pipeline
-from streaming_service.recovery import Session
+from streaming_service.recovery import MINUTE_MS, Session
 from streaming_service.sinks.base import RecordedRow, Sink
 from streaming_service.sources.clock import exchange_clock
 from streaming_service.sources.options import OptionsTracker
@@ -223,7 +223,10 @@ class Service:
             session = self._market_hours().session_for(midnight)
             if session is None or datetime.fromtimestamp(session[0], EXCHANGE_TZ).date() != day:
                 return None
-            return Session(int(session[0] * 1000), int(session[1] * 1000))
+            opens_ms, closes_ms = int(session[0] * 1000), int(session[1] * 1000)
+            return Session(
+                opens_ms - opens_ms % MINUTE_MS, closes_ms + -closes_ms % MINUTE_MS
+            )  # whole minutes
         if not (self.quiet.trading_day(day) if self.quiet else day.weekday() < 5):
             return None
         opens, closes = (datetime.combine(day, at, EXCHANGE_TZ) for at in (REGULAR_OPEN, REGULAR_CLOSE))
@@ -253,6 +256,7 @@ class Service:
         wait for a new one), `SpoolError` (the spool file cannot be used)."""
         left = await self.spool.open()
         self.continuity.restore(self.spool.checkpoint)
+        self.continuity.start()
         if left:
             log.info("rows from a previous run are in the spool; writing them first", rows=left)
         writer = asyncio.create_task(self.batcher.run(), name="writer")
