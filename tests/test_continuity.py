@@ -89,14 +89,15 @@ def read_gaps(url: str) -> list[GapRecord]:
     return [(_ms(a), _ms(b), cause, n, missing, bool(opt)) for a, b, cause, n, missing, opt in rows]
 
 
-def settled(url: str, total: int) -> bool:
-    """Whether the record holds `total` shares and every gap is settled (`volume_missing` 0)."""
+def settled(url: str, market: SimulatedMarket) -> bool:
+    """Whether the record holds every share of `market`'s day and every gap is settled
+    (`volume_missing` 0)."""
     try:
-        (recorded,), *_ = read_table(url, "SELECT COALESCE(SUM(volume), 0) FROM equity_data")
-        gaps = read_gaps(url)
+        rows, gaps = read_rows(url), read_gaps(url)
     except (sqlite3.Error, psycopg.Error):  # not created yet
         return False
-    return int(recorded) == total and all(missing == 0 for *_, missing, _ in gaps)
+    day = rows.volume[(rows.ms >= market.open_ms) & (rows.ms < market.open_ms + 86_400_000)]
+    return int(day.sum()) == market.total_volume("QQQ") and all(g[4] == 0 for g in gaps)
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,8 @@ def assert_indicators_match(
     off = (vwap_error > 0.01) | (sma_error > 0.01)
     if off.any():
         shown = rows.assign(ref_vwap=expected.vwap, ref_sma=expected.sma9, credits_known=chosen)[off]
-        print(shown[["ts", "price", "volume", "vwap", "ref_vwap", "sma9", "ref_sma", "credits_known"]])
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(shown[["ts", "price", "volume", "vwap", "ref_vwap", "sma9", "ref_sma", "credits_known"]])
     assert vwap_error.max() <= 0.01
     assert sma_error.max() <= 0.01
     assert null_mismatch == 0  # SMA9 forms when it should
@@ -300,7 +302,7 @@ async def run_to_end(
         await asyncio.wait_for(sim.session_finished.wait(), timeout=90)
         total = sim.market.total_volume("QQQ")
         await wait_until(lambda: service.stream.merger.state("QQQ")["total_volume"] == total)  # type: ignore[index]
-        await wait_until(lambda: settled(settings["database_url"], total), within=30)
+        await wait_until(lambda: settled(settings["database_url"], sim.market), within=30)
     return service
 
 
@@ -429,7 +431,7 @@ async def test_reconnect_gaps_are_recorded_and_filled(tmp_path: Path) -> None:
         await asyncio.wait_for(sim.session_finished.wait(), timeout=90)
         total = market.total_volume("QQQ")
         await wait_until(lambda: service.stream.merger.state("QQQ")["total_volume"] == total)  # type: ignore[index]
-        await wait_until(lambda: settled(settings["database_url"], total), within=30)
+        await wait_until(lambda: settled(settings["database_url"], market), within=30)
     rows = read_rows(settings["database_url"])
     gaps = read_gaps(settings["database_url"])
     print("gaps (s, cause, minutes credited, volume_missing):",
@@ -481,18 +483,22 @@ async def test_a_new_machine_mid_session_continues_from_the_sinks_rows(tmp_path:
     assert second.spool.checkpoint is not None  # (the new machine's own, written as it streamed)
     rows = read_rows(settings["database_url"])
     gaps = read_gaps(settings["database_url"])
-    opening, (started, ended, cause, backfilled, _, _) = gaps
+    # the restart's span starts at the open too: its row replaces the first start's (same key)
+    ((started, ended, cause, backfilled, _, _),) = gaps
     print(f"new machine: gap from the open (no checkpoint), {(ended - started) / 1000:.0f} s, {backfilled} "
           f"minutes settled from price history; Σ {rows.volume.sum()}")  # fmt: skip
     # a first start knows nothing of when it last streamed: the span is the session before its first
     # frame, and the minutes the database holds whole are credited nothing
-    assert started_at_the_open(opening, market) and (started, cause) == (market.open_ms, "restart")
+    assert (started, cause) == (market.open_ms, "restart")
     assert ended >= down_from * 1000 + 3 * MINUTE_MS
     kept = recorded.merge(rows, on="ms", suffixes=("_before", "_after"))
     assert len(kept) == len(recorded) and (kept.volume_after >= kept.volume_before).all()  # none lost
     assert_minutes_exact(rows, market)
-    spans = spans_of(gaps, [market.open_ms - 1, seen])
-    assert_gaps_follow_the_rule(gaps, spans, rows, market, 60)
+    spans = [
+        Span(market.open_ms - 1, market.open_ms, market.open_ms),
+        *spans_of(gaps, [seen]),
+    ]
+    assert_gaps_follow_the_rule(gaps, spans[1:], rows, market, 60)
     assert_indicators_match(rows, market, spans, resolution_s=60)
 
 
@@ -520,9 +526,9 @@ async def test_a_checkpoint_made_under_other_settings_is_not_resumed_blindly(
     rows = read_rows(settings["database_url"])
     seen = first.pipeline.builders["QQQ"].last_ms  # the last trade the first run streamed
     gaps = read_gaps(settings["database_url"])
-    opening, (started, _, cause, backfilled, missing, _) = gaps
-    # the checkpoint cannot be continued: the restart's span is the session before its first frame
-    assert started_at_the_open(opening, market)
+    # the checkpoint cannot be continued: the restart's span is the session before its first frame;
+    # it starts at the open, as the first start's did, so its row replaces that one (same key)
+    ((started, _, cause, backfilled, missing, _),) = gaps
     assert (started, cause, missing) == (market.open_ms, "restart", 0)
     assert second.continuity.gaps[-1].equity_backfilled_rows == backfilled
     new = {"sma_period": 9, "sma_bar_seconds": 60, "row_resolution": 1, setting: after}
@@ -534,8 +540,11 @@ async def test_a_checkpoint_made_under_other_settings_is_not_resumed_blindly(
     assert_minutes_exact(rows, market)
     kept = recorded.merge(rows, on="ms", suffixes=("_before", "_after"))
     assert len(kept) == len(recorded) and (kept.volume_after >= kept.volume_before).all()  # none lost
-    spans = spans_of(gaps, [market.open_ms - 1, seen])
-    assert_gaps_follow_the_rule(gaps, spans, rows, market, new["row_resolution"])
+    spans = [
+        Span(market.open_ms - 1, market.open_ms, market.open_ms),
+        *spans_of(gaps, [seen]),
+    ]
+    assert_gaps_follow_the_rule(gaps, spans[1:], rows, market, new["row_resolution"])
     assert_indicators_match(
         rows[rows.ms > seen], market, spans, resolution_s=new["row_resolution"],
         period=new["sma_period"], bar_ms=new["sma_bar_seconds"] * 1000,
