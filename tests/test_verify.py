@@ -89,7 +89,7 @@ def test_a_day_recorded_exactly_matches_in_every_minute(
     assert (check.minutes_checked, check.minutes_matching) == (minutes, minutes)
     assert check.shares_recorded == check.shares_candles == sum(c.volume for c in candles)
     assert (check.worst_minute, check.worst_minute_diff, check.minutes_filled) == (None, None, 0)
-    assert proof.fills == proof.differing == ()
+    assert proof.fills == () and proof.differing == ()
     assert check.day == DAY and check.checked_at == CHECKED_AT
 
 
