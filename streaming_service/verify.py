@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any
 from streaming_service.errors import StreamerError
 from streaming_service.indicators import EXCHANGE_TZ
 from streaming_service.models import Batch, EquityRow, VolumeCheckRow
-from streaming_service.sources.price_history import Candle, minute_candles
 
 if TYPE_CHECKING:
     from streaming_service.market_hours import MarketHours
     from streaming_service.sinks.base import Sink
+    from streaming_service.sources.price_history import Candle
     from streaming_service.spool import Spool
 
 __all__ = [
@@ -288,6 +288,8 @@ async def verify_day(
     price history has no candle for the session but rows were recorded; `AuthError` or
     `PriceHistoryUnavailable` from price history; `SinkError`s from the sink, `SpoolError`.
     Safe to run again (upserts; a second run fills nothing)."""
+    from streaming_service.sources.price_history import minute_candles
+
     now = datetime.now(UTC) if now is None else now
     if now < session.close + timedelta(seconds=lag_s):
         raise NoSession(
