@@ -6,7 +6,7 @@ differing minutes (the first ten) indented under it. See `verify` for the rule.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from streaming_service.errors import ConfigError
@@ -21,6 +21,7 @@ from streaming_service.sinks.base import OPTIONAL_TABLES
 from streaming_service.sources.price_history import PriceHistoryUnavailable
 from streaming_service.sources.schwab_client import SCHWAB_API_BASE_URL
 from streaming_service.verify import (
+    CANDLE_LAG_S,
     NoCandles,
     NoSession,
     Session,
@@ -58,8 +59,14 @@ async def verify_command(
             "developer.schwab.com): verify reads Schwab's price history. Set them in .env."
         )
     hours = await asyncio.to_thread(_calendar, settings)
+    now = datetime.now(UTC)
     try:
-        session = latest_session(datetime.now(UTC), hours) if day is None else session_of(day, hours)
+        session = latest_session(now, hours) if day is None else session_of(day, hours)
+        if now < session.close + timedelta(seconds=CANDLE_LAG_S):
+            raise NoSession(
+                f"the session of {session.day} has not closed yet (or closed less than "
+                f"{CANDLE_LAG_S:g} s ago): check it after the close"
+            )
     except NoSession as exc:
         raise ConfigError(f"verify{f' --day {day}' if day else ''}: {exc}") from None
     if session.note:

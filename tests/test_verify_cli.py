@@ -183,6 +183,31 @@ def _bounds(url: str, start: datetime, end: datetime) -> tuple[Any, Any]:
     return _param(url, start), _param(url, end)
 
 
+async def test_candles_that_disagree_by_a_few_shares_are_reported_not_filled(tmp_path: Path) -> None:
+    """A bar vendor's candles off by up to 1 % (the simulator's candle_noise) against rows that hold
+    every traded share: the proof reports the differences and changes nothing."""
+    url = f"sqlite:///{tmp_path / 'rows.db'}"
+    setup = Setup(tmp_path, url)
+    market = SimulatedMarket(["QQQ"], seed=5, trades_per_second=0.2, session_date=DAY, candle_noise=0.01)
+    market.events_until(market.session_seconds)
+    traded = [t for t in market.trades if t.kind == "trade"]
+    rows = [
+        EquityRow("QQQ", datetime.fromtimestamp(t.timestamp_ms / 1000, UTC), t.price, t.size) for t in traded
+    ]
+    await record(url, rows, tmp_path)
+    async with SchwabSimulator(market) as sim:
+        candles = sum(c.volume for c in sim.market.candles("QQQ"))
+        done = await setup.verify(sim, "--day", DAY.isoformat())
+    assert done.returncode == 1
+    truth = sum(t.size for t in traded)
+    assert candles != truth  # the noise moved the total
+    header = done.stdout.splitlines()[0]
+    matching = int(header.split(": ")[1].split("/")[0])
+    assert 0 < matching < 390 and f"{truth:,} of {candles:,} shares recorded" in header
+    assert "filled" not in header
+    assert query(url, "SELECT count(*), sum(volume) FROM equity_data") == [(len(rows), truth)]
+
+
 @pytest.mark.parametrize(
     ("day", "message"),
     [
@@ -190,6 +215,8 @@ def _bounds(url: str, start: datetime, end: datetime) -> tuple[Any, Any]:
          "NYSE session (a holiday or a weekend): pick a trading day"),
         (date(2000, 1, 1), "verify --day 2000-01-01: 2000-01-01 is a Saturday: there is no session to check; "
          "pick a trading day"),
+        (date(2999, 1, 1), "verify --day 2999-01-01: the session of 2999-01-01 has not closed yet (or closed "
+         "less than 60 s ago): check it after the close"),
     ],
 )  # fmt: skip
 def test_a_day_without_a_session_exits_2_naming_the_fix(tmp_path: Path, day: date, message: str) -> None:
