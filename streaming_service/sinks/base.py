@@ -213,8 +213,9 @@ class Sink(Protocol):
     - `name` is a short label for logs and the status line; it never contains credentials.
 
     The sinks of this package also have `dead_letters` (a `DeadLetters`): `dead_letters.count` is how
-    many refused rows they have written to the dead-letter file, and `gaps_dropped`: how many gap
-    rows they dropped for want of the `stream_gaps` table (not part of the protocol).
+    many refused rows they have written to the dead-letter file, `gaps_dropped` and `checks_dropped`:
+    how many gap and check rows they dropped for want of `stream_gaps` and `volume_checks`, and
+    `latest_volume_checks()` (`VolumeChecksReader`); none of these is part of the protocol.
     """
 
     name: str
