@@ -240,3 +240,40 @@ def test_a_date_that_is_not_one_exits_2_with_the_form_to_use(tmp_path: Path) -> 
         "streaming-service verify: error: argument --day: '24/11/2026' is not a date; write it as "
         "YYYY-MM-DD, e.g. 2026-11-24"
     )
+
+
+async def test_rows_waiting_in_the_spool_count_as_recorded_and_are_not_filled_again(tmp_path: Path) -> None:
+    """verify_day in process (as the service calls it after the close): the HOLE minute's rows wait
+    in the spool, not in the database; filling it from its candle would count its shares twice."""
+    from harness import simulator_client
+
+    from streaming_service.sinks import SQLiteSink
+    from streaming_service.spool import Spool
+    from streaming_service.verify import session_of, verify_day
+
+    sink = SQLiteSink(tmp_path / "rows.db", dead_letter_path=tmp_path / "dead.jsonl")
+    spool = Spool(tmp_path / "spool.db", max_bytes=2**30)
+    await sink.open()
+    await spool.open()
+    async with simulated_day() as sim:
+        rows = trade_rows(sim.market)
+        hole = ms(at(HOLE))
+        waiting = [
+            t for t in sim.market.trades if t.kind == "trade" and hole <= t.timestamp_ms < hole + 60_000
+        ]
+        spool.put(EquityRow("QQQ", datetime.fromtimestamp(t.timestamp_ms / 1000, UTC), t.price, t.size)
+                  for t in waiting)  # fmt: skip
+        await sink.write(Batch(equity=tuple(rows)))
+        client = simulator_client(sim, tmp_path)
+        session = session_of(DAY, None)
+        try:
+            without = await verify_day(sink, client, "QQQ", session, row_resolution_s=0, write=False)
+            proof = await verify_day(sink, client, "QQQ", session, row_resolution_s=0, spool=spool)
+        finally:
+            await client.close_async_session()
+    await spool.aclose()
+    await sink.aclose()
+    assert without.check.minutes_filled == 1  # the database alone misses the minute
+    assert proof.fills == () and proof.check.minutes_filled == 0
+    assert (proof.check.minutes_matching, proof.check.worst_minute_diff) == (389, 7)
+    assert "assumed a full session 09:30-16:00" in session.note
