@@ -5,8 +5,8 @@ and not blank); the Schwab token file (present, readable, refresh-token age agai
 the database (reachable; then per table, each with its own fix: missing, not permitted for the
 connecting role, or the wrong shape (columns or the upsert's UNIQUE key missing); then the
 credentials can write, proven by an upsert that is rolled back). Nothing is left behind. The
-optional `stream_gaps` table is checked the same way, but its absence is a warning (⚠, still a
-pass): `run` records everything else and drops gap rows.
+optional `stream_gaps` and `volume_checks` tables are checked the same way, but the absence of one
+is a warning (⚠, still a pass): `run` records everything else and drops its rows.
 
 On Postgres the tables are read from pg_catalog, which shows every table whatever the role's
 privileges (information_schema hides those it may not use): "not permitted" names the role
@@ -16,7 +16,7 @@ only) — with the GRANT / CREATE POLICY statements that fix it.
 
 Supabase's REST API has no transactions to roll back, so there the write probe is an upsert of one
 deliberately invalid row per table (NULL `volume`, NULL `timestamp`, `option_type` 'ZZZZ', `cause`
-'zzzz'), sent
+'zzzz', `minutes_matching` above `minutes_checked`), sent
 with the table's `on_conflict` key. The database must refuse it with a NOT NULL or CHECK violation
 (23502/23514), which proves that the key may write, the columns exist and the UNIQUE key matches
 (else 42501, 42703/PGRST204 or 42P10), and nothing is written.
@@ -36,7 +36,7 @@ from pydantic import SecretStr
 
 from streaming_service.config import Settings
 from streaming_service.errors import AuthError, SinkRejected, SinkUnavailable, StreamerError
-from streaming_service.sinks.base import GAPS_MIGRATION, REQUIRED_TABLES, TABLE_COLUMNS, UNIQUE_KEYS
+from streaming_service.sinks.base import OPTIONAL_TABLES, REQUIRED_TABLES, TABLE_COLUMNS, UNIQUE_KEYS
 from streaming_service.token import describe, read_token_info
 
 __all__ = ["CheckResult", "check_database", "check_schwab_app", "check_token"]
@@ -65,9 +65,10 @@ class CheckResult:
         return f"{mark} {self.name}: {self.detail}" + (f"\n    fix: {self.fix}" if shown else "")
 
 
-def _no_gaps_table(fix: str) -> CheckResult:
+def _no_optional_table(table: str, fix: str) -> CheckResult:
+    rows = OPTIONAL_TABLES[table][1]
     return CheckResult(
-        "table stream_gaps", True, "missing: gap rows are not recorded (the other tables are)", fix, warn=True
+        f"table {table}", True, f"missing: {rows} are not recorded (the other tables are)", fix, warn=True
     )
 
 
@@ -146,7 +147,7 @@ def _schema_results(
         have = found.get(table)
         if have is None:
             if table not in REQUIRED_TABLES:
-                results.append(_no_gaps_table(creates[table]))
+                results.append(_no_optional_table(table, creates[table]))
             else:
                 results.append(CheckResult(f"table {table}", False, "table missing", creates[table]))
             continue
@@ -264,7 +265,7 @@ def _postgres_creates(role: str, may_create: bool) -> dict[str, str]:
     may create tables in schema public."""
     creates = {}
     for table in TABLE_COLUMNS:
-        migrations = "supabase/migrations" if table in REQUIRED_TABLES else GAPS_MIGRATION
+        migrations = "supabase/migrations" if table in REQUIRED_TABLES else OPTIONAL_TABLES[table][0]
         creates[table] = (
             f"`run` creates it (or apply {migrations})"
             if may_create
@@ -354,6 +355,16 @@ _REST_PROBES: dict[str, dict[str, object]] = {
         "ended_at": "2000-01-03T14:31:00+00:00",
         "cause": "zzzz",
     },
+    "volume_checks": {
+        "ticker": "ZZCHECK",
+        "day": "2000-01-03",
+        "minutes_checked": 0,
+        "minutes_matching": 1,
+        "shares_recorded": 0,
+        "shares_candles": 0,
+        "minutes_filled": 0,
+        "checked_at": "2000-01-03T21:00:00+00:00",
+    },
 }
 
 
@@ -384,7 +395,8 @@ async def _check_supabase(url: str, key: str) -> list[CheckResult]:
                 return [CheckResult("Supabase", False, f"unreachable: {exc}", "check SUPABASE_URL")]
             except SinkRejected as exc:
                 if isinstance(exc, TableMissing) and table not in REQUIRED_TABLES:
-                    results.append(_no_gaps_table(f"apply {GAPS_MIGRATION} (`supabase db push`)"))
+                    migration = OPTIONAL_TABLES[table][0]
+                    results.append(_no_optional_table(table, f"apply {migration} (`supabase db push`)"))
                     continue
                 message, _, fix = str(exc).partition("; ")
                 message = message.removeprefix(f"{sink.name}: {table}: ")

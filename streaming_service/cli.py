@@ -1,9 +1,9 @@
 """`streaming-service` commands: run (production), auth (Schwab login), status (/healthz for a
-person), check (pre-flight), demo (local simulator).
+person), check (pre-flight), verify (the daily proof), demo (local simulator).
 
-Exit codes: 0 done (rows not yet written wait in the spool), 1 unexpected error or a failed check,
-2 bad configuration or argument, 3 Schwab auth problem, 4 the database refused us (credentials,
-schema, dead-letter file).
+Exit codes: 0 done (rows not yet written wait in the spool), 1 unexpected error, a failed check or
+a day whose minutes differ from price history, 2 bad configuration or argument, 3 Schwab auth
+problem, 4 the database refused us (credentials, schema, dead-letter file).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import time
+from datetime import date, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +103,23 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="check configuration, Schwab token and database; exit 0 only if all pass"
     )
     check.set_defaults(command=_check)
+
+    verify = commands.add_parser(
+        "verify",
+        help="compare every minute's recorded volume with Schwab's price history, fill missing minutes, "
+        "store the day's summary; exit 0 only if all match",
+        description="The daily proof, per ticker of STREAM_TICKER: each minute of the regular session "
+        "(from the NYSE calendar) compared with its 1-minute candle; minutes with no row at all are "
+        "filled from their candle, the rest reported; the summary is stored in volume_checks. Exit 0 "
+        "when every minute matches, 1 when some differ (listed), 2 for a day without a session.",
+    )
+    verify.add_argument(
+        "--day",
+        type=_day,
+        metavar="YYYY-MM-DD",
+        help="the session's New York date (default: the latest session closed at least a minute ago)",
+    )
+    verify.set_defaults(command=_verify)
 
     dashboard = commands.add_parser(
         "dashboard",
@@ -199,6 +216,16 @@ def _clock_time(text: str) -> time:
     if not time(9, 30) < moment < time(16, 0):
         raise argparse.ArgumentTypeError(f"{text} is outside the simulated session (09:30-16:00)")
     return moment
+
+
+def _day(text: str) -> date:
+    """YYYY-MM-DD, for verify --day."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date; write it as YYYY-MM-DD, e.g. 2026-11-24"
+        ) from None
 
 
 def _port(text: str) -> int:
@@ -415,6 +442,17 @@ async def _check(args: argparse.Namespace) -> None:
     print(f"{len(results) - len(failed)}/{len(results)} checks passed")
     if failed:
         raise ChecksFailed(f"{len(failed)} check(s) failed")
+
+
+async def _verify(args: argparse.Namespace, *, api_base_url: str | None = None) -> None:
+    """`verify` (see its --help); `api_base_url`: where Schwab's REST API is (tests: a simulator)."""
+    from streaming_service.verify_command import verify_command
+
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    differing = await verify_command(settings, args.day, api_base_url=api_base_url)
+    if differing:
+        raise ChecksFailed(f"minutes differ from price history for {', '.join(differing)} (listed above)")
 
 
 async def _demo(args: argparse.Namespace) -> None:

@@ -201,7 +201,8 @@ def stored_rows(url: str) -> Stored:
 def _count(first: Callable[[str], Any], tables: set[str]) -> Stored:
     """Count with `first(sql)` (the first value of the query's first row) in those of our tables
     that are in `tables`."""
-    rows = {table: int(first(f"SELECT count(*) FROM {table}")) for table in TABLE_COLUMNS if table in tables}
+    recorded = [table for table in TABLE_COLUMNS if table in tables and table != "volume_checks"]  # not data
+    rows = {table: int(first(f"SELECT count(*) FROM {table}")) for table in recorded}
     shares = int(first("SELECT coalesce(sum(volume), 0) FROM equity_data")) if "equity_data" in tables else 0
     return Stored(rows, shares)
 

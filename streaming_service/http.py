@@ -295,7 +295,8 @@ def port_holder(host: str, port: int, timeout: float = 1.0) -> PortHolder:
 
 
 def format_health(body: dict[str, Any]) -> str:
-    """Several lines for a person: state, per-ticker data age, spool, sink, token, stream counters.
+    """Several lines for a person: state, per-ticker data age, spool, sink, token, stream counters,
+    and the daily proof's latest summary per ticker when the body has `volume_checks`.
 
     Tolerates missing keys and values of the wrong type (shown as '?').
     """
@@ -331,6 +332,14 @@ def format_health(body: dict[str, Any]) -> str:
     stream = _section(body, "stream")
     counts = [(_number(stream.get(key)), label) for key, label in _STREAM_COUNTERS]
     lines.append("stream: " + ", ".join(f"{'?' if n is None else f'{n:.0f}'} {label}" for n, label in counts))
+    if "volume_checks" in body:  # the daily proof (`verify.latest_checks`): each ticker's latest
+        checks = _section(body, "volume_checks")
+        for ticker, check in sorted(checks.items()):
+            line = check.get("line") if isinstance(check, dict) else None
+            mark = "✓" if isinstance(check, dict) and check.get("all_match") is True else "✗"
+            lines.append(f"proof: {mark} {ticker} {line}" if isinstance(line, str) else f"proof: {ticker} ?")
+        if not checks:
+            lines.append("proof: no day checked yet (`streaming-service verify`)")
     return "\n".join(lines)
 
 

@@ -10,7 +10,17 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Literal
 
-__all__ = ["Batch", "EquityRow", "GapRow", "IndicatorRow", "OptionContract", "OptionRow", "TableRow", "Tick"]
+__all__ = [
+    "Batch",
+    "EquityRow",
+    "GapRow",
+    "IndicatorRow",
+    "OptionContract",
+    "OptionRow",
+    "TableRow",
+    "Tick",
+    "VolumeCheckRow",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +129,37 @@ class GapRow:
         return (self.ticker, self.started_at)
 
 
-#: A row of any of the four tables.
-TableRow = EquityRow | IndicatorRow | OptionRow | GapRow
+@dataclass(frozen=True, slots=True)
+class VolumeCheckRow:
+    """A row of `volume_checks`: the daily proof of `ticker`'s session on exchange date `day`.
+
+    `minutes_checked` session minutes were compared with the 1-minute price history and
+    `minutes_matching` of them hold exactly the candle's volume; `shares_recorded` and
+    `shares_candles` are the session's totals; `worst_minute` is the start of the minute (or group
+    of minutes, see `verify`) furthest from its candle and `worst_minute_diff` recorded minus
+    candle shares there (both None when every minute matches); `minutes_filled`: minutes without
+    any row that this check filled from their candle (counted in the totals above); `checked_at`:
+    when the check ran."""
+
+    ticker: str
+    day: date
+    minutes_checked: int
+    minutes_matching: int
+    shares_recorded: int
+    shares_candles: int
+    worst_minute: datetime | None
+    worst_minute_diff: int | None
+    minutes_filled: int
+    checked_at: datetime
+
+    @property
+    def key(self) -> tuple[str, date]:
+        """The table's UNIQUE key."""
+        return (self.ticker, self.day)
+
+
+#: A row of any of the five tables.
+TableRow = EquityRow | IndicatorRow | OptionRow | GapRow | VolumeCheckRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +170,7 @@ class Batch:
     indicators: tuple[IndicatorRow, ...] = ()
     options: tuple[OptionRow, ...] = ()
     gaps: tuple[GapRow, ...] = ()
+    checks: tuple[VolumeCheckRow, ...] = ()
 
     def __len__(self) -> int:
-        return len(self.equity) + len(self.indicators) + len(self.options) + len(self.gaps)
+        return len(self.equity) + len(self.indicators) + len(self.options) + len(self.gaps) + len(self.checks)

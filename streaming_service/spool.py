@@ -32,7 +32,15 @@ from typing import Any, TypeVar
 import structlog
 
 from streaming_service.errors import StreamerError
-from streaming_service.models import Batch, EquityRow, GapRow, IndicatorRow, OptionRow, TableRow
+from streaming_service.models import (
+    Batch,
+    EquityRow,
+    GapRow,
+    IndicatorRow,
+    OptionRow,
+    TableRow,
+    VolumeCheckRow,
+)
 from streaming_service.sqlite_file import SqliteFile
 
 __all__ = ["Spool", "SpoolError", "Taken"]
@@ -41,11 +49,9 @@ log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 _TABLES: dict[type[Any], str] = {
-    EquityRow: "equity_data",
-    IndicatorRow: "indicators",
-    OptionRow: "option_prices",
-    GapRow: "stream_gaps",
-}
+    EquityRow: "equity_data", IndicatorRow: "indicators", OptionRow: "option_prices", GapRow: "stream_gaps",
+    VolumeCheckRow: "volume_checks",
+}  # fmt: skip
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     tbl TEXT NOT NULL,
@@ -256,6 +262,7 @@ class Spool:
             tuple(by_table["indicators"]),
             tuple(by_table["option_prices"]),
             tuple(by_table["stream_gaps"]),
+            tuple(by_table["volume_checks"]),
         )
         return Taken(batch, rows[-1][1] if rows else 0)
 
@@ -330,5 +337,10 @@ def _decode(table: str, values: list[Any]) -> TableRow:
     if table == "stream_gaps":
         values[1], values[2] = datetime.fromisoformat(values[1]), datetime.fromisoformat(values[2])
         return GapRow(*values)
+    if table == "volume_checks":
+        values[1] = date.fromisoformat(values[1])
+        values[6] = None if values[6] is None else datetime.fromisoformat(values[6])
+        values[9] = datetime.fromisoformat(values[9])
+        return VolumeCheckRow(*values)
     values[1], values[4] = datetime.fromisoformat(values[1]), date.fromisoformat(values[4])
     return OptionRow(*values)

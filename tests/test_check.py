@@ -73,19 +73,21 @@ async def test_postgres_without_tables_fails_then_passes_after_open(postgres_dsn
     settings = load_settings(database_url=postgres_dsn)
     before = await check_database(settings)
     assert before[0].ok  # reachable
-    *required, gaps = before[1:]
+    *required, gaps, checks = before[1:]
     assert [r.ok for r in required] == [False, False, False]
     assert all("table missing" in r.detail and "migrations" in r.fix for r in required)
     assert (gaps.name, gaps.ok, gaps.warn) == ("table stream_gaps", True, True)  # a warning, not a failure
     assert "20251120000000_create_stream_gaps_table.sql" in gaps.fix and "`run` creates it" in gaps.fix
     assert gaps.line().startswith("⚠ table stream_gaps: missing") and "fix:" in gaps.line()
+    assert (checks.name, checks.ok, checks.warn) == ("table volume_checks", True, True)
+    assert "20261207000000_create_volume_checks_table.sql" in checks.fix
 
     sink = sink_from_url(postgres_dsn)
     await sink.open()
     await sink.aclose()
     after = await check_database(settings)
     assert all(r.ok and not r.warn for r in after), [r.line() for r in after]
-    assert [r.name for r in after[-2:]] == ["table stream_gaps", "write"]
+    assert [r.name for r in after[-3:]] == ["table stream_gaps", "table volume_checks", "write"]
     with psycopg.connect(postgres_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM equity_data").fetchone() == (0,)  # probe rolled back
 
@@ -178,7 +180,7 @@ def test_cli_check_fails_on_blank_schwab_app_credentials(tmp_path: Path) -> None
 
 # --- privileges vs missing vs wrong shape ----------------------------------------------------------
 
-TABLES = ("equity_data", "indicators", "option_prices", "stream_gaps")
+TABLES = ("equity_data", "indicators", "option_prices", "stream_gaps", "volume_checks")
 
 
 @pytest.fixture

@@ -93,6 +93,27 @@ def _record_demo(database_url: str, cwd: Path, speed: int = 120) -> None:
     )  # fmt: skip
 
 
+def _store_proof(dsn: str) -> str:
+    """Store a daily proof of the recorded day in volume_checks; the header badge that says it."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ((day,),) = conn.execute(
+            "INSERT INTO volume_checks (ticker, day, minutes_checked, minutes_matching, shares_recorded, "
+            "shares_candles, worst_minute, worst_minute_diff, minutes_filled, checked_at) SELECT 'QQQ', "
+            "(max(timestamp) AT TIME ZONE 'America/New_York')::date, 390, 389, 12345678, 12345700, "
+            "max(timestamp), -22, 1, now() FROM equity_data RETURNING day"
+        ).fetchall()
+    return f"proof {day:%b} {day.day}: 389/390 minutes match, 12,345,678 of 12,345,700 shares, 1 filled"
+
+
+def _assert_proof_badge(driver: webdriver.Chrome, expected: str) -> None:
+    wait_for(driver, "window.dashboard.proof !== null", 10, "the daily proof badge")
+    badge = driver.find_element("id", "proof")
+    assert badge.is_displayed() and badge.text == expected == driver.execute_script(
+        "return window.dashboard.proof"
+    )
+    assert "bad" in str(badge.get_attribute("class"))  # a minute differs
+
+
 def _open(driver: webdriver.Chrome, url: str, within: float = 30.0) -> float:
     """Load `url`, mark the window (a reload would lose the mark), wait until a chart is drawn;
     the seconds that took."""
@@ -190,10 +211,12 @@ def test_browser_dashboard_command_reads_postgres(
     browser: webdriver.Chrome, postgres_dsn: str, tmp_path: Path
 ) -> None:
     _record_demo(postgres_dsn, tmp_path)
+    proof = _store_proof(postgres_dsn)
     port = free_port()
     env = command_env(DATABASE_URL=postgres_dsn, HEALTH_PORT=str(free_port()))
     with _service(["dashboard", "--port", str(port)], tmp_path, env, port):
         load_s = _open(browser, f"http://127.0.0.1:{port}/")
+        _assert_proof_badge(browser, proof)
         wait_for(browser, "window.dashboard.counts().sma9 > 0", 10, "the SMA9 line has points")
         state = _assert_smile_matches_table(browser)
         assert state["source"] == "api" and state["error"] is None, state
@@ -374,6 +397,7 @@ def test_browser_reads_supabase_with_the_anon_key(
     browser: webdriver.Chrome, supabase_dsn: str, tmp_path: Path
 ) -> None:
     _record_demo(supabase_dsn, tmp_path, speed=240)  # over 1000 rows: the page reads them in pages
+    proof = _store_proof(supabase_dsn)
     with psycopg.connect(supabase_dsn) as conn:
         ((rows,),) = conn.execute("SELECT count(*) FROM equity_data").fetchall()
     assert rows > 1000
@@ -390,6 +414,7 @@ def test_browser_reads_supabase_with_the_anon_key(
             assert config["source"] == "supabase" and config["anon_key"] == anon
             assert service_role not in json.dumps(config)
             served_s = _open(browser, f"http://127.0.0.1:{port}/")
+            _assert_proof_badge(browser, proof)  # volume_checks read with the anon key (RLS)
             served = _assert_smile_matches_table(browser)
             assert served["source"] == "supabase" and served["error"] is None, served
             assert served["counts"]["price"] == rows, (served, rows)  # every page read, each row once

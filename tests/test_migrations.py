@@ -24,14 +24,20 @@ ROWS = {
     "expiration_date, bid, ask) VALUES ('QQQ', '2026-11-24T14:30:00Z', 'CALL', 500, '2026-11-27', 1.5, 1.6)",
     "stream_gaps": "INSERT INTO stream_gaps (ticker, started_at, ended_at, cause, volume_missing) "
     "VALUES ('QQQ', '2026-11-24T14:30:00Z', '2026-11-24T14:30:00Z', 'restart', 1200)",
+    # `day` from the same instant, so that statements rewritten with another time get another key
+    "volume_checks": "INSERT INTO volume_checks (ticker, day, minutes_checked, minutes_matching, "
+    "shares_recorded, shares_candles, worst_minute, worst_minute_diff, minutes_filled, checked_at) "
+    "VALUES ('QQQ', ('2026-11-24T14:30:00Z'::timestamptz AT TIME ZONE 'America/New_York')::date, "
+    "390, 389, 12345678, 12345700, '2026-11-24T14:30:00Z', -22, 1, '2026-11-24T14:30:00Z')",
 }
 KEYS = {
     "equity_data": "ticker, timestamp",
     "indicators": "ticker, timestamp",
     "option_prices": "ticker, timestamp, option_type, strike_price, expiration_date",
     "stream_gaps": "ticker, started_at",
+    "volume_checks": "ticker, day",
 }
-#: The tables retention.sql prunes (stream_gaps is not market data: it is kept).
+#: The tables retention.sql prunes (stream_gaps and volume_checks are not market data: they are kept).
 PRUNED = ("equity_data", "indicators", "option_prices")
 
 
@@ -71,7 +77,7 @@ def test_rls_enabled_with_indexes(supabase_dsn: str, table: str) -> None:
         found = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", [table])
         indexes = [r[0] for r in found]
     assert rls is True
-    time_column = "started_at" if table == "stream_gaps" else '"timestamp"'
+    time_column = {"stream_gaps": "started_at", "volume_checks": "day"}.get(table, '"timestamp"')
     assert any(f"(ticker, {time_column} DESC)" in d for d in indexes), indexes
 
 
@@ -136,6 +142,26 @@ def test_stream_gaps_defaults_and_a_null_volume_missing(supabase_dsn: str) -> No
     assert stored == [(0, None, False, True)]
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("390, 389", "390, 391"), ("390, 389", "-1, 0"), ("'2026-11-24T14:30:00Z', -22", "NULL, -22"),
+     ("'2026-11-24T14:30:00Z', -22", "'2026-11-24T14:30:00Z', NULL"), (", 1, '2026", ", -1, '2026")],
+)  # fmt: skip
+def test_volume_checks_refuse_impossible_counts_and_a_half_known_worst_minute(
+    supabase_dsn: str, old: str, new: str
+) -> None:
+    with as_role(supabase_dsn, "service_role") as conn, pytest.raises(errors.CheckViolation):
+        conn.execute(ROWS["volume_checks"].replace(old, new).encode())
+
+
+def test_volume_checks_all_matching_has_no_worst_minute(supabase_dsn: str) -> None:
+    matching = ROWS["volume_checks"].replace("'2026-11-24T14:30:00Z', -22", "NULL, NULL")
+    with as_role(supabase_dsn, "service_role") as conn:
+        conn.execute(matching.replace("390, 389", "390, 390").encode())
+        stored = conn.execute("SELECT day::text, worst_minute, minutes_filled FROM volume_checks").fetchall()
+    assert stored == [("2026-11-24", None, 1)]
+
+
 def test_plain_postgres_without_supabase_roles_applies_them_too(postgres_dsn: str) -> None:
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(
@@ -178,7 +204,7 @@ def test_prune_market_data_deletes_only_older_rows(supabase_dsn: str) -> None:
     with as_role(supabase_dsn, "service_role") as conn:
         deleted = conn.execute("SELECT * FROM prune_market_data(interval '90 days')").fetchall()
     assert sorted(deleted) == [(t, 1) for t in PRUNED]
-    assert [count(supabase_dsn, t) for t in sorted(ROWS)] == [1, 1, 1, 2]
+    assert [count(supabase_dsn, t) for t in sorted(ROWS)] == [1 if t in PRUNED else 2 for t in sorted(ROWS)]
 
 
 @pytest.mark.parametrize("keep", ["1 hour", "0 days", "-5 days"])

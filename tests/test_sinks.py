@@ -334,6 +334,7 @@ def test_migration_files_are_found() -> None:
         "20251015151016_create_equity_and_indicators_tables.sql",
         "20251019000000_create_option_prices_table.sql",
         "20251120000000_create_stream_gaps_table.sql",
+        "20261207000000_create_volume_checks_table.sql",
     ]
 
 
@@ -358,7 +359,7 @@ async def test_postgres_tables_columns_constraints_and_indexes(db: Db, sink: Sin
         "SELECT table_name, column_default FROM information_schema.columns"
         " WHERE table_schema = 'public' AND column_name IN ('created_at') ORDER BY 1"
     )
-    assert {d[1] for d in defaults} == {"now()"} and len(defaults) == 4
+    assert {d[1] for d in defaults} == {"now()"} and len(defaults) == 5
     constraints = db.query(
         "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint"
         " WHERE contype IN ('u', 'c') AND connamespace = 'public'::regnamespace ORDER BY 1, 2"
@@ -374,6 +375,7 @@ async def test_postgres_tables_columns_constraints_and_indexes(db: Db, sink: Sin
          "'sink'::character varying])::text[])))"),
         ("stream_gaps", "CHECK ((ended_at >= started_at))"),
         ("stream_gaps", "UNIQUE (ticker, started_at)"),
+        *[(t, c) for t, c in constraints if t == "volume_checks"],  # tests/test_migrations.py
     ]  # fmt: skip
     indexes = db.query("SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = 'public'")
     for table in ("equity_data", "indicators", "option_prices"):

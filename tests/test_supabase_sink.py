@@ -239,17 +239,17 @@ async def test_check_passes_with_the_service_key_and_writes_nothing(
     double: PostgrestDouble, supabase_dsn: str
 ) -> None:
     results = await rest_check(double.url, make_key("service_role"))
-    assert [(r.ok, r.warn) for r in results] == [(True, False)] * 5, [r.line() for r in results]
-    assert results[-1].name == "table stream_gaps"
+    assert [(r.ok, r.warn) for r in results] == [(True, False)] * 6, [r.line() for r in results]
+    assert results[-1].name == "table volume_checks"
     with psycopg.connect(supabase_dsn) as conn:
-        for table in ("equity_data", "indicators", "option_prices", "stream_gaps"):
+        for table in ("equity_data", "indicators", "option_prices", "stream_gaps", "volume_checks"):
             assert conn.execute(f"SELECT count(*) FROM {table}".encode()).fetchone() == (0,)
 
 
 async def test_check_names_the_key_when_it_cannot_write(double: PostgrestDouble) -> None:
     results = await rest_check(double.url, make_key("anon"))
     tables = [r for r in results if r.name.startswith("table")]
-    assert len(tables) == 4 and not any(r.ok for r in tables)
+    assert len(tables) == 5 and not any(r.ok for r in tables)
     assert all("42501" in r.detail and "SUPABASE_SERVICE_ROLE_KEY" in r.fix for r in tables)
 
 
@@ -278,9 +278,10 @@ async def test_check_reports_missing_tables_and_an_unreachable_project(
     with fresh_database(supabase_cluster) as empty, PostgrestDouble(empty) as bare:
         results = await rest_check(bare.url, make_key("service_role"))
         url = bare.url
-    assert [r.ok for r in results] == [True, False, False, False, True]
+    assert [r.ok for r in results] == [True, False, False, False, True, True]
     assert all("PGRST205" in r.detail for r in results[1:4])
     assert results[4].warn and "supabase db push" in results[4].fix
+    assert results[5].warn and "create_volume_checks_table.sql" in results[5].fix
     gone = await rest_check(url, make_key("service_role"))  # the double has stopped
     assert len(gone) == 1 and not gone[0].ok and "unreachable" in gone[0].detail
 

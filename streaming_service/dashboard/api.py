@@ -8,7 +8,9 @@
   never the service-role key), with `tickers`, `refresh_s` and `health` (the /healthz path, or
   null in a static build);
 - `/api/tickers`, `/api/series?ticker&day&since&points`, `/api/options?ticker&day`,
-  `/api/gaps?ticker&day`: JSON from `queries.DashboardReader`. A bad parameter is a 400 naming it
+  `/api/gaps?ticker&day`, `/api/checks?ticker&day` (the daily proof of the day, or of the latest
+  day checked before it: `check` null if none, `table` false without `volume_checks`): JSON from
+  `queries.DashboardReader`. A bad parameter is a 400 naming it
   and what is allowed; a database that cannot answer is a 503 with its error.
 
 `write_static_site(directory, config)` writes the same page with a fixed `config.json`, for any
@@ -31,7 +33,9 @@ import structlog
 from streaming_service.config import TICKER
 from streaming_service.dashboard.queries import DashboardReader, exchange_day
 from streaming_service.http import Response, json_response
+from streaming_service.models import VolumeCheckRow
 from streaming_service.sinks.sqlite import iso_utc
+from streaming_service.verify import check_json
 
 if TYPE_CHECKING:
     from streaming_service.config import Settings
@@ -109,6 +113,7 @@ class Dashboard:
             "/api/series": self._series_json,
             "/api/options": self._options_json,
             "/api/gaps": self._gaps_json,
+            "/api/checks": self._checks_json,
         }
 
     @classmethod
@@ -180,6 +185,15 @@ class Dashboard:
         day = await self._day(params, ticker)
         gaps = await self._reader.gaps(ticker, day)
         return {"ticker": ticker, "day": day.isoformat(), "table": gaps is not None, "gaps": gaps or []}
+
+    async def _checks_json(self, params: dict[str, str]) -> dict[str, Any]:
+        _allow(params, "ticker", "day")
+        assert self._reader is not None
+        ticker = _ticker(params)
+        day = await self._day(params, ticker)
+        found = await self._reader.volume_check(ticker, day)
+        check = check_json(found) if isinstance(found, VolumeCheckRow) else None
+        return {"ticker": ticker, "day": day.isoformat(), "table": found is not False, "check": check}
 
     async def _day(self, params: dict[str, str], ticker: str) -> date:
         """The `day` asked for, else the ticker's latest recorded day, else today (New York)."""

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from streaming_service.indicators import EXCHANGE_TZ
+from streaming_service.models import VolumeCheckRow
 from streaming_service.sinks import sink_from_url
-from streaming_service.sinks.base import TABLE_COLUMNS
+from streaming_service.sinks.base import TABLE_COLUMNS, volume_check_row
 from streaming_service.sinks.sqlite import iso_utc
 
 __all__ = ["DashboardReader", "Point", "Series", "day_bounds", "downsample"]
@@ -68,6 +69,10 @@ _GAP_COLUMNS = tuple(c for c in TABLE_COLUMNS["stream_gaps"] if c != "ticker")
 _GAPS_SQL = (
     f"SELECT {', '.join(_GAP_COLUMNS)} FROM stream_gaps "
     "WHERE ticker = %s AND started_at < %s AND ended_at >= %s ORDER BY started_at"
+)
+_CHECK_SQL = (
+    f"SELECT {', '.join(TABLE_COLUMNS['volume_checks'])} FROM volume_checks "
+    "WHERE ticker = %s AND day <= %s ORDER BY day DESC LIMIT 1"
 )
 
 
@@ -251,6 +256,18 @@ class DashboardReader:
         for gap in gaps:
             gap["options_missed"] = bool(gap["options_missed"])
         return gaps
+
+    async def volume_check(self, ticker: str, day: date) -> VolumeCheckRow | bool | None:
+        """The daily proof of `day`, or of the latest day checked before it; None if there is none,
+        False if the `volume_checks` table does not exist."""
+        param = day.isoformat() if self._placeholder == "?" else day
+        try:
+            rows = await self._rows(_CHECK_SQL, (ticker, param))
+        except Exception as exc:
+            if _missing_table(exc):
+                return False
+            raise
+        return volume_check_row(tuple(rows[0])) if rows else None
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._locked, self._close)

@@ -1,20 +1,24 @@
 """The contract every sink fulfils, and what every sink shares: the tables' keys and columns, the
 one classification of database errors (`classify_sqlstate`), which rows cannot be stored at all
-(`unstorable`), and what a sink does without the optional `stream_gaps` table (`warn_no_gaps_table`)."""
+(`unstorable`), and what a sink does without an optional table, `stream_gaps` or `volume_checks`
+(`warn_missing_table`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Iterable
 from datetime import UTC, date, datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import structlog
 
-from streaming_service.models import Batch, EquityRow, IndicatorRow, TableRow
+from streaming_service.models import Batch, EquityRow, IndicatorRow, TableRow, VolumeCheckRow
 
 __all__ = [
+    "CHECKS_MIGRATION",
     "GAPS_MIGRATION",
+    "LATEST_CHECKS_SQL",
+    "OPTIONAL_TABLES",
     "PROBE_TIMEOUT_S",
     "RECORDED_ROWS_SQL",
     "REQUIRED_TABLES",
@@ -24,6 +28,7 @@ __all__ = [
     "ErrorKind",
     "RecordedRow",
     "Sink",
+    "VolumeChecksReader",
     "check_window",
     "classify_sqlstate",
     "column_values",
@@ -32,6 +37,8 @@ __all__ = [
     "recorded_row",
     "unstorable",
     "upsert_conflict",
+    "volume_check_row",
+    "warn_missing_table",
     "warn_no_gaps_table",
 ]
 
@@ -45,6 +52,7 @@ UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
     "indicators": ("ticker", "timestamp"),
     "option_prices": ("ticker", "timestamp", "option_type", "strike_price", "expiration_date"),
     "stream_gaps": ("ticker", "started_at"),
+    "volume_checks": ("ticker", "day"),
 }
 #: The columns the service writes (besides `id` and `created_at`), per table.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -59,12 +67,25 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         *UNIQUE_KEYS["stream_gaps"],
         *("ended_at", "cause", "equity_backfilled_rows", "volume_missing", "options_missed"),
     ),
+    "volume_checks": (
+        *UNIQUE_KEYS["volume_checks"],
+        *("minutes_checked", "minutes_matching", "shares_recorded", "shares_candles"),
+        *("worst_minute", "worst_minute_diff", "minutes_filled", "checked_at"),
+    ),
 }
-#: The tables the service cannot run without. `stream_gaps` is optional: a sink that finds it
-#: missing (and cannot create it) warns once and drops gap rows (`gaps_dropped`).
+#: The tables the service cannot run without. `stream_gaps` and `volume_checks` are optional: a
+#: sink that finds one missing (and cannot create it) warns once and drops its rows
+#: (`gaps_dropped`, `checks_dropped`).
 REQUIRED_TABLES = ("equity_data", "indicators", "option_prices")
 #: The migration that creates `stream_gaps`, for messages telling what to apply.
 GAPS_MIGRATION = "supabase/migrations/20251120000000_create_stream_gaps_table.sql"
+#: The migration that creates `volume_checks`.
+CHECKS_MIGRATION = "supabase/migrations/20261207000000_create_volume_checks_table.sql"
+#: Each optional table: (its migration, what its rows are called in messages).
+OPTIONAL_TABLES: dict[str, tuple[str, str]] = {
+    "stream_gaps": (GAPS_MIGRATION, "gap rows"),
+    "volume_checks": (CHECKS_MIGRATION, "volume check rows"),
+}
 #: Columns the sinks round to the Postgres column's scale themselves (DECIMAL(10, 2)), where the
 #: database would not (SQLite) or before JSON carries them (Supabase).
 ROUNDED_COLUMNS: dict[str, dict[str, int]] = {
@@ -146,25 +167,31 @@ def _naive(value: datetime) -> bool:
     return value.tzinfo is None or value.utcoffset() is None
 
 
-def warn_no_gaps_table(sink: str, reason: str) -> None:
-    """Log, once per sink start, that `stream_gaps` is missing and gap rows will be dropped."""
+def warn_missing_table(sink: str, table: str, reason: str) -> None:
+    """Log, once per sink start, that the optional `table` is missing and its rows will be dropped."""
+    migration, rows = OPTIONAL_TABLES[table]
     log.warning(
-        "stream_gaps table missing: gap rows will be dropped; the other tables are written",
+        f"{table} table missing: {rows} will be dropped; the other tables are written",
         sink=sink,
         reason=reason,
-        fix=f"apply {GAPS_MIGRATION} (Supabase: `supabase db push`, or paste the file into the SQL "
+        fix=f"apply {migration} (Supabase: `supabase db push`, or paste the file into the SQL "
         "editor), then restart the service",
     )
+
+
+def warn_no_gaps_table(sink: str, reason: str) -> None:
+    """`warn_missing_table(sink, "stream_gaps", reason)`."""
+    warn_missing_table(sink, "stream_gaps", reason)
 
 
 class Sink(Protocol):
     """Somewhere rows are stored.
 
     - `open()` connects and makes sure the three required tables exist (creating them only where the
-      sink owns the schema), and `stream_gaps` if it can: without it the sink warns once
-      (`warn_no_gaps_table`), writes the other tables and drops gap rows. Raises `SinkUnavailable`
-      if the database cannot be reached, `SinkRejected` if it can be reached but not used (bad
-      credentials, wrong schema, an unwritable dead-letter file).
+      sink owns the schema), and the optional `stream_gaps` and `volume_checks` if it can: without
+      one the sink warns once (`warn_missing_table`), writes the other tables and drops its rows.
+      Raises `SinkUnavailable` if the database cannot be reached, `SinkRejected` if it can be
+      reached but not used (bad credentials, wrong schema, an unwritable dead-letter file).
     - `write(batch)` stores the batch's rows as upserts on each table's UNIQUE key: replaying a batch
       changes nothing. It never raises because of the data: a row the database refuses (SQLSTATE class
       22 or 23, or 21000; a CHECK or NOT NULL failure), or that cannot be stored at all (NaN, infinity,
@@ -186,8 +213,9 @@ class Sink(Protocol):
     - `name` is a short label for logs and the status line; it never contains credentials.
 
     The sinks of this package also have `dead_letters` (a `DeadLetters`): `dead_letters.count` is how
-    many refused rows they have written to the dead-letter file, and `gaps_dropped`: how many gap
-    rows they dropped for want of the `stream_gaps` table (not part of the protocol).
+    many refused rows they have written to the dead-letter file, `gaps_dropped` and `checks_dropped`:
+    how many gap and check rows they dropped for want of `stream_gaps` and `volume_checks`, and
+    `latest_volume_checks()` (`VolumeChecksReader`); none of these is part of the protocol.
     """
 
     name: str
@@ -201,6 +229,45 @@ class Sink(Protocol):
     async def probe(self) -> bool: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class VolumeChecksReader(Protocol):
+    """A sink that can read `volume_checks` back (the sinks of this package; not part of `Sink`).
+
+    `latest_volume_checks()` returns, per ticker, its row of the latest day checked, by ticker;
+    an empty list when the table is missing or empty. Raises `SinkUnavailable` / `SinkRejected`
+    as `Sink.recorded_rows` does. Reads only; safe to cancel."""
+
+    async def latest_volume_checks(self) -> list[VolumeCheckRow]: ...
+
+
+#: `latest_volume_checks` in SQL: the newest day's row of each ticker, by ticker.
+LATEST_CHECKS_SQL = f"""
+SELECT {", ".join(TABLE_COLUMNS["volume_checks"])} FROM volume_checks v
+WHERE v.day = (SELECT max(day) FROM volume_checks w WHERE w.ticker = v.ticker)
+ORDER BY v.ticker
+"""
+
+
+def volume_check_row(values: tuple[Any, ...]) -> VolumeCheckRow:
+    """A `VolumeCheckRow` from a database's values in `TABLE_COLUMNS` order (dates and times as
+    ISO text or as the driver's objects; times returned aware UTC)."""
+    ticker, day, checked, matching, recorded, candles, worst, diff, filled, at = values
+    return VolumeCheckRow(
+        str(ticker),
+        day if isinstance(day, date) else date.fromisoformat(str(day)),
+        int(checked), int(matching), int(recorded), int(candles),
+        None if worst is None else _utc(worst),
+        None if diff is None else int(diff),
+        int(filled),
+        _utc(at),
+    )  # fmt: skip
+
+
+def _utc(value: Any) -> datetime:
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.astimezone(UTC)
 
 
 def column_values(table: str, row: TableRow) -> tuple[Any, ...]:

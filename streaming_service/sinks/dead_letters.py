@@ -65,7 +65,7 @@ def split_storable(batch: Batch) -> tuple[dict[str, list[TableRow]], list[Refuse
     refused: list[Refused] = []
     tables: tuple[tuple[str, tuple[TableRow, ...]], ...] = (
         ("equity_data", batch.equity), ("indicators", batch.indicators), ("option_prices", batch.options),
-        ("stream_gaps", batch.gaps),
+        ("stream_gaps", batch.gaps), ("volume_checks", batch.checks),
     )  # fmt: skip
     for table, rows in tables:
         for row in last_per_key(rows):

@@ -13,9 +13,10 @@ classification the Supabase sink applies to PostgREST's codes):
 - credentials, privileges, a missing table or column (classes 28 and 42, 3D000, …) →
   `SinkRejected`, with the SQLSTATE and the server's message.
 
-A missing table is created at `open()` by applying the migrations. If `stream_gaps` alone is
-missing and the migrations cannot create it (the user does not own the tables), the sink warns
-once, writes the other tables and drops gap rows (`gaps_dropped`).
+A missing table is created at `open()` by applying the migrations. If only optional tables
+(`stream_gaps`, `volume_checks`) are missing and the migrations cannot create them (the user does
+not own the tables), the sink warns once per table, writes the other tables and drops their rows
+(`gaps_dropped`, `checks_dropped`).
 
 Names and messages never contain the password.
 """
@@ -31,8 +32,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from streaming_service.errors import ConfigError, SinkRejected, SinkUnavailable
-from streaming_service.models import Batch, TableRow
+from streaming_service.models import Batch, TableRow, VolumeCheckRow
 from streaming_service.sinks.base import (
+    LATEST_CHECKS_SQL,
+    OPTIONAL_TABLES,
     PROBE_TIMEOUT_S,
     RECORDED_ROWS_SQL,
     REQUIRED_TABLES,
@@ -43,7 +46,8 @@ from streaming_service.sinks.base import (
     column_values,
     recorded_row,
     upsert_conflict,
-    warn_no_gaps_table,
+    volume_check_row,
+    warn_missing_table,
 )
 from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values, split_storable
 
@@ -58,6 +62,10 @@ _COLUMN_TYPES: dict[str, tuple[str, ...]] = {
         "bigint", "bigint", "numeric", "numeric", "numeric", "numeric", "numeric", "varchar",
     ),
     "stream_gaps": ("varchar", "timestamptz", "timestamptz", "varchar", "integer", "bigint", "boolean"),
+    "volume_checks": (
+        "varchar", "date", "integer", "integer", "bigint", "bigint", "timestamptz", "bigint", "integer",
+        "timestamptz",
+    ),
 }  # fmt: skip
 
 
@@ -127,7 +135,9 @@ class PostgresSink:
         self.round_trips = 0
         #: Gap rows dropped because `stream_gaps` is missing and could not be created.
         self.gaps_dropped = 0
-        self._gaps_table = True
+        #: Check rows dropped because `volume_checks` is missing and could not be created.
+        self.checks_dropped = 0
+        self._missing_optional: set[str] = set()
         self._dsn = dsn
         self._timeout = timeout
         self._conn: _Connection | None = None
@@ -139,21 +149,21 @@ class PostgresSink:
 
         Each migration file runs in its own transaction, in filename order; they are written to be
         safe to re-run. Idempotent. Raises `SinkUnavailable` if the server cannot be reached (or
-        times out), `SinkRejected` if it refuses the login, a migration fails (unless only
-        `stream_gaps` was missing: then a warning, and gap rows are dropped) or the dead-letter
-        file cannot be written.
+        times out), `SinkRejected` if it refuses the login, a migration fails (unless only optional
+        tables were missing: then a warning per table, and their rows are dropped) or the
+        dead-letter file cannot be written.
         """
         if self._closed:
             raise RuntimeError(f"{self.name}: open() after aclose()")
         await self.dead_letters.check()
         conn = await self._connection()
-        failure = ""  # why the migrations could not create stream_gaps
+        failure = ""  # why the migrations could not create the optional tables
         try:
             if missing := await self._missing_tables(conn):
                 try:
                     await self._apply_migrations(conn)
                 except SinkRejected as exc:
-                    if missing != ["stream_gaps"]:
+                    if not set(missing) <= set(OPTIONAL_TABLES):
                         raise
                     failure = str(exc)
                 missing = await self._missing_tables(conn)
@@ -164,9 +174,11 @@ class PostgresSink:
                     )
         except psycopg.Error as exc:
             raise await self._fail(exc, "checking the tables") from exc
-        self._gaps_table = "stream_gaps" not in missing
-        if not self._gaps_table and not self._opened:  # once, not at every open()
-            warn_no_gaps_table(self.name, failure or f"not created by the migrations in {migrations_dir()}")
+        self._missing_optional = {t for t in missing if t in OPTIONAL_TABLES}
+        if not self._opened:  # once, not at every open()
+            for table in sorted(self._missing_optional):
+                reason = failure or f"not created by the migrations in {migrations_dir()}"
+                warn_missing_table(self.name, table, reason)
         self._opened = True
 
     async def write(self, batch: Batch) -> None:
@@ -189,11 +201,12 @@ class PostgresSink:
         if not len(batch):
             return
         tables, refused = split_storable(batch)
-        dropped = [] if self._gaps_table else tables.pop("stream_gaps", [])
+        dropped = {table: tables.pop(table, []) for table in self._missing_optional}
         if tables:
             refused += await self._write_tables(list(tables.items()))
         await self.dead_letters.add(refused)
-        self.gaps_dropped += len(dropped)
+        self.gaps_dropped += len(dropped.get("stream_gaps", []))
+        self.checks_dropped += len(dropped.get("volume_checks", []))
 
     async def recorded_rows(self, ticker: str, since: datetime, until: datetime) -> list[RecordedRow]:
         """The `Sink.recorded_rows` contract, in one query (equity_data LEFT JOIN indicators).
@@ -213,6 +226,24 @@ class PostgresSink:
             await self._drop()
             raise
         return [recorded_row(ticker, *record) for record in records]
+
+    async def latest_volume_checks(self) -> list[VolumeCheckRow]:
+        """The `VolumeChecksReader` contract: each ticker's latest `volume_checks` row ([] without
+        the table). Raises as `recorded_rows` does."""
+        if not self._opened or self._closed:
+            raise RuntimeError(f"{self.name}: latest_volume_checks() before open() or after aclose()")
+        if "volume_checks" in self._missing_optional:
+            return []
+        conn = await self._connection()
+        try:
+            async with asyncio.timeout(self._timeout):
+                records = await (await conn.execute(LATEST_CHECKS_SQL)).fetchall()
+        except (psycopg.Error, TimeoutError) as exc:
+            raise await self._fail(exc, "reading volume checks") from exc
+        except BaseException:
+            await self._drop()
+            raise
+        return [volume_check_row(record) for record in records]
 
     async def probe(self) -> bool:
         """`SELECT 1` on the sink's connection, or on a new one (kept for the next write), within

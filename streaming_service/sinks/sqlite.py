@@ -1,6 +1,6 @@
 """Embedded SQLite sink: the default for demos and single-box use, no server needed.
 
-The four tables mirror the Postgres schema (same names, columns, UNIQUE keys and CHECKs). SQLite has no
+The five tables mirror the Postgres schema (same names, columns, UNIQUE keys and CHECKs). SQLite has no
 TIMESTAMPTZ or DECIMAL, so timestamps are ISO-8601 UTC text with milliseconds
 ('2026-11-24T14:30:00.123+00:00', which sorts chronologically) and numbers are REAL/INTEGER;
 equity and indicator values are rounded to the Postgres columns' scale before writing, and
@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from streaming_service.errors import SinkError, SinkRejected, SinkUnavailable
-from streaming_service.models import Batch, TableRow
+from streaming_service.models import Batch, TableRow, VolumeCheckRow
 from streaming_service.sinks.base import (
+    LATEST_CHECKS_SQL,
     RECORDED_ROWS_SQL,
     TABLE_COLUMNS,
     RecordedRow,
@@ -35,6 +36,7 @@ from streaming_service.sinks.base import (
     encoded_values,
     recorded_row,
     upsert_conflict,
+    volume_check_row,
 )
 from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values, split_storable
 from streaming_service.sqlite_file import SqliteFile
@@ -101,11 +103,29 @@ CREATE TABLE IF NOT EXISTS stream_gaps (
     UNIQUE (ticker, started_at),
     CHECK (ended_at >= started_at)
 );
+CREATE TABLE IF NOT EXISTS volume_checks (
+    id INTEGER PRIMARY KEY,
+    ticker TEXT NOT NULL CHECK (length(ticker) <= 10),
+    day TEXT NOT NULL,
+    minutes_checked INTEGER NOT NULL CHECK (minutes_checked BETWEEN 0 AND 2147483647),
+    minutes_matching INTEGER NOT NULL,
+    shares_recorded INTEGER NOT NULL,
+    shares_candles INTEGER NOT NULL,
+    worst_minute TEXT,
+    worst_minute_diff INTEGER,
+    minutes_filled INTEGER NOT NULL DEFAULT 0 CHECK (minutes_filled BETWEEN 0 AND 2147483647),
+    checked_at TEXT NOT NULL,
+    created_at TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')),
+    UNIQUE (ticker, day),
+    CHECK (minutes_matching BETWEEN 0 AND minutes_checked),
+    CHECK ((worst_minute IS NULL) = (worst_minute_diff IS NULL))
+);
 CREATE INDEX IF NOT EXISTS idx_equity_data_ticker_timestamp ON equity_data (ticker, timestamp DESC);
 CREATE INDEX IF NOT EXISTS idx_indicators_ticker_timestamp ON indicators (ticker, timestamp DESC);
 CREATE INDEX IF NOT EXISTS idx_option_prices_ticker_timestamp
     ON option_prices (ticker, timestamp DESC);
 CREATE INDEX IF NOT EXISTS idx_stream_gaps_ticker_started_at ON stream_gaps (ticker, started_at DESC);
+CREATE INDEX IF NOT EXISTS idx_volume_checks_ticker_day ON volume_checks (ticker, day DESC);
 """
 
 _UPSERTS = {
@@ -154,8 +174,9 @@ class SQLiteSink:
         self.dead_letters = DeadLetters(dead_letter_path)
         self._file = SqliteFile(self.path, _SCHEMA, busy_timeout=busy_timeout)
         self._closed = False
-        #: Always 0: `open()` creates `stream_gaps` like the other tables.
+        #: Always 0: `open()` creates `stream_gaps` and `volume_checks` like the other tables.
         self.gaps_dropped = 0
+        self.checks_dropped = 0
 
     async def open(self) -> None:
         """Create the parent directory, the file and the tables (if missing). Idempotent.
@@ -199,6 +220,14 @@ class SQLiteSink:
         params = (ticker, _bound(since), _bound(until))
         records = await self._mapped(self._file.call(_fetch_all, _RECORDED, params))
         return [recorded_row(ticker, datetime.fromisoformat(ts), *rest) for ts, *rest in records]
+
+    async def latest_volume_checks(self) -> list[VolumeCheckRow]:
+        """The `VolumeChecksReader` contract: each ticker's latest `volume_checks` row. Raises as
+        `recorded_rows` does."""
+        if not self._file.is_open or self._closed:
+            raise RuntimeError(f"{self.name}: latest_volume_checks() before open() or after aclose()")
+        records = await self._mapped(self._file.call(_fetch_all, LATEST_CHECKS_SQL, ()))
+        return [volume_check_row(tuple(record)) for record in records]
 
     async def aclose(self) -> None:
         """Close the database file; idempotent."""

@@ -20,9 +20,10 @@ gives supabase-py keeps the last failed answer (one request at a time per sink).
   dead-lettered without a request;
 - any other refusal (42xxx, PGRST1xx, …) → `SinkRejected`.
 
-The sink does not own the schema: a project without `stream_gaps` (its migration not applied) gets
-one warning, at `open()` or at the first gap row, and its gap rows are dropped (`gaps_dropped`)
-while the other tables are written.
+The sink does not own the schema: a project without an optional table, `stream_gaps` or
+`volume_checks` (its migration not applied), gets one warning, at `open()` or at the first row for
+it, and those rows are dropped (`gaps_dropped`, `checks_dropped`) while the other tables are
+written. `latest_volume_checks` reads that table (none: an empty list).
 
 `recorded_rows` reads with GETs (`ticker=eq.`, `timestamp=gte./lt.`, `order=timestamp.asc`,
 `limit`), a page at a time: each next page starts after the last timestamp seen (keyset), and
@@ -49,8 +50,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from streaming_service.errors import SinkRejected, SinkUnavailable
-from streaming_service.models import Batch, TableRow
+from streaming_service.models import Batch, TableRow, VolumeCheckRow
 from streaming_service.sinks.base import (
+    OPTIONAL_TABLES,
     PROBE_TIMEOUT_S,
     TABLE_COLUMNS,
     UNIQUE_KEYS,
@@ -60,7 +62,8 @@ from streaming_service.sinks.base import (
     classify_sqlstate,
     encoded_values,
     recorded_row,
-    warn_no_gaps_table,
+    volume_check_row,
+    warn_missing_table,
 )
 from streaming_service.sinks.dead_letters import DeadLetters, Refused, row_values, split_storable
 
@@ -180,7 +183,8 @@ class SupabaseSink:
 
     `timeout` bounds each request, in seconds. `dead_letter_path` is the dead-letter file
     (None: `data/dead_letters.jsonl`); `dead_letters.count` counts the rows written there;
-    `gaps_dropped` the gap rows dropped for want of `stream_gaps`. `page_size` is how many rows
+    `gaps_dropped` the gap rows dropped for want of `stream_gaps`, `checks_dropped` the check rows
+    for want of `volume_checks`. `page_size` is how many rows
     `recorded_rows` asks for per request.
     """
 
@@ -198,15 +202,16 @@ class SupabaseSink:
         self._session: httpx.AsyncClient | None = None
         self._failed: httpx.Response | None = None  # the last failed answer (see _keep_failed)
         self._retrying: tuple[Batch, set[str]] | None = None  # a batch being retried, tables done
-        self._gaps_table = True  # False once stream_gaps was found missing
+        self._missing_optional: set[str] = set()  # optional tables found missing
         self.gaps_dropped = 0
+        self.checks_dropped = 0
 
     def __repr__(self) -> str:
         return f"SupabaseSink({self.name!r})"
 
     async def open(self) -> None:
         """Create the client and check that the tables and columns exist, and that the dead-letter
-        file can be written. Raises `SinkError`s; a missing `stream_gaps` only warns (see the
+        file can be written. Raises `SinkError`s; a missing optional table only warns (see the
         module docstring)."""
         await self.dead_letters.check()
         client = await self.connect()
@@ -214,9 +219,9 @@ class SupabaseSink:
             try:
                 await self.request(table, client.table(table).select(",".join(columns)).limit(1))
             except TableMissing as exc:
-                if table != "stream_gaps":
+                if table not in OPTIONAL_TABLES:
                     raise
-                self._no_gaps_table(exc)
+                self._no_table(table, exc)
 
     async def write(self, batch: Batch) -> None:
         """Upsert the batch, one request per table; see the module docstring for errors."""
@@ -303,23 +308,48 @@ class SupabaseSink:
             await response.aread()
             self._failed = response
 
-    def _no_gaps_table(self, exc: TableMissing) -> None:
-        if self._gaps_table:
-            self._gaps_table = False
-            warn_no_gaps_table(self.name, str(exc).partition("; ")[0])
+    def _no_table(self, table: str, exc: TableMissing) -> None:
+        if table not in self._missing_optional:
+            self._missing_optional.add(table)
+            warn_missing_table(self.name, table, str(exc).partition("; ")[0])
 
     async def _write_table(self, table: str, models: list[TableRow]) -> list[Refused]:
-        """Upsert one table's rows; return those refused. Gap rows are dropped (and counted) if
-        `stream_gaps` is missing."""
-        if table != "stream_gaps" or self._gaps_table:
+        """Upsert one table's rows; return those refused. Rows of a missing optional table are
+        dropped (and counted)."""
+        if table not in self._missing_optional:
             try:
                 return await self._bisect(table, [(model, _row(table, model)) for model in models])
             except TableMissing as exc:
-                if table != "stream_gaps":
+                if table not in OPTIONAL_TABLES:
                     raise
-                self._no_gaps_table(exc)
-        self.gaps_dropped += len(models)
+                self._no_table(table, exc)
+        if table == "stream_gaps":
+            self.gaps_dropped += len(models)
+        else:
+            self.checks_dropped += len(models)
         return []
+
+    async def latest_volume_checks(self) -> list[VolumeCheckRow]:
+        """The `VolumeChecksReader` contract, from the newest 1000 rows (by day): each ticker's
+        latest. Raises `SinkUnavailable` or `SinkRejected`; [] without the table."""
+        if "volume_checks" in self._missing_optional:
+            return []
+        client = await self.connect()
+        columns = TABLE_COLUMNS["volume_checks"]
+        request = client.table("volume_checks").select(",".join(columns)).order("day", desc=True).limit(1000)
+        try:
+            rows: list[Row] = (await self.request("volume_checks", request)).data
+        except TableMissing:
+            return []
+        except BadRows as exc:
+            reason = f"reading refused: [{exc.code}] {exc.message}"
+            raise SinkRejected(f"{self.name}: volume_checks: {reason}") from None
+        latest: dict[str, VolumeCheckRow] = {}
+        for row in rows:
+            check = volume_check_row(tuple(row[c] for c in columns))
+            if check.ticker not in latest or check.day > latest[check.ticker].day:
+                latest[check.ticker] = check
+        return [latest[ticker] for ticker in sorted(latest)]
 
     async def _select_window(
         self, table: str, columns: tuple[str, ...], ticker: str, since: datetime, until: datetime

@@ -18,6 +18,8 @@
 //   counts()       {price, sma9, vwap, volume}: points in each chart series
 //   smile()        [{expiration, type, points}]: one entry per drawn smile line
 //   gaps()         number of shaded gaps
+//   proof          the daily proof's line in the header (the shown day's, or the latest before
+//                  it), or null when none is stored
 //   format(v, d)   a number as the option table shows it, to d decimals
 //   layout()       where the price chart draws, as [top, bottom] in CSS pixels from the chart's top:
 //                  {plot (above the time axis), price (the price line's extent), priceAxis (the
@@ -99,6 +101,7 @@ const dashboard = {
     return { expiration, type, points: series.data().length };
   }),
   gaps: () => state.gaps.length,
+  proof: null,
   format: (v, digits) => fmt(v, digits),
   layout: () => {
     const { chart, series } = state;
@@ -192,6 +195,7 @@ function apiSource(config) {
     since: (ticker, since) => getJSON(`api/series?${q({ ticker, since })}`),
     options: (ticker, day) => getJSON(`api/options?${q({ ticker, day })}`),
     gaps: (ticker, day) => getJSON(`api/gaps?${q({ ticker, day })}`),
+    checks: (ticker, day) => getJSON(`api/checks?${q({ ticker, day })}`),
   };
 }
 
@@ -266,6 +270,18 @@ function supabaseSource(config) {
       } catch (err) {
         const noTable = err.status === 404 || err.code === "42P01" || err.code === "PGRST205";
         if (noTable) return { table: false, gaps: [] }; // no shading
+        throw err;
+      }
+    },
+    async checks(ticker, day) {
+      try {
+        const rows = await get("volume_checks", `select=*&ticker=eq.${enc(ticker)}&day=lte.${enc(day)}` +
+          "&order=day.desc&limit=1");
+        return { ticker, day, table: true, check: rows[0] || null };
+      } catch (err) {
+        if (err.status === 404 || err.code === "42P01" || err.code === "PGRST205") {
+          return { ticker, day, table: false, check: null };
+        }
         throw err;
       }
     },
@@ -470,6 +486,37 @@ function showStatus() {
   el.className = `health ${health.ok ? "ok" : "bad"}`;
 }
 
+/** The header's daily proof badge: "proof Nov 24: 389/390 minutes match, 12,345,678 of
+ * 12,345,700 shares" (green when every minute matches), hidden when none is stored. */
+function drawProof(answer) {
+  const check = answer && answer.check;
+  const el = $("proof");
+  el.hidden = !check;
+  dashboard.proof = null;
+  if (!check) return;
+  const n = (x) => Number(x).toLocaleString("en-US");
+  const day = nyDay.format(new Date(`${check.day}T12:00:00Z`));
+  const filled = check.minutes_filled ? `, ${n(check.minutes_filled)} filled` : "";
+  el.textContent = `proof ${day}: ${check.minutes_matching}/${check.minutes_checked} minutes match, ` +
+    `${n(check.shares_recorded)} of ${n(check.shares_candles)} shares${filled}`;
+  el.className = `proof ${check.minutes_matching === check.minutes_checked ? "ok" : "bad"}`;
+  el.title = check.worst_minute == null ? "every minute matches Schwab's price history" :
+    `worst minute ${nyMinute.format(new Date(check.worst_minute))} New York: ` +
+    `${check.worst_minute_diff > 0 ? "+" : ""}${n(check.worst_minute_diff)} shares against its candle`;
+  dashboard.proof = el.textContent;
+}
+
+/** Read and show the daily proof; a failure only hides the badge (the chart matters more). */
+async function refreshProof(generation) {
+  let answer = null;
+  try {
+    if (state.day && state.data.checks) answer = await state.data.checks(state.ticker, state.day);
+  } catch {
+    answer = null;
+  }
+  if (generation === state.generation) drawProof(answer);
+}
+
 function placeGaps() {
   const layer = $("gap-layer");
   layer.replaceChildren();
@@ -668,7 +715,9 @@ async function load(ticker, day, again = false) {
       if (generation !== state.generation) return;
       drawGaps(gaps);
       drawOptions(options);
+      await refreshProof(generation);
     } else {
+      drawProof(null);
       drawGaps({ table: false, gaps: [] });
       drawOptions({ timestamp: null, contracts: [] });
     }
@@ -731,6 +780,7 @@ async function refresh(generation) {
       if (generation !== state.generation) return;
       drawOptions(options);
       drawGaps(gaps);
+      await refreshProof(generation);
       dashboard.updates++;
       showError(null);
       stamp();
