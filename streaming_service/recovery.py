@@ -340,47 +340,71 @@ def _merge(recorded: Sequence[RecordedRow], open_row: Row | None, first_ms: int,
 
 def _continue(inp: RecoveryInput, rows: dict[int, Row], credits: dict[int, _Credit],
               bars: list[tuple[int, float]]) -> tuple[BuilderState, dict[int, Indicators]]:  # fmt: skip
-    """The builder state after the credits, and the indicators of each credited row.
+    """The builder state after the credits, and the indicators of each credited row (those at its
+    end, as if its shares had been streamed).
 
-    From `resume` if usable, else from the recorded rows (VWAP scaled to the last recorded VWAP, SMA
-    bars from row prices). Then in time order: candle closes close their bars (bars older than the
-    forming one stay as they are) and credits join the VWAP. A row's indicators: those at its end."""
+    The recorded rows (of the window read: those from the first unwatched unit on, or the whole
+    session when starting cold) are replayed in time order with the credits and the candle closes
+    of the settled minutes, from the state before the window: with a usable `resume`, its VWAP minus
+    the window's rows and its SMA minus their bars; cold, nothing. A row adds to VWAP what its
+    recorded VWAP says (else price x volume) and its price to the SMA; a credit adds its shares at
+    its average price, and its price to the SMA; a candle close closes its minute. Then VWAP is
+    exactly the resumed one plus the credits, and the open row the builder's (or a later credit)."""
     s = inp.settings
     res_ms, bar_ms = s.row_resolution_s * 1000, s.sma_bar_seconds * 1000
-    sma, vwap = MovingAverage(s.sma_period, s.sma_bar_seconds), SessionVwap()
-    events = [(t, _BAR, price, 0) for t, price in bars]
-    events += [(k, _CREDIT, c.average, c.shares) for k, c in credits.items()]
     base = inp.resume if _usable(inp.resume, inp.session, s) else None
-    now: Indicators = (None, None)
+    keys = sorted(rows)
+    volume0, notional0, sma0 = 0, 0.0, SmaState()
     if base is not None:
-        sma.restore({"bar": base.sma.bar, "close": base.sma.close, "closed": list(base.sma.closed)})
-        v = base.vwap
-        vwap.restore({"start": v.start_ms, "end": v.end_ms, "notional": v.notional, "volume": v.volume})
-        now = (base.open_row.sma, base.open_row.vwap) if base.open_row else now
-        bar, last_trade = base.sma.bar, base.last_trade_ms
-    else:
-        events += [(k, _ROW, row.price, 0) for k, row in rows.items()]
-        known = max((k for k, row in rows.items() if row.vwap is not None), default=None)
-        notional = sum(row.price * row.volume for k, row in rows.items() if known is None or k > known)
-        if known is not None:  # the latest recorded VWAP holds the rows up to it
-            notional += (rows[known].vwap or 0.0) * sum(row.volume for k, row in rows.items() if k <= known)
-        volume = sum(row.volume for row in rows.values())
-        start, stop = session_segment(inp.session.open_ms)
-        vwap.restore({"start": start, "end": stop, "notional": notional, "volume": volume})
-        now = (None, notional / volume if volume else None)
-        bar, last_trade = None, max(rows, default=None)
+        volume0 = max(0, base.vwap.volume - sum(rows[k].volume for k in keys))
+        forming = base.sma.bar
+        window_bars = {k // bar_ms for k in keys}
+        if forming is not None and keys and forming >= keys[0] // bar_ms:  # the forming bar is in it
+            earlier = len({b for b in window_bars if b < forming})
+            sma0 = SmaState(None, 0.0, base.sma.closed[: max(0, len(base.sma.closed) - earlier)])
+        else:
+            sma0 = base.sma
+    if base is None:
+        increments = _notional_increments(rows, keys, 0, 0.0, res_ms == 0)
+    else:  # the Σ before the window is what the rows leave of the resumed one
+        increments = _notional_increments(rows, keys, volume0, None, res_ms == 0)
+        notional0 = max(0.0, base.vwap.notional - sum(increments.values()))
+    sma, vwap = MovingAverage(s.sma_period, s.sma_bar_seconds), SessionVwap()
+    sma.restore({"bar": sma0.bar, "close": sma0.close, "closed": list(sma0.closed)})
+    start, stop = session_segment(inp.session.open_ms)
+    vwap.restore({"start": start, "end": stop, "notional": notional0, "volume": volume0})
+    events = [(k, _ROW, rows[k].price, rows[k].volume) for k in keys]
+    events += [(t, _BAR, price, 0) for t, price in bars]
+    events += [(k, _CREDIT, c.price, c.shares) for k, c in credits.items()]
+    now: Indicators = (None, (volume0 and notional0 / volume0) or None)
     ends = sorted((k + max(res_ms, 1), k) for k in credits)
     indicators: dict[int, Indicators] = {}
     for t, kind, price, volume in sorted(events):
         while ends and ends[0][0] <= t:
             indicators[ends.pop(0)[1]] = now
-        if kind == _CREDIT:
-            now = (now[0], vwap.update(t, price, volume))
-        elif bar is None or t // bar_ms >= bar:
-            bar, now = t // bar_ms, (sma.update(t, price), now[1])
-        if kind != _BAR:
-            last_trade = t if last_trade is None else max(last_trade, t)
+        average = vwap.update(t, 0.0, 0) if kind == _BAR else now[1]
+        if kind == _ROW:
+            segment = vwap.state()
+            vwap.restore(
+                {
+                    **segment,
+                    "notional": segment["notional"] + increments[t],
+                    "volume": segment["volume"] + volume,
+                }
+            )
+            average = vwap.update(t, 0.0, 0)
+        elif kind == _CREDIT:
+            average = vwap.update(t, credits[t].average, volume)
+        now = (sma.update(t, price), average)
     indicators.update((k, now) for _, k in ends)
+    last_trade = max([*keys, *credits], default=None)
+    if base is not None:  # exact: the resumed VWAP and the credits' shares
+        added = sum(c.average * c.shares for c in credits.values())
+        segment = vwap.state()
+        vwap.restore({**segment, "notional": base.vwap.notional + added,
+                      "volume": base.vwap.volume + sum(c.shares for c in credits.values())})  # fmt: skip
+        if base.last_trade_ms is not None:
+            last_trade = max(base.last_trade_ms, last_trade or base.last_trade_ms)
     # the open row: the latest credit, or the builder's own (another recorded row later than it is
     # of a run whose clock went back: a later trade would be added to it), or cold, the latest row
     own = base.open_row.timestamp_ms if base is not None and base.open_row is not None else None
@@ -399,6 +423,27 @@ def _continue(inp: RecoveryInput, rows: dict[int, Row], credits: dict[int, _Cred
         VwapState(segment["start"], segment["end"], segment["notional"], segment["volume"]),
         last_trade,
     ), indicators  # fmt: skip
+
+
+def _notional_increments(rows: dict[int, Row], keys: list[int], volume0: int,
+                         notional0: float | None, per_trade: bool) -> dict[int, float]:  # fmt: skip
+    """What each row added to the session's Σ price·volume (`volume0` shares before the first).
+    Forward from `notional0`: a row with a recorded VWAP up to the Σ it implies (its VWAP times the
+    volume up to its end), else its price x volume. Without `notional0` (it is derived from the end
+    instead): price x volume when each row is one trade time (`per_trade`), else the difference of
+    the Σ two consecutive recorded VWAPs imply."""
+    increments, volume = {}, volume0
+    notional = notional0
+    for key in keys:
+        row = rows[key]
+        volume += row.volume
+        implied = None if row.vwap is None else row.vwap * volume
+        if implied is not None and notional is not None and (notional0 is not None or not per_trade):
+            increments[key] = implied - notional
+        else:
+            increments[key] = row.price * row.volume
+        notional = implied if notional0 is None else (notional or 0.0) + increments[key]
+    return increments
 
 
 def _gap(inp: RecoveryInput, span: UnwatchedSpan, minutes: list[int], settled: set[int], pending: set[int],
