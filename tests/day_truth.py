@@ -219,7 +219,7 @@ async def settle(
     within: float = 30.0,
     quiet_s: float = 2.0,
 ) -> DayVerdict:
-    """Poll `read()` until the verdict is ok and the rows have not changed for `quiet_s` seconds
+    """Poll `read()` until the verdict is ok and the session's rows have not changed for `quiet_s` seconds
     (a service may still be crediting minutes), or `within` seconds have passed; return the last
     verdict (the caller asserts it). Call it once every minute's candle is served."""
     deadline = time.monotonic() + within
@@ -227,10 +227,15 @@ async def settle(
     stable_since = time.monotonic()
     while True:
         rows = await asyncio.to_thread(read)
-        if rows != last:
-            last, stable_since = rows, time.monotonic()
+        session = None if rows is None else _session_rows(market, rows)
+        if session != last:  # (rows after the close, streamed around the clock, do not count)
+            last, stable_since = session, time.monotonic()
         verdict = compare(market, rows, resolution=resolution)
         now = time.monotonic()
         if (verdict.ok and now - stable_since >= quiet_s) or now > deadline:
             return verdict
         await asyncio.sleep(0.25)
+
+
+def _session_rows(market: SimulatedMarket, rows: Rows) -> Rows:
+    return {t: [(ms, v) for ms, v in r if market.open_ms <= ms < market.close_ms] for t, r in rows.items()}

@@ -100,15 +100,31 @@ async def recording(
     service = Service(config, client, sink_for(config), market_hours=None if hours is None else lambda: hours)
     try:
         async with serving(service):
-            yield service
+            _RUNNING.append(service)
+            try:
+                yield service
+            finally:
+                _RUNNING.remove(service)
     finally:
         await client.close_async_session()
 
 
+#: The services `recording` runs now: a wait fails at once if one of them stopped by itself.
+_RUNNING: list[Service] = []
+
+
+def running() -> bool:
+    """True; raises if a running service stopped by itself (its error is raised when it is awaited)."""
+    if any(service.stopping for service in _RUNNING):
+        raise AssertionError("the service stopped by itself")
+    return True
+
+
 async def until(sim: SchwabSimulator, moment_s: float) -> None:
-    """Wait until the simulator's clock reaches `moment_s` (epoch seconds)."""
+    """Wait until the simulator's clock reaches `moment_s` (epoch seconds); fail at once if the
+    service stopped by itself."""
     wall = max(0.0, moment_s - sim.clock()) / sim.speed
-    await wait_until(lambda: sim.clock() >= moment_s, within=3 * wall + 30)
+    await wait_until(lambda: running() and sim.clock() >= moment_s, within=3 * wall + 30)
 
 
 async def through_the_close(
