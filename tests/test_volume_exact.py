@@ -8,7 +8,7 @@ days a real service lives through:
 4. a restart across the open (stopped at 09:28, started at 09:31);
 5. a cold start (no spool, no checkpoint) with Postgres down for its first 60 simulated seconds;
 6. a restart with the spool holding rows the database has not got (Postgres down at the stop);
-7. ROW_RESOLUTION 0, 1, 60 and 300, each with a socket drop and a mid-session restart.
+7. ROW_RESOLUTION 0, 1, 60 and 300, each with a socket drop and two mid-session restarts (warm, cold).
 
 The real service (in this process, the real schwab-py client) against the simulator's whole day
 (`extended_hours=True`: pre-market from 04:00 with TOTAL_VOLUME counted from the morning reset,
@@ -331,16 +331,18 @@ async def test_a_restart_with_rows_still_in_the_spool(
     assert verdict.ok, verdict.report()
 
 
-# --- 7. every row resolution, with a socket drop and a restart ------------------------------------------
+# --- 7. every row resolution, with a socket drop and two restarts ---------------------------------------
 
 
 @pytest.mark.parametrize("resolution", [0, 1, 60, 300])
-async def test_every_row_resolution_through_a_disconnect_and_a_restart(
+async def test_every_row_resolution_through_a_disconnect_and_two_restarts(
     resolution: int, tmp_path: Path
 ) -> None:
-    """Around the clock from 09:29; the socket drops at 09:36:20; the service stops at 09:41:20 and
-    starts again at 09:43:40 (spool and checkpoint kept)."""
-    market = whole_day(MONDAY, seed=70 + resolution, session_seconds=20 * 60)
+    """Around the clock from 09:29 (the session closes at 09:55); the socket drops at 09:36:20; the
+    service stops at 09:41:20 and starts again at 09:43:40 with its spool and checkpoint (warm);
+    it stops at 09:46:20 and starts at 09:48:00 with a new spool (cold: what is recorded so far is
+    only in the database, in rows of ROW_RESOLUTION)."""
+    market = whole_day(MONDAY, seed=70 + resolution, session_seconds=25 * 60)
     url = sqlite_url(tmp_path)
     async with simulator(market) as sim:
         sim.start_clock(at_offset_s=-60)
@@ -352,6 +354,10 @@ async def test_every_row_resolution_through_a_disconnect_and_a_restart(
             await until(sim, at(MONDAY, 9, 41, 20))
         await until(sim, at(MONDAY, 9, 43, 40))
         async with recording(sim, tmp_path, url, resolution=resolution):
+            await until(sim, at(MONDAY, 9, 46, 20))
+        await until(sim, at(MONDAY, 9, 48))
+        async with recording(sim, tmp_path, url, resolution=resolution, spool="new-spool.db"):
             await through_the_close(sim, market, url, resolution)
-    verdict = judge(market, url, resolution, f"ROW_RESOLUTION={resolution}, a disconnect and a restart")
+    case = f"ROW_RESOLUTION={resolution}: a disconnect, a warm and a cold restart"
+    verdict = judge(market, url, resolution, case)
     assert verdict.ok, verdict.report()
