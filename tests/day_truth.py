@@ -57,7 +57,7 @@ def whole_day(
     *,
     seed: int,
     session_seconds: float,
-    trades_per_second: float = 2.0,
+    trades_per_second: float = 1.0,
     candle_noise: float = 0.0,
     tickers: Iterable[str] = TICKERS,
 ) -> SimulatedMarket:

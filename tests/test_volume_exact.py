@@ -48,7 +48,7 @@ from streaming_service.simulator import SchwabSimulator, SimulatedMarket
 from streaming_service.sinks import sink_for
 from streaming_service.sources.clock import exchange_clock, use_exchange_clock
 
-SPEED = 120.0  # two simulated minutes per wall second
+SPEED = 240.0  # four simulated minutes per wall second
 LAG_S = 5.0  # a minute's candle is served 5 simulated seconds after the minute closed
 MONDAY = date(2026, 3, 2)
 SESSION_S = 15 * 60.0  # 09:30 to 09:45
