@@ -12,7 +12,8 @@ next market-data requests fail). The service's own timers run on the wall clock,
 `SPEED` times faster: a restart or a backoff of a second is about an hour of the market, which the
 service must credit from price history.
 
-Budget: the default (3 seeds, `SPEED` 3000, a day in ~20 s each) takes about 90 s on 2 cores.
+Budget: the default (3 seeds, `SPEED` 3000: a day in ~20 s each, ~25 s with settling) takes about
+75 s on 2 cores when the record is right; a wrong one waits 30 s per seed for it to settle first.
 Longer runs: `TEST_SOAK_SEEDS=20` (seeds 1..N), `TEST_SOAK_SPEED=600` (slower market: shorter gaps,
 more trades streamed live), `TEST_SOAK_TPS=1` (trades per second per ticker in the session).
 """
@@ -100,6 +101,7 @@ class Recorder:
         write_token_file(self._token)
         self.log_path = tmp_path / "service.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._logins_before = 0
         self._env = command_env(
             STREAM_TICKER=",".join(sim.market.symbols), DATABASE_URL=dsn, ROW_RESOLUTION=str(RESOLUTION),
             OPTIONS_ENABLED="false", SKIP_MARKET_HOURS="true", HEALTH_PORT="0", STALE_SECONDS="5",
@@ -109,6 +111,7 @@ class Recorder:
         )  # fmt: skip
 
     def start(self) -> None:
+        self._logins_before = self._logins()
         clock = [str(value) for value in (*self._sim.start_clock(), self._sim.speed)]
         with self.log_path.open("a") as log:
             self.proc = subprocess.Popen(
@@ -116,6 +119,14 @@ class Recorder:
                 cwd=self._tmp_path, env=self._env, stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
         _STARTED.append(self.proc)
+
+    def _logins(self) -> int:
+        return sum(1 for request in self._sim.stream_requests if request[:2] == ("ADMIN", "LOGIN"))
+
+    async def logged_in(self) -> None:
+        """Wait until the current process has tried to log in to the streamer: it is up (its
+        signal handlers are installed before it connects)."""
+        await wait_until(lambda: self.alive() and self._logins() > self._logins_before, within=30)
 
     async def stop(self, sig: int) -> int:
         """Send `sig` and wait for the process to end; its exit code."""
@@ -150,6 +161,8 @@ async def inflict(
     """Do one fault (scheduled at `moment`) to the running service; return when it is over (the
     service then recovers)."""
     if kind in ("kill -9", "SIGTERM"):
+        if kind == "SIGTERM":  # (one that comes while Python starts is a kill: no handler yet)
+            await recorder.logged_in()
         code = await recorder.stop(signal.SIGKILL if kind == "kill -9" else signal.SIGTERM)
         assert code == (-signal.SIGKILL if kind == "kill -9" else 0), f"{kind}: exit {code}"
         recorder.start()
@@ -189,6 +202,7 @@ async def test_a_whole_day_of_faults_is_recorded_exactly(
             done.append(f"{kind} at {time.strftime('%H:%M', time.gmtime(moment - at(DAY, 0)))}")
         await until(sim, recorder, market.day_end_ms / 1000 + 60)  # 20:01: every candle is served
         settled = await settle(market, lambda: read_equity(soak_dsn), resolution=RESOLUTION)
+        await recorder.logged_in()
         code = await recorder.stop(signal.SIGTERM)
     verdict = compare(market, read_equity(soak_dsn), resolution=RESOLUTION)
     print(
