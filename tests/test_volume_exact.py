@@ -15,7 +15,7 @@ The real service (in this process, the real schwab-py client) against the simula
 opening and closing crosses, after-hours; price history serving a minute's candle `LAG_S` after it
 closed). Candles are exact (`candle_noise=0`), so the totals must match to the share, except in
 the one case run with noise too, which asserts the bounded error instead. Sessions are shortened
-(15-20 minutes; the soak, tests/test_volume_soak.py, has the full day) and the clock accelerated.
+(15-25 minutes; the soak, tests/test_volume_soak.py, has the full day) and the clock accelerated.
 
 Calendar-gated mode: the service gets a schedule whose sessions are the simulator's days, in the
 exchange's time (the simulator's clock, which the service reads as its exchange clock). The
