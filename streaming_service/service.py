@@ -410,19 +410,30 @@ class Service:
             if now < opens - PRE_OPEN_S:
                 self.in_session = False
                 log.info("market closed; waiting for the open", opens_at=_iso(opens))
-                await asyncio.sleep(min(opens - PRE_OPEN_S - now, 3600.0))  # re-check hourly: hosts sleep
+                await self._sleep_until(min(opens - PRE_OPEN_S, now + 3600.0))  # re-read the calendar hourly
                 continue
             self.in_session = True
             self._session_ms = int(opens * 1000), int(closes * 1000)
             log.info("market opens soon; streaming" if now < opens else "market open; streaming",
                      opens_at=_iso(opens), closes_at=_iso(closes))  # fmt: skip
+            streaming = asyncio.create_task(self._stream_and_options(), name="session")
+            closing = asyncio.create_task(self._sleep_until(closes), name="close")
             try:
-                async with asyncio.timeout(closes - now):
-                    await self._stream_and_options()
-            except TimeoutError:
-                log.info("market closed; disconnected until the next open", closed_at=_iso(closes))
+                await asyncio.wait({streaming, closing}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 self.in_session = False
+                for task in (streaming, closing):
+                    task.cancel()
+                await asyncio.wait({streaming, closing})
+            if not streaming.cancelled() and streaming.exception() is not None:
+                raise streaming.exception()  # type: ignore[misc]
+            log.info("market closed; disconnected until the next open", closed_at=_iso(closes))
+
+    async def _sleep_until(self, moment: float) -> None:
+        """Return at `moment` (epoch s) of the exchange clock, looked at every second (a host that
+        slept, or a simulator's faster clock, is noticed within a second)."""
+        while (left := moment - self._now()) > 0:  # noqa: ASYNC110 (polls a clock, not a flag)
+            await asyncio.sleep(min(left, 1.0))
 
     def state(self) -> str:
         """streaming, waiting_for_open, reconnecting, sink_down, reauth_needed, or stopped (once
