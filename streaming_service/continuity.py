@@ -64,9 +64,11 @@ __all__ = ["CHECKPOINT_VERSION", "Continuity"]
 log = structlog.get_logger(__name__)
 CHECKPOINT_VERSION = 2
 _READ_TIMEOUT_S = 30.0  # one read of the sink, the spool or price history never takes longer
-_POLL_S = 0.5  # how often `run()` looks whether a pass is due (no I/O unless one is)
+_POLL_S = 0.2  # how often `run()` looks whether a pass is due (no I/O unless one is)
 _RETRY_MS = (15_000, 300_000)  # a pass that left minutes pending: again after 15 s, doubling to 5 min
 _START_RETRY_S = (1.0, 30.0)  # a start waiting for the recorded rows: wall seconds, doubling
+_ATTEMPTS_BEFORE_GIVING_UP = 3
+_NEVER_MS = 10**15
 _KEEP_GAPS = 100  # `gaps` keeps the latest ones (for /healthz, the demo and tests)
 
 FetchCandles = Callable[[str, int, int], Awaitable[list[Candle]]]
@@ -105,7 +107,7 @@ class Continuity:
         session_of: Callable[[int], Session | None],
         options_missed: bool,
         candle_lag_ms: int = 5_000,
-        give_up_after_ms: int = 30 * MINUTE_MS,
+        give_up_after_ms: int = 6 * 60 * MINUTE_MS,
     ) -> None:
         self._pipeline = pipeline
         self._writer = writer
@@ -125,6 +127,9 @@ class Continuity:
             options_missed=options_missed,
         )
         self._tickers = {ticker: _Ticker() for ticker in pipeline.builders}
+        self._earlier: dict[str, _Ticker] = {}  # what is left to settle of an earlier session
+        #: the stream watched up to here (exchange ms): the service sets it at the calendar's close
+        self.watched_until_ms = 0
         self._receiving_until_ms: int | None = None
         self.gaps: list[GapRow] = []  # recorded by this process, latest version of each
         merger.on_baseline = self.on_baseline
@@ -229,12 +234,10 @@ class Continuity:
         session = self._session_of(now_ms)
         self._merger.new_connection()
         last_frame = self._receiving_until()
-        for ticker, known in self._tickers.items():
+        for ticker, known in list(self._tickers.items()):
             if known.session != session:  # a new session (the stream was down when it began)
-                if known.spans:
-                    log.warning("unsettled minutes of an earlier session left as they are", ticker=ticker)
-                known.session, known.spans, known.resumable, known.attempts = session, [], False, 0
-                known.awaiting_baseline = False
+                self._settle_later(ticker, known, last_frame, now_ms)
+                self._tickers[ticker] = known = _Ticker(session)
             if session is None:
                 continue
             if not known.awaiting_baseline:  # else the span since then is still open
@@ -242,13 +245,29 @@ class Continuity:
                 known.spans.append(UnwatchedSpan(min(since, now_ms), now_ms, self._end_cause()))  # type: ignore[arg-type]
             known.awaiting_baseline, known.due_ms = True, now_ms
         delay = _START_RETRY_S[0]
-        while cold := [t for t, known in self._tickers.items() if known.session and not known.resumable]:
+        while cold := [
+            (t, known) for t, known in self._tickers.items() if known.session and not known.resumable
+        ]:
             if await self._pass(cold):
                 break
+            waiting = ",".join(t for t, _ in cold)
             log.warning("waiting to read what is recorded before streaming (without it, shares would "
-                        "be counted twice)", tickers=",".join(cold), retry_in_s=delay)  # fmt: skip
+                        "be counted twice)", tickers=waiting, retry_in_s=delay)  # fmt: skip
             await asyncio.sleep(delay)
             delay = min(delay * 2, _START_RETRY_S[1])
+
+    def _settle_later(self, ticker: str, known: _Ticker, last_frame: int | None, now_ms: int) -> None:
+        """Keep what is left to settle of `known`'s session, an earlier one, for `run()`: its spans
+        and the one since the stream last watched it (unless it watched it to the close)."""
+        ended = known.session
+        if ended is None:
+            return
+        if not known.awaiting_baseline:
+            since = max(last_frame if last_frame is not None else ended.open_ms, self.watched_until_ms)
+            if since < ended.close_ms:
+                known.spans.append(UnwatchedSpan(since, now_ms, self._end_cause()))  # type: ignore[arg-type]
+        if known.spans:
+            self._earlier[ticker] = replace(known, resumable=False, awaiting_baseline=False, due_ms=now_ms)
 
     def on_baseline(self, ticker: str, at_ms: int, rise: int | None) -> None:
         """The first TOTAL_VOLUME of a connection came (`QuoteMerger.on_baseline`): the ticker's
@@ -267,17 +286,19 @@ class Continuity:
         while True:
             await asyncio.sleep(_POLL_S)
             now_ms = self._now_ms()
-            due = [
-                t for t, known in self._tickers.items() if known.due_ms is not None and known.due_ms <= now_ms
-            ]
+            for ticker, known in list(self._earlier.items()):
+                if (known.due_ms or now_ms + 1) <= now_ms:
+                    await self._pass([(ticker, known)])
+                if not known.spans:
+                    del self._earlier[ticker]
+            due = [(t, known) for t, known in self._tickers.items() if (known.due_ms or now_ms + 1) <= now_ms]
             if due:
                 await self._pass(due)
 
-    async def _pass(self, tickers: list[str]) -> bool:
+    async def _pass(self, tickers: list[tuple[str, _Ticker]]) -> bool:
         """Plan and apply `tickers` (module docstring); return whether every one was planned."""
         done = True
-        for ticker in tickers:
-            known = self._tickers[ticker]
+        for ticker, known in tickers:
             session = known.session
             if session is None or (known.resumable and not known.spans):
                 known.due_ms = None
@@ -331,8 +352,11 @@ class Continuity:
         builder = self._pipeline.builders[ticker]
         current = self._is_current(session)  # else the builder is on a later session already
         resume = builder.state(session.open_ms) if known.resumable and current else None
+        settings = self._plan_settings  # a minute is given up on after a few failed reads, not at once
+        if known.attempts < _ATTEMPTS_BEFORE_GIVING_UP:
+            settings = replace(settings, give_up_after_ms=_NEVER_MS)
         plan = plan_recovery(RecoveryInput(
-            ticker, now_ms, session, self._plan_settings, tuple(known.spans), tuple(recorded), candles, resume
+            ticker, now_ms, session, settings, tuple(known.spans), tuple(recorded), candles, resume
         ))  # fmt: skip
         for pair in plan.backfill:
             self._writer.add(pair)

@@ -84,7 +84,7 @@ class PlanSettings:
     sma_period: int = 9
     sma_bar_seconds: int = 60
     candle_lag_ms: int = 5_000
-    give_up_after_ms: int = 30 * MINUTE_MS
+    give_up_after_ms: int = 6 * 60 * MINUTE_MS
     options_missed: bool = False
 
 

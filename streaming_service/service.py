@@ -420,6 +420,7 @@ class Service:
             closing = asyncio.create_task(self._sleep_until(closes), name="close")
             try:
                 await asyncio.wait({streaming, closing}, return_when=asyncio.FIRST_COMPLETED)
+                watched = self.stream.subscribed.is_set()  # to the close: no span after the last frame
             finally:
                 self.in_session = False
                 for task in (streaming, closing):
@@ -427,6 +428,8 @@ class Service:
                 await asyncio.wait({streaming, closing})
             if not streaming.cancelled() and streaming.exception() is not None:
                 raise streaming.exception()  # type: ignore[misc]
+            if watched:
+                self.continuity.watched_until_ms = max(self.continuity.watched_until_ms, int(closes * 1000))
             log.info("market closed; disconnected until the next open", closed_at=_iso(closes))
 
     async def _sleep_until(self, moment: float) -> None:
