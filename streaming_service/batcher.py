@@ -119,6 +119,7 @@ class Batcher:
         self.stats = WriteStats()
         self.sink_open = asyncio.Event()  # set once the sink's open() succeeded
         self._held = asyncio.Lock()  # see `hold()`
+        self.confirms = 0  # deletions from the spool of rows the sink committed
 
     @property
     def pending(self) -> int:
@@ -236,6 +237,7 @@ class Batcher:
             await self._retrying(lambda: self._sink.write(taken.batch), "write", rows=len(taken))
             async with self._held:
                 await self.spool.confirm(taken)
+                self.confirms += 1
             self._count(taken.batch)
             if not self._closing and len(taken) < self._batch_rows:
                 return

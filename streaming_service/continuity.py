@@ -29,6 +29,7 @@ that session, else 09:30-16:00 of a trading day.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -66,7 +67,8 @@ CHECKPOINT_VERSION = 2
 _READ_TIMEOUT_S = 30.0  # one read of the sink, the spool or price history never takes longer
 _POLL_S = 0.2  # how often `run()` looks whether a pass is due (no I/O unless one is)
 _RETRY_MS = (15_000, 300_000)  # a pass that left minutes pending: again after 15 s, doubling to 5 min
-_START_RETRY_S = (1.0, 30.0)  # a start waiting for the recorded rows: wall seconds, doubling
+_COLD_READ_S = 2.0  # a subscription waits this long at most for a cold start's plan
+_READS = 3  # reads of the sink per pass (see `_read_and_apply`)
 _ATTEMPTS_BEFORE_GIVING_UP = 3
 _NEVER_MS = 10**15
 _KEEP_GAPS = 100  # `gaps` keeps the latest ones (for /healthz, the demo and tests)
@@ -86,6 +88,7 @@ class _Ticker:
     awaiting_baseline: bool = False  # the last span ends at the next first frame
     due_ms: int | None = None  # plan from then on (exchange time); None: nothing to do
     attempts: int = 0  # passes since the last one that left nothing pending
+    live_from_ms: int = 0  # live trades before this are credited instead (see `records`)
 
 
 class Continuity:
@@ -220,7 +223,9 @@ class Continuity:
                 continue
             if known.session != session:
                 known.session, known.spans, known.resumable = session, [], False
-            resume = self._pipeline.builders[ticker].state(session.open_ms) if known.resumable else None
+            builder = self._pipeline.builders[ticker]
+            builder.indicators_known = known.resumable
+            resume = builder.state(session.open_ms) if known.resumable else None
             known.spans.append(
                 start_span(resume, self._receiving_until_ms, session, now_ms, self._plan_settings)
             )
@@ -238,23 +243,22 @@ class Continuity:
             if known.session != session:  # a new session (the stream was down when it began)
                 self._settle_later(ticker, known, last_frame, now_ms)
                 self._tickers[ticker] = known = _Ticker(session)
+                self._pipeline.builders[ticker].indicators_known = False
             if session is None:
                 continue
             if not known.awaiting_baseline:  # else the span since then is still open
                 since = last_frame if last_frame is not None else session.open_ms
                 known.spans.append(UnwatchedSpan(min(since, now_ms), now_ms, self._end_cause()))  # type: ignore[arg-type]
             known.awaiting_baseline, known.due_ms = True, now_ms
-        delay = _START_RETRY_S[0]
-        while cold := [
-            (t, known) for t, known in self._tickers.items() if known.session and not known.resumable
-        ]:
-            if await self._pass(cold):
-                break
-            waiting = ",".join(t for t, _ in cold)
-            log.warning("waiting to read what is recorded before streaming (without it, shares would "
-                        "be counted twice)", tickers=waiting, retry_in_s=delay)  # fmt: skip
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _START_RETRY_S[1])
+        cold = [(t, known) for t, known in self._tickers.items() if known.session and not known.resumable]
+        if cold:  # plan now if the recorded rows can be read at once: then no live trade is set aside
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_COLD_READ_S):
+                    while not self._writer.sink_open.is_set():
+                        if self._writer.stats.failing_since is not None:
+                            return  # the database is down: stream, and plan once it answers
+                        await asyncio.sleep(0.01)
+                    await self._pass(cold)
 
     def _settle_later(self, ticker: str, known: _Ticker, last_frame: int | None, now_ms: int) -> None:
         """Keep what is left to settle of `known`'s session, an earlier one, for `run()`: its spans
@@ -276,10 +280,25 @@ class Continuity:
         if known is None or not known.awaiting_baseline or not known.spans:
             return
         known.awaiting_baseline = False
+        resolution_ms = self._plan_settings.row_resolution_s * 1000
+        if not known.resumable and resolution_ms:  # its row may be recorded already: credit it instead
+            at_ms += -at_ms % resolution_ms
+            known.live_from_ms = at_ms
         if known.session is not None and known.session == self._session_of(at_ms):
             last = known.spans[-1]
             known.spans[-1] = replace(last, end_ms=max(last.end_ms, at_ms), total_volume_rise=rise)
         known.due_ms = self._now_ms()
+
+    def unsettled(self) -> int:
+        """How many spans still have minutes to credit (or wait for their first frame), all tickers."""
+        return sum(len(known.spans) for known in [*self._tickers.values(), *self._earlier.values()])
+
+    def records(self, ticker: str, timestamp_ms: int) -> bool:
+        """Whether a live trade of `ticker` at `timestamp_ms` makes a row: not one in the row
+        interval of a cold start's first frame (a run before may have recorded that row: its trades
+        are credited from price history instead)."""
+        known = self._tickers.get(ticker)
+        return known is None or timestamp_ms >= known.live_from_ms
 
     async def run(self) -> None:
         """Plan whatever is due, forever (see the module docstring). Never raises except on cancel."""
@@ -313,24 +332,39 @@ class Continuity:
                               for s in known.spans)  # fmt: skip
             candles = None if watched_all else await self._candles(ticker, since, known)
             try:
-                async with asyncio.timeout(_READ_TIMEOUT_S), self._writer.hold():
-                    until = _dt(
-                        min(session.close_ms, self._now_ms() + 1)
-                    )  # none later (the clock went back?)
-                    recorded = await self._read_rows(ticker, _dt(since), until)
-                    builder = self._pipeline.builders[ticker]
-                    for pair in builder.drain():  # the open row, as recorded
-                        self._writer.add(pair)
-                    recorded += self._writer.spool.buffered_rows(ticker, _dt(since), until)
-                    self._apply(ticker, known, session, recorded, candles)
+                async with asyncio.timeout(_READ_TIMEOUT_S):
+                    await self._read_and_apply(ticker, known, session, since, candles)
             except Exception as exc:  # the sink or the spool cannot be read: plan later
                 done = False
                 self._retry_later(known, self._now_ms())
-                bug = isinstance(exc, ValueError)  # the planner refused its input
-                log.warning("recovery cannot plan (a bug: please report it)" if bug else
-                            "recorded rows cannot be read: recovery retried later",
-                            ticker=ticker, error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                if isinstance(exc, ValueError):  # the planner refused its input
+                    log.error("recovery cannot plan (a bug: please report it)", ticker=ticker, error=str(exc))
+                elif known.attempts == 1:  # once per outage: the writer says what the database answers
+                    log.warning("recorded rows cannot be read; recovery is retried until they can",
+                                ticker=ticker, error=type(exc).__name__)  # fmt: skip
         return done
+
+    async def _read_and_apply(self, ticker: str, known: _Ticker, session: Session, since_ms: int,
+                              candles: CandleHistory | None) -> None:  # fmt: skip
+        """Read what is recorded from `since_ms` (the sink's rows, then inside `Batcher.hold()` the
+        spool's and the open row), plan and apply. A row the writer moved from the spool to the sink
+        between the two reads would be in neither: then the sink is read again, the last time while
+        holding the writer."""
+        since, until = _dt(since_ms), _dt(min(session.close_ms, self._now_ms() + 1))  # none later
+        for attempt in range(_READS):
+            moved = self._writer.confirms
+            written = [] if attempt == _READS - 1 else await self._read_rows(ticker, since, until)
+            async with self._writer.hold():
+                if attempt == _READS - 1:
+                    written = await self._read_rows(ticker, since, until)
+                elif self._writer.confirms != moved:
+                    continue
+                waiting = await self._writer.spool.recorded_rows(ticker, since, until)
+                for pair in self._pipeline.builders[ticker].drain():  # the open row, as recorded
+                    self._writer.add(pair)
+                waiting += self._writer.spool.buffered_rows(ticker, since, until)
+                self._apply(ticker, known, session, written + waiting, candles)
+                return
 
     async def _candles(self, ticker: str, since: int, known: _Ticker) -> CandleHistory | None:
         """Price history from `since` to now; None if it cannot be read now (logged)."""

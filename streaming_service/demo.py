@@ -231,8 +231,8 @@ def restart_line(gaps: list[GapRow], *, not_sent: int) -> str:
     return (
         f"demo: the service was down from {_clock(started)} to {_clock(ended)} New York time "
         f"(--restart-at, --down-for), so the simulator could not send it the {not_sent} shares traded "
-        f"meanwhile; on restart it backfilled {backfilled} minute rows from price history, counted the rest "
-        "of those shares in the rows on either side of the gap, and recorded the gap in stream_gaps"
+        f"meanwhile; on restart it credited {backfilled} minutes from price history (each minute's candle "
+        "less what was already recorded in it) and recorded the gap in stream_gaps"
     )
 
 

@@ -56,6 +56,9 @@ class RowBuilder:
         self._row: _OpenRow | None = None
         self._day_end_ms = -1  # end of the exchange date of the last trade
         self.last_ms: int | None = None  # time of the last trade, epoch ms
+        #: False while the session's earlier rows are unknown (a cold start that cannot read them
+        #: yet): rows are emitted with NULL indicators, until `continue_from()`
+        self.indicators_known = True
         self.last_indicators: tuple[float | None, float | None] = (None, None)
 
     def add(self, tick: Tick) -> list[RowPair]:
@@ -89,7 +92,11 @@ class RowBuilder:
         return [
             (
                 EquityRow(self.ticker, ts, round(row.price, 2), row.volume),
-                IndicatorRow(self.ticker, ts, _round(row.sma), _round(row.vwap)),
+                IndicatorRow(
+                    self.ticker,
+                    ts,
+                    *((_round(row.sma), _round(row.vwap)) if self.indicators_known else (None, None)),
+                ),
             )
         ]
 
@@ -118,6 +125,7 @@ class RowBuilder:
         self._day_end_ms = exchange_day(state.session_open_ms)[1]
         self.last_ms = state.last_trade_ms
         self.last_indicators = (row.sma, row.vwap) if row is not None else (None, None)
+        self.indicators_known = True
 
 
 class Pipeline:

@@ -197,19 +197,11 @@ class Service:
         self._rate_mark = (time.monotonic(), 0)
 
     async def _recorded_rows(self, ticker: str, since: datetime, until: datetime) -> list[RecordedRow]:
-        """What is recorded of `ticker` in [since, until), oldest first: the rows waiting in the spool
-        over the sink's (read once the sink is open, 5 s at most). The spool is read first, so a row
-        the writer moves to the sink meanwhile is found there; the spool's version of a row is the
-        newer. Raises what the sink or the spool raise."""
-        waiting = await self.spool.recorded_rows(ticker, since, until)
+        """What the sink holds of `ticker` in [since, until), once it is open (5 s at most). Raises
+        what the sink raises, or `TimeoutError`."""
         async with asyncio.timeout(_SINK_READ_WAIT_S):
             await self.batcher.sink_open.wait()
-        written = await self.sink.recorded_rows(ticker, since, until)
-        rows = {equity.timestamp: (equity, indicators) for equity, indicators in written}
-        for equity, indicators in waiting:
-            older = rows.get(equity.timestamp)
-            rows[equity.timestamp] = (equity, indicators or (older[1] if older else None))
-        return [rows[stamp] for stamp in sorted(rows)]
+        return await self.sink.recorded_rows(ticker, since, until)
 
     async def _minute_candles(self, symbol: str, start_ms: int, end_ms: int) -> list[Candle]:
         return await minute_candles(self._client, symbol, start_ms, end_ms)
@@ -240,10 +232,13 @@ class Service:
         )
 
     def _on_tick(self, tick: Tick) -> None:
+        at_ms = tick.timestamp.timestamp() * 1000
         if self._session_ms is not None:  # gated by the calendar: only the session's trades are rows
             opens, closes = self._session_ms
-            if not opens <= tick.timestamp.timestamp() * 1000 < closes:
+            if not opens <= at_ms < closes:
                 return
+        if not self.continuity.records(tick.symbol, int(at_ms)):
+            return
         self.pipeline.on_tick(tick)
         self.batcher.changed()  # low-latency mode writes the open row now
         if self.options is not None:

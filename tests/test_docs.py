@@ -28,7 +28,16 @@ CONFIGURATION = ROOT / "docs" / "configuration.md"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
 #: Variables the docs may name that are not settings of the service nor read by deploy.sh.
-TEST_VARIABLES = {"BROWSER_TESTS", "DOCKER_TESTS", "SOAK", "CI", "TEST_WORKERS"}  # tests, scripts, .ci/run
+TEST_VARIABLES = {
+    "BROWSER_TESTS",
+    "DOCKER_TESTS",
+    "SOAK",
+    "CI",
+    "TEST_WORKERS",
+    "TEST_SOAK_SEEDS",
+    "TEST_SOAK_SPEED",
+    "TEST_SOAK_TPS",
+}  # tests, scripts, .ci/run
 NOT_VARIABLES = {"TOTAL_VOLUME"}  # Schwab's cumulative-volume field, not an environment variable
 
 _FENCE = re.compile(r"^```.*?^```[ \t]*$", re.MULTILINE | re.DOTALL)
