@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -41,7 +42,7 @@ from streaming_service.batcher import Batcher
 from streaming_service.config import Settings
 from streaming_service.continuity import Continuity
 from streaming_service.errors import AuthError
-from streaming_service.indicators import EXCHANGE_TZ, REGULAR_CLOSE, REGULAR_OPEN
+from streaming_service.indicators import EXCHANGE_TZ, REGULAR_CLOSE, REGULAR_OPEN, exchange_day
 from streaming_service.market_hours import (
     CalendarUnavailable,
     MarketHours,
@@ -59,6 +60,14 @@ from streaming_service.sources.price_history import Candle, minute_candles
 from streaming_service.sources.schwab import SchwabStream
 from streaming_service.spool import Spool
 from streaming_service.token import TokenInfo, TokenWatcher, describe, read_token_info
+from streaming_service.verify import (
+    NoSession,
+    check_json,
+    latest_checks,
+    latest_session,
+    summary_line,
+    verify_day,
+)
 
 __all__ = ["Service", "Status"]
 
@@ -66,6 +75,8 @@ log = structlog.get_logger(__name__)
 _CLOSE_TIMEOUT_S = 5.0  # closing the sink or the Schwab session never takes longer than this
 _SINK_READ_WAIT_S = 5.0  # a cold start reads the session's rows if the sink opens within this
 _REAUTH_RETRY_S = 1800.0  # while waiting for a new token file, try the current one this often
+_PROOF_EVERY_S = 60.0  # how often the daily proof looks for a session to prove
+_PROOF_TIMEOUT_S = 120.0  # one ticker's proof never takes longer
 #: With the calendar, the stream connects this long before the open: its first frame is a baseline.
 PRE_OPEN_S = 300.0
 
@@ -190,6 +201,9 @@ class Service:
             options_missed=settings.options_enabled,
         )
         self._session_ms: tuple[int, int] | None = None  # the session streamed now (gated only)
+        self.volume_checks: dict[str, dict[str, Any]] = {}  # the daily proof's latest, per ticker
+        self.streamed_days: set[date] = set()  # exchange dates with live trades: the proof's days
+        self._day_ms = (0, 0)
         self.reauth_needed = False
         self.stopping = False
         self.in_session: bool | None = None  # None: not gated by the calendar
@@ -239,6 +253,9 @@ class Service:
                 return
         if not self.continuity.records(tick.symbol, int(at_ms)):
             return
+        if not self._day_ms[0] <= at_ms < self._day_ms[1]:  # the first trade of an exchange date
+            self._day_ms = exchange_day(int(at_ms))
+            self.streamed_days.add(datetime.fromtimestamp(at_ms / 1000, EXCHANGE_TZ).date())
         self.pipeline.on_tick(tick)
         self.batcher.changed()  # low-latency mode writes the open row now
         if self.options is not None:
@@ -259,15 +276,56 @@ class Service:
         stopping = asyncio.create_task(stop.wait(), name="stop-signal")
         following = asyncio.create_task(self._follow_token_file(), name="token-file")
         recovering = asyncio.create_task(self.continuity.run(), name="recovery")
+        proving = asyncio.create_task(self._prove_each_day(), name="daily-proof")
         try:
             await asyncio.wait({writer, sources, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            following.cancel()
-            recovering.cancel()
+            for task in (following, recovering, proving):
+                task.cancel()
             await self._shutdown(writer, sources, stopping, force)
         for task in (sources, writer):
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+
+    async def _prove_each_day(self) -> None:
+        """The daily proof (`verify`): after each session's close, once recovery has nothing left to
+        settle, every ticker not proven for a day this process streamed is compared with price
+        history; the rows filling whole missing minutes and the summary go to the writer, the
+        summary to /healthz and the log. A day that cannot be proven is tried again at the next look
+        (every `_PROOF_EVERY_S` of the exchange clock), 3 times."""
+        await self.batcher.sink_open.wait()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                self.volume_checks = await latest_checks(self.sink)
+        failures: Counter[tuple[str, date]] = Counter()
+        while True:
+            now = datetime.fromtimestamp(self._now(), UTC)
+            try:
+                hours = await asyncio.to_thread(self._market_hours) if self._market_hours else None
+                session = latest_session(now, hours)
+            except (NoSession, CalendarUnavailable):
+                session = None
+            for ticker in self.settings.stream_ticker:
+                if session is None or session.day not in self.streamed_days or self.continuity.unsettled():
+                    continue
+                if failures[ticker, session.day] >= 3:
+                    continue
+                if self.volume_checks.get(ticker, {}).get("day", "") >= session.day.isoformat():
+                    continue
+                try:
+                    async with asyncio.timeout(_PROOF_TIMEOUT_S):
+                        proof = await verify_day(
+                            self.sink, self._client, ticker, session, now=now, write=False,
+                            row_resolution_s=self.settings.row_resolution, spool=self.spool,
+                        )  # fmt: skip
+                except Exception as exc:  # price history or the sink: tried again at the next look
+                    failures[ticker, session.day] += 1
+                    log.warning("daily proof failed", ticker=ticker, day=str(session.day), error=repr(exc))
+                    continue
+                self.spool.put([*proof.fills, proof.check])
+                self.volume_checks[ticker] = check_json(proof.check)
+                log.info("daily proof", ticker=ticker, summary=summary_line(proof.check))
+            await self._sleep_until(self._now() + _PROOF_EVERY_S)
 
     async def _shutdown(
         self,
@@ -489,6 +547,8 @@ class Service:
                 "last_error": self.batcher.stats.last_error if failing is not None else None,
             },
             "token": self._token_health(now),
+            "recovery": {"unsettled_spans": self.continuity.unsettled()},
+            "volume_checks": self.volume_checks,
             "stream": {
                 "ticks": self.pipeline.ticks,
                 "connects": self.stream.stats.connects,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import date, timedelta
@@ -174,11 +175,26 @@ async def test_a_waiting_start_at_0925_counts_the_opening_cross_and_writes_nothi
     url = sqlite_url(tmp_path)
     async with simulator(market) as sim:
         sim.start_clock(at_offset_s=-5 * 60)  # 09:25: the pre-market under way
-        async with recording(sim, tmp_path, url, hours=gated(market)):
+        async with recording(sim, tmp_path, url, hours=gated(market)) as service:
             settled = await through_the_close(sim, market, url, 1)
+            # the daily proof after the close: every minute against price history, in /healthz
+            await wait_until(lambda: set(service.volume_checks) == set(market.symbols), within=30)
+            proofs = service.health()[1]["volume_checks"]
     verdict = judge(market, url, 1, "waiting start at 09:25 (gated)")
     assert verdict.rows_before_open == 0
     assert verdict.ok, f"{verdict.report()}\n(settled: {settled.ok})"
+    print("\n".join(f"proof {ticker}: {proof['line']}" for ticker, proof in proofs.items()))
+    minutes = (market.close_ms - market.open_ms) // 60_000
+    for symbol in market.symbols:
+        proof = proofs[symbol]
+        assert proof["day"] == MONDAY.isoformat() and proof["all_match"] and proof["minutes_filled"] == 0
+        assert proof["minutes_checked"] == minutes and proof["shares_recorded"] == proof["shares_candles"]
+        assert proof["shares_recorded"] == verdict.tickers[symbol].true
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        stored = conn.execute(
+            "SELECT ticker, minutes_matching, shares_recorded FROM volume_checks"
+        ).fetchall()
+    assert sorted(stored) == sorted((t, minutes, proofs[t]["shares_recorded"]) for t in market.symbols)
 
 
 # --- 2. a first start after the open -----------------------------------------------------------------
