@@ -34,7 +34,8 @@ async def test_gateway_faults_lose_nothing_and_duplicate_nothing(supabase_dsn: s
         ):
             service.batcher._max_retry_wait = 0.5  # eight failures in a row: keep the backoff short
             # the start's span settled: recovery reads no more, so the faults below meet the writer
-            await wait_until(lambda: service.batcher.stats.rows_written > 50 and not service.continuity.unsettled())
+            settled = service.continuity.unsettled
+            await wait_until(lambda: service.batcher.stats.rows_written > 50 and not settled())
             double.fail_next(2, "503", table="equity_data")
             double.fail_next(1, "timeout", table="indicators")
             double.fail_next(2, "close")
