@@ -247,9 +247,11 @@ class QuoteMerger:
         before, state.before_gap = state.before_gap, None
         if self.on_baseline is None:
             return
-        at_ms = frame_time_ms if _is_number(frame_time_ms) else now_ms  # it holds the trades up to then
+        at_ms = now_ms  # it holds the trades up to then, by our clock or the frame's if that is later
+        if frame_time_ms is not None and _is_number(frame_time_ms):
+            at_ms = max(frame_time_ms, now_ms)
         rise = total - before if before is not None and total >= before else None
-        self.on_baseline(symbol, int(at_ms), rise)  # type: ignore[arg-type]
+        self.on_baseline(symbol, int(at_ms), rise)
 
     def _forget_carried(self, symbol: str, item: Mapping[str, Any]) -> None:
         """After `item` was refused: forget the price and trade time it carried (module docstring)."""

@@ -29,9 +29,10 @@ quiet is normal (no trade can happen): the watchdog then looks every second whet
 and only a socket that sent no frame at all (heartbeats included) for `stale_after_s` is stale.
 When quiet ends, data is due within `stale_after_s` of that moment.
 
-Gaps: `receiving_until_ms` is the exchange time of the last data frame and `end_cause` why the last
-connection ended ("disconnect" or "stale"); `before_subscribe`, if given, is awaited after each
-login and before the subscriptions (the service fills the gap there, before live data flows).
+Gaps: `receiving_until_ms` is the exchange time of the last data frame (by our clock, or by the
+frame's own timestamp if that is earlier: what it holds is certain up to then) and `end_cause` why
+the last connection ended ("disconnect" or "stale"); `before_subscribe`, if given, is awaited after
+each login and before the subscriptions (recovery adds the span the stream did not watch there).
 
 Reconnecting uses capped exponential backoff with jitter, reset after a healthy session (one that
 received data and lasted `healthy_after_s`). It is triggered by network errors, timeouts, a stale
@@ -348,6 +349,8 @@ class SchwabStream:
         seen_at = self._saw_data()
         frame_ms = message.get("timestamp")
         frame_ms = frame_ms if type(frame_ms) is int or type(frame_ms) is float else None  # not bool
+        if frame_ms is not None and self.receiving_until_ms is not None:  # the server's clock may lag
+            self.receiving_until_ms = min(self.receiving_until_ms, int(frame_ms))  # ours: the earlier
         by_symbol = self.stats.last_data_at_by_symbol
         for item in _items(message):
             try:
