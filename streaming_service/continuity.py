@@ -396,7 +396,7 @@ class Continuity:
             self._writer.add(pair)
         for gap in plan.ledger:
             self._record(gap)
-        if current:
+        if current and (plan.backfill or resume is None):  # else the builder is as the plan left it
             builder.continue_from(plan.state)
             known.resumable = True
         pending = plan.pending

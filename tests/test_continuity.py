@@ -441,7 +441,11 @@ async def test_reconnect_gaps_are_recorded_and_filled(tmp_path: Path) -> None:
         await asyncio.wait_for(sim.session_finished.wait(), timeout=90)
         total = market.total_volume("QQQ")
         await wait_until(lambda: service.stream.merger.state("QQQ")["total_volume"] == total)  # type: ignore[index]
-        await wait_until(lambda: settled(settings["database_url"], market), within=30)
+        try:
+            await wait_until(lambda: settled(settings["database_url"], market), within=60)
+        finally:
+            gaps = read_gaps(settings["database_url"])
+            print("unsettled spans:", service.continuity.unsettled(), "gaps:", gaps)
     rows = read_rows(settings["database_url"])
     gaps = read_gaps(settings["database_url"])
     print("gaps (s, cause, minutes credited, volume_missing):",
