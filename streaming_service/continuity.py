@@ -7,23 +7,27 @@ minute before the first frame) is credited per minute from price history once th
 closed, as candle volume minus what is already recorded (spool and database), by the pure planner
 `recovery.plan_recovery`. This module is its I/O shell, the recovery phase of the supervisor:
 
-- `restore(checkpoint)` at start: each ticker's builder continues from the checkpoint when it is of
-  today's session and of the current settings (else it is rebuilt from the recorded rows; a warning
-  names the setting that changed), with the spans the checkpoint still had pending.
-- `before_subscribe()` after every login: adds the span the stream did not watch (since the
-  checkpoint's `receiving_until` at the first, since the last data frame at a reconnect), which
-  ends at the new connection's first frame (`on_baseline`). A start whose builders could not
-  continue from the checkpoint waits here until the recorded rows can be read (the database is
-  down: retried with backoff), so no row is ever begun from zero over a recorded one.
+- `restore(checkpoint)` then `start()`: each ticker's builder continues from the checkpoint when it
+  is of today's session and of the current settings (else it is rebuilt from the recorded rows; a
+  warning names the setting that changed), with the spans the checkpoint still had pending, plus
+  the start's span (since the checkpoint's `receiving_until`, else since the open). A start after
+  the close fills the afternoon without waiting for a connection.
+- `before_subscribe()` after every login: adds the span since the last data frame, which ends at
+  the new connection's first frame (`on_baseline`), and plans at once if the rows can be read
+  within 2 s. A cold builder (nothing read yet: the database is down) streams with NULL
+  indicators, and the live trades of its first row interval are credited instead (a run before may
+  have recorded that row), so no recorded row is ever overwritten by a smaller one.
 - `run()` (a task) plans when a pending minute's candle is due or a failed pass is to be retried,
-  until every span is settled, or given up on after `give_up_after_ms` (`volume_missing`).
+  until every span is settled, or given up on (`give_up_after_ms` and 3 failed reads:
+  `volume_missing`). What is left of an earlier session is settled the same way.
 
-A pass, per ticker: read price history first (its answer is as of then), then inside
-`Batcher.hold()` the rows recorded in the sink and the spool, then without awaiting: the open row
-and the spool's buffer, plan, and apply (backfill and `stream_gaps` rows to the writer; the builder
-continues from the plan's state). `checkpoint()` (committed with the rows) holds the builders, the
-spans still pending and `receiving_until`. Only the session's minutes count: with the calendar
-that session, else 09:30-16:00 of a trading day.
+A pass, per ticker: read price history first (its answer is as of then), then the sink's rows,
+then inside `Batcher.hold()` (no commit, no deletion from the spool) the spool's rows, the open row
+and the spool's buffer (a row the writer moved meanwhile makes it read the sink again), plan, and
+apply without awaiting: backfill and `stream_gaps` rows to the writer; the builder continues from
+the plan's state when it credited something. `checkpoint()` (committed with the rows) holds the
+builders, the spans still pending and `receiving_until`. Only the session's minutes count: with
+the calendar that session, else 09:30-16:00 of a trading day.
 """
 
 from __future__ import annotations
