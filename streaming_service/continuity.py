@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -57,6 +56,7 @@ from streaming_service.recovery import (
     start_span,
     state_from_json,
     state_to_json,
+    unit_ms,
 )
 from streaming_service.sources.merge import QuoteMerger
 from streaming_service.sources.price_history import Candle, PriceHistoryUnavailable
@@ -326,11 +326,11 @@ class Continuity:
             if session is None or (known.resumable and not known.spans):
                 known.due_ms = None
                 continue
-            unit_ms = self._unit_ms()
+            unit = unit_ms(self._plan_settings.row_resolution_s)
             since = session.open_ms
             if known.resumable and self._is_current(session):
                 first = min(span.start_ms for span in known.spans)
-                since = max(since, first - first % unit_ms)
+                since = max(since, first - first % unit)
             now_ms = self._now_ms()
             watched_all = all(max(s.start_ms, session.open_ms) >= min(s.end_ms, session.close_ms, now_ms)
                               for s in known.spans)  # fmt: skip
@@ -432,9 +432,6 @@ class Continuity:
         known.attempts += 1
         known.due_ms = max(now_ms + backoff, not_before_ms or 0)
 
-    def _unit_ms(self) -> int:
-        resolution_ms = self._plan_settings.row_resolution_s * 1000
-        return math.lcm(MINUTE_MS, resolution_ms) if resolution_ms else MINUTE_MS
 
     def _record(self, gap: GapRow) -> None:
         self.gaps = [g for g in self.gaps[-_KEEP_GAPS:] if g.key != gap.key] + [gap]

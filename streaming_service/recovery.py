@@ -55,7 +55,7 @@ from streaming_service.models import EquityRow, GapCause, GapRow, IndicatorRow
 __all__ = [
     "MINUTE_MS", "BuilderState", "CandleHistory", "MinuteCandle", "Plan", "PlanSettings", "RecordedRow",
     "RecoveryInput", "Row", "Session", "SmaState", "UnwatchedSpan", "VwapState",
-    "plan_recovery", "start_span", "state_from_json", "state_to_json",
+    "plan_recovery", "start_span", "state_from_json", "state_to_json", "unit_ms",
 ]  # fmt: skip
 
 MINUTE_MS = 60_000
@@ -201,6 +201,14 @@ def start_span(resume: BuilderState | None, receiving_until_ms: int | None, sess
     return UnwatchedSpan(min(start, now_ms), now_ms, "restart")
 
 
+def unit_ms(row_resolution_s: int) -> int:
+    """The length of the units volume is settled in (module docstring): 60 s for a resolution of 0
+    or a divisor of 60, else lcm(60 s, resolution). Raises `ValueError` for a negative resolution."""
+    if row_resolution_s < 0:
+        raise ValueError(f"row_resolution_s must be >= 0, not {row_resolution_s}")
+    return math.lcm(MINUTE_MS, row_resolution_s * 1000) if row_resolution_s else MINUTE_MS
+
+
 def state_to_json(state: BuilderState) -> dict[str, Any]:
     """`state` as JSON-compatible data (for a checkpoint); `state_from_json` reads it back."""
     return asdict(state)
@@ -227,14 +235,14 @@ def plan_recovery(inp: RecoveryInput) -> Plan:
     _check(inp)
     s, session, history = inp.settings, inp.session, inp.candles
     res_ms = s.row_resolution_s * 1000
-    unit_ms = math.lcm(MINUTE_MS, res_ms) if res_ms else MINUTE_MS
+    unit_len = unit_ms(s.row_resolution_s)
     end = min(session.close_ms, inp.now_ms)
     clipped = (replace(p, start_ms=max(p.start_ms, session.open_ms), end_ms=min(p.end_ms, end))
                for p in inp.spans)  # fmt: skip
     spans = [span for span in clipped if span.start_ms < span.end_ms]
     same_session = inp.resume is not None and inp.resume.session_open_ms == session.open_ms
     open_row = inp.resume.open_row if inp.resume is not None and same_session else None
-    rows = _merge(inp.recorded, open_row, session.open_ms - session.open_ms % unit_ms, session.close_ms)
+    rows = _merge(inp.recorded, open_row, session.open_ms - session.open_ms % unit_len, session.close_ms)
     candles = {c.minute_ms: c for c in history.candles if c.volume} if history else {}
     latest_final = min(history.read_at_ms, inp.now_ms) - MINUTE_MS - s.candle_lag_ms if history else 0
 
@@ -247,16 +255,16 @@ def plan_recovery(inp: RecoveryInput) -> Plan:
     touched = [m for m in range(session.open_ms, end, MINUTE_MS) if touching(m, m + MINUTE_MS)]
     units: dict[int, list[int]] = {}
     for minute in touched:
-        units.setdefault(minute - minute % unit_ms, []).append(minute)
+        units.setdefault(minute - minute % unit_len, []).append(minute)
     rows_of: dict[int, dict[int, Row]] = {unit: {} for unit in units}
     for key, row in rows.items():
-        rows_of.get(key - key % unit_ms, {})[key] = row
+        rows_of.get(key - key % unit_len, {})[key] = row
     credits: dict[int, _Credit] = {}
     settled: list[int] = []
     pending: list[int] = []
     abandoned: list[int] = []
     for unit, minutes in units.items():
-        first, stop = max(unit, session.open_ms), min(unit + unit_ms, session.close_ms)
+        first, stop = max(unit, session.open_ms), min(unit + unit_len, session.close_ms)
         if all(final(m) for m in range(first, stop, MINUTE_MS)):
             settled += minutes
             traded = [candles[m] for m in range(first, stop, MINUTE_MS) if m in candles]
@@ -275,7 +283,7 @@ def plan_recovery(inp: RecoveryInput) -> Plan:
          IndicatorRow(inp.ticker, _dt(k), *(_round(v) for v in indicators[k])))
         for k, c in sorted(credits.items())
     )  # fmt: skip
-    first_ready = min((min(m - m % unit_ms + unit_ms, session.close_ms) for m in pending), default=None)
+    first_ready = min((min(m - m % unit_len + unit_len, session.close_ms) for m in pending), default=None)
     return Plan(
         backfill=backfill,
         credited=sum(c.shares for c in credits.values()),

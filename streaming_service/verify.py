@@ -29,7 +29,6 @@ The rule:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from streaming_service.errors import StreamerError
 from streaming_service.indicators import EXCHANGE_TZ
 from streaming_service.models import Batch, EquityRow, VolumeCheckRow
+from streaming_service.recovery import unit_ms
 
 if TYPE_CHECKING:
     from streaming_service.market_hours import MarketHours
@@ -98,14 +98,6 @@ class DayProof:
     check: VolumeCheckRow
     fills: tuple[EquityRow, ...]
     differing: tuple[MinuteDiff, ...]
-
-
-def unit_ms(row_resolution_s: int) -> int:
-    """The length of the units minutes are compared in: 60 s for a resolution of 0 or a divisor of
-    60, else lcm(60 s, resolution). Raises `ValueError` for a negative resolution."""
-    if row_resolution_s < 0:
-        raise ValueError(f"row_resolution_s must be >= 0, not {row_resolution_s}")
-    return math.lcm(MINUTE_MS, row_resolution_s * 1000) if row_resolution_s else MINUTE_MS
 
 
 def prove_day(
