@@ -90,6 +90,22 @@ def postgres_dsn(pg_cluster: PgCluster) -> Iterator[str]:
         yield dsn
 
 
+@pytest.fixture(scope="module")
+def durable_cluster() -> Iterator[PgCluster]:
+    """A crash-safe PostgreSQL server of the test module's own: its tests stop it and start it."""
+    with PgCluster(durable=True) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def durable_dsn(durable_cluster: PgCluster) -> Iterator[str]:
+    """A new empty database on `durable_cluster`, started again if a test left it stopped."""
+    if not durable_cluster.running:
+        durable_cluster.start()
+    with fresh_database(durable_cluster) as dsn:
+        yield dsn
+
+
 # --- Supabase-flavoured PostgreSQL ----------------------------------------------------------------
 # A second server with Supabase's roles; `supabase_dsn` is a new database with Supabase's grants and
 # every migration applied as `supabase db push` would. Kept apart from `pg_cluster` so the plain

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from pg_cluster import PgCluster, free_port, fresh_database
+from pg_cluster import PgCluster, free_port
 from polling import wait_until
 
 from streaming_service.simulator import SchwabSimulator, SimulatedMarket, write_token_file
@@ -48,21 +48,6 @@ def no_process_left() -> Iterator[None]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def outage_cluster() -> Iterator[PgCluster]:
-    """A crash-safe Postgres server of this module's own: the tests stop it at once and start it."""
-    with PgCluster(durable=True) as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def outage_dsn(outage_cluster: PgCluster) -> Iterator[str]:
-    if not outage_cluster.running:
-        outage_cluster.start()
-    with fresh_database(outage_cluster) as dsn:
-        yield dsn
 
 
 class ServiceProcess:
@@ -147,26 +132,26 @@ def assert_recorded(dsn: str, delivered: set[int], volume: int) -> None:
 
 
 async def test_database_outage_mid_stream_loses_nothing_and_keeps_rss_flat(
-    outage_cluster: PgCluster, outage_dsn: str, tmp_path: Path
+    durable_cluster: PgCluster, durable_dsn: str, tmp_path: Path
 ) -> None:
     market = SimulatedMarket(["QQQ"], seed=21, trades_per_second=20.0, session_seconds=23_400.0)
     async with SchwabSimulator(market, speed=60, heartbeat_seconds=0.2) as sim:
-        service = ServiceProcess(sim, tmp_path, outage_dsn, batch_interval=0.5)
-        await wait_until(lambda: written(outage_dsn)[0] > 100, within=30)
+        service = ServiceProcess(sim, tmp_path, durable_dsn, batch_interval=0.5)
+        await wait_until(lambda: written(durable_dsn)[0] > 100, within=30)
         rss_before = service.rss_mib()
-        outage_cluster.stop()
+        durable_cluster.stop()
         down_at, trades_before = time.monotonic(), len(sim.sent_trades)
         await wait_until(lambda: time.monotonic() - down_at >= OUTAGE_S, within=OUTAGE_S + 5)
         rss_during = service.rss_mib()
         during = len(sim.sent_trades) - trades_before
-        outage_cluster.start()
+        durable_cluster.start()
         sim.pause()
         rows, volume = sent(sim)
-        await until_written(outage_dsn, volume)
+        await until_written(durable_dsn, volume)
         rss_after = service.rss_mib()
         code, _ = await service.stop()
     assert code == 0
-    assert_recorded(outage_dsn, rows, volume)  # no share lost, no row twice, no hole
+    assert_recorded(durable_dsn, rows, volume)  # no share lost, no row twice, no hole
     retries = [e for e in service.events() if e["event"] == "write failed, retrying"]
     print(
         f"outage {OUTAGE_S:.0f}s: {during} trades arrived while the database was down; "
@@ -178,13 +163,13 @@ async def test_database_outage_mid_stream_loses_nothing_and_keeps_rss_flat(
 
 
 async def test_sigterm_while_the_database_is_down_exits_in_time_and_a_restart_writes_the_rest(
-    outage_cluster: PgCluster, outage_dsn: str, tmp_path: Path
+    durable_cluster: PgCluster, durable_dsn: str, tmp_path: Path
 ) -> None:
     market = SimulatedMarket(["QQQ"], seed=22, trades_per_second=5.0, session_seconds=23_400.0)
     async with SchwabSimulator(market, speed=60, heartbeat_seconds=0.2) as sim:
-        first = ServiceProcess(sim, tmp_path, outage_dsn, batch_interval=0.5)
-        await wait_until(lambda: written(outage_dsn)[0] > 20, within=30)
-        outage_cluster.stop()
+        first = ServiceProcess(sim, tmp_path, durable_dsn, batch_interval=0.5)
+        await wait_until(lambda: written(durable_dsn)[0] > 20, within=30)
+        durable_cluster.stop()
         trades_before = len(sim.sent_trades)
         await wait_until(lambda: len(sim.sent_trades) > trades_before + 200, within=30)
         sim.pause()
@@ -197,38 +182,38 @@ async def test_sigterm_while_the_database_is_down_exits_in_time_and_a_restart_wr
         assert took <= GRACE_S + 2
         assert stopped and stopped[-1]["rows_left_in_spool"] > 0
 
-        outage_cluster.start()
-        second = ServiceProcess(sim, tmp_path, outage_dsn, batch_interval=0.5)
+        durable_cluster.start()
+        second = ServiceProcess(sim, tmp_path, durable_dsn, batch_interval=0.5)
         rows, volume = sent(sim)
-        await until_written(outage_dsn, volume)
+        await until_written(durable_dsn, volume)
         code, _ = await second.stop()
     assert code == 0
-    assert_recorded(outage_dsn, rows, volume)
+    assert_recorded(durable_dsn, rows, volume)
 
 
-async def test_kill_9_loses_at_most_the_last_commit_window(outage_dsn: str, tmp_path: Path) -> None:
+async def test_kill_9_loses_at_most_the_last_commit_window(durable_dsn: str, tmp_path: Path) -> None:
     market = SimulatedMarket(["QQQ"], seed=23, trades_per_second=5.0, session_seconds=23_400.0)
     async with SchwabSimulator(market, speed=60, heartbeat_seconds=0.2) as sim:
         port = free_port()
         first = ServiceProcess(
-            sim, tmp_path, outage_dsn, batch_interval=60, batch_size=10_000, health_port=port
+            sim, tmp_path, durable_dsn, batch_interval=60, batch_size=10_000, health_port=port
         )
         await wait_until(lambda: len(sim.sent_trades) > 300, within=30)
         sim.pause()
         await wait_until(lambda: ticks_received(port) >= len(sim.sent_trades), within=30)  # all taken in
         await asyncio.sleep(1.0)  # the guarantee: rows received more than 1 s before the kill
-        assert written(outage_dsn) == (0, 0)  # BATCH_INTERVAL=60: nothing written yet
+        assert written(durable_dsn) == (0, 0)  # BATCH_INTERVAL=60: nothing written yet
         code, _ = await first.stop(signal.SIGKILL)
         assert code == -signal.SIGKILL
 
-        second = ServiceProcess(sim, tmp_path, outage_dsn, batch_interval=0.5)
+        second = ServiceProcess(sim, tmp_path, durable_dsn, batch_interval=0.5)
         rows, volume = sent(sim)
-        await until_written(outage_dsn, volume)
+        await until_written(durable_dsn, volume)
         code, _ = await second.stop()
     print(f"kill -9 with BATCH_INTERVAL=60: {len(rows)} trades / {volume} shares received before it, "
           "all written after the restart")  # fmt: skip
     assert code == 0
-    assert_recorded(outage_dsn, rows, volume)
+    assert_recorded(durable_dsn, rows, volume)
 
 
 def ticks_received(port: int) -> int:
@@ -252,22 +237,22 @@ def status_command(port: int) -> subprocess.CompletedProcess[str]:
 
 
 async def test_status_reports_sink_down_and_a_second_signal_stops_at_once(
-    outage_cluster: PgCluster, outage_dsn: str, tmp_path: Path
+    durable_cluster: PgCluster, durable_dsn: str, tmp_path: Path
 ) -> None:
     market = SimulatedMarket(["QQQ"], seed=24, trades_per_second=5.0, session_seconds=23_400.0)
     port = free_port()
     async with SchwabSimulator(market, speed=60, heartbeat_seconds=0.2) as sim:
         first = ServiceProcess(
-            sim, tmp_path, outage_dsn, batch_interval=0.5, shutdown_grace=60, sink_down_alert_s=1,
+            sim, tmp_path, durable_dsn, batch_interval=0.5, shutdown_grace=60, sink_down_alert_s=1,
             health_port=port,
         )  # fmt: skip
-        await wait_until(lambda: written(outage_dsn)[0] > 20, within=30)
+        await wait_until(lambda: written(durable_dsn)[0] > 20, within=30)
         healthy = await asyncio.to_thread(status_command, port)
         assert healthy.returncode == 0, healthy.stderr
         assert "streaming" in healthy.stdout
         assert "refresh token expires" in healthy.stdout
 
-        outage_cluster.stop()
+        durable_cluster.stop()
         await wait_until(lambda: "sink_down" in status_command(port).stdout, within=30)
         down = await asyncio.to_thread(status_command, port)
         print(down.stdout)
@@ -282,10 +267,10 @@ async def test_status_reports_sink_down_and_a_second_signal_stops_at_once(
         assert code == 0
         assert took < 5
 
-        outage_cluster.start()
-        second = ServiceProcess(sim, tmp_path, outage_dsn, batch_interval=0.5)
+        durable_cluster.start()
+        second = ServiceProcess(sim, tmp_path, durable_dsn, batch_interval=0.5)
         rows, volume = sent(sim)
-        await until_written(outage_dsn, volume)
+        await until_written(durable_dsn, volume)
         code, _ = await second.stop()
     assert code == 0
-    assert_recorded(outage_dsn, rows, volume)
+    assert_recorded(durable_dsn, rows, volume)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from pathlib import Path
@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 from day_truth import DayVerdict, at, compare, read_equity, settle, whole_day
 from harness import serving, simulator_client
-from pg_cluster import PgCluster, free_port, fresh_database
+from pg_cluster import PgCluster, free_port
 from polling import wait_until
 
 from streaming_service.config import load_settings
@@ -150,19 +150,6 @@ def judge(market: SimulatedMarket, url: str, resolution: int, case: str) -> DayV
     verdict = compare(market, read_equity(url), resolution=resolution)
     print(f"\n{case}:\n{verdict.report()}")
     return verdict
-
-
-@pytest.fixture(scope="module")
-def stoppable_cluster() -> Iterator[PgCluster]:
-    """A crash-safe Postgres server of this module's own: tests stop it and start it again."""
-    with PgCluster(durable=True) as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def stoppable_dsn(stoppable_cluster: PgCluster) -> Iterator[str]:
-    with fresh_database(stoppable_cluster) as dsn:
-        yield dsn
 
 
 # --- 1. waiting for the open ----------------------------------------------------------------------
@@ -309,7 +296,7 @@ async def test_a_restart_across_the_open(mode: str, tmp_path: Path) -> None:
 
 @UNDER_LOAD
 async def test_a_cold_start_with_the_database_down_for_its_first_minute(
-    stoppable_cluster: PgCluster, stoppable_dsn: str, tmp_path: Path
+    durable_cluster: PgCluster, durable_dsn: str, tmp_path: Path
 ) -> None:
     """A first run records 09:29-09:38 into Postgres; the second starts at 09:40 with no spool and no
     checkpoint (a new machine, the same database) while Postgres is down, which it stays for 60
@@ -317,17 +304,17 @@ async def test_a_cold_start_with_the_database_down_for_its_first_minute(
     market = whole_day(MONDAY, seed=51, session_seconds=20 * 60)
     async with simulator(market) as sim:
         sim.start_clock(at_offset_s=-60)
-        async with recording(sim, tmp_path, stoppable_dsn, spool="first-spool.db"):
+        async with recording(sim, tmp_path, durable_dsn, spool="first-spool.db"):
             await until(sim, at(MONDAY, 9, 38))
-        await asyncio.to_thread(stoppable_cluster.stop)
+        await asyncio.to_thread(durable_cluster.stop)
         await until(sim, at(MONDAY, 9, 40))
         sim.set_speed(5.0)
-        async with recording(sim, tmp_path, stoppable_dsn, spool="second-spool.db"):
+        async with recording(sim, tmp_path, durable_dsn, spool="second-spool.db"):
             await until(sim, at(MONDAY, 9, 41))
-            await asyncio.to_thread(stoppable_cluster.start)
+            await asyncio.to_thread(durable_cluster.start)
             sim.set_speed(SPEED)
-            await through_the_close(sim, market, stoppable_dsn, 1)
-    verdict = judge(market, stoppable_dsn, 1, "cold start at 09:40 with Postgres down for 60 s")
+            await through_the_close(sim, market, durable_dsn, 1)
+    verdict = judge(market, durable_dsn, 1, "cold start at 09:40 with Postgres down for 60 s")
     assert verdict.ok, verdict.report()
 
 
@@ -335,23 +322,23 @@ async def test_a_cold_start_with_the_database_down_for_its_first_minute(
 
 
 async def test_a_restart_with_rows_still_in_the_spool(
-    stoppable_cluster: PgCluster, stoppable_dsn: str, tmp_path: Path
+    durable_cluster: PgCluster, durable_dsn: str, tmp_path: Path
 ) -> None:
     """Postgres stops at 09:36; the service stops at 09:38 with rows it could not write in its
     spool; Postgres is back before the restart at 09:40, which sends them on."""
     market = whole_day(MONDAY, seed=61, session_seconds=20 * 60)
     async with simulator(market) as sim:
         sim.start_clock(at_offset_s=-60)
-        async with recording(sim, tmp_path, stoppable_dsn) as service:
+        async with recording(sim, tmp_path, durable_dsn) as service:
             await until(sim, at(MONDAY, 9, 36))
-            await asyncio.to_thread(stoppable_cluster.stop)
+            await asyncio.to_thread(durable_cluster.stop)
             await until(sim, at(MONDAY, 9, 38))
         left = service.spool.equity_depth  # equity rows its stop left in the spool
-        await asyncio.to_thread(stoppable_cluster.start)
+        await asyncio.to_thread(durable_cluster.start)
         await until(sim, at(MONDAY, 9, 40))
-        async with recording(sim, tmp_path, stoppable_dsn):
-            await through_the_close(sim, market, stoppable_dsn, 1)
-    verdict = judge(market, stoppable_dsn, 1, f"restart with {left} rows in the spool")
+        async with recording(sim, tmp_path, durable_dsn):
+            await through_the_close(sim, market, durable_dsn, 1)
+    verdict = judge(market, durable_dsn, 1, f"restart with {left} rows in the spool")
     assert left > 0  # the case happened
     assert verdict.ok, verdict.report()
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 from day_truth import at, compare, read_equity, settle, whole_day
 from harness import command_env
-from pg_cluster import PgCluster, fresh_database
+from pg_cluster import PgCluster
 from polling import wait_until
 
 from streaming_service.simulator import SchwabSimulator, write_token_file
@@ -73,21 +73,6 @@ def no_process_left() -> Iterator[None]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def soak_cluster() -> Iterator[PgCluster]:
-    """A crash-safe Postgres server of this module's own: the soak stops it and starts it."""
-    with PgCluster(durable=True) as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def soak_dsn(soak_cluster: PgCluster) -> Iterator[str]:
-    if not soak_cluster.running:
-        soak_cluster.start()
-    with fresh_database(soak_cluster) as dsn:
-        yield dsn
 
 
 class Recorder:
@@ -186,7 +171,7 @@ async def inflict(
 
 @pytest.mark.parametrize("seed", range(1, SEEDS + 1))
 async def test_a_whole_day_of_faults_is_recorded_exactly(
-    seed: int, soak_cluster: PgCluster, soak_dsn: str, tmp_path: Path
+    seed: int, durable_cluster: PgCluster, durable_dsn: str, tmp_path: Path
 ) -> None:
     market = whole_day(DAY, seed=seed, session_seconds=23_400.0, trades_per_second=TRADES_PER_SECOND)
     faults = schedule(seed)
@@ -194,17 +179,17 @@ async def test_a_whole_day_of_faults_is_recorded_exactly(
     started = time.monotonic()
     async with SchwabSimulator(market, speed=SPEED, heartbeat_seconds=0.2, candle_lag_s=5.0) as sim:
         sim.start_clock(at_offset_s=market.day_start_ms / 1000 - market.open_ms / 1000)  # 04:00
-        recorder = Recorder(sim, tmp_path, soak_dsn)
+        recorder = Recorder(sim, tmp_path, durable_dsn)
         recorder.start()
         for moment, kind in faults:
             await until(sim, recorder, moment)
-            await inflict(kind, moment, sim, recorder, soak_cluster)
+            await inflict(kind, moment, sim, recorder, durable_cluster)
             done.append(f"{kind} at {time.strftime('%H:%M', time.gmtime(moment - at(DAY, 0)))}")
         await until(sim, recorder, market.day_end_ms / 1000 + 60)  # 20:01: every candle is served
-        settled = await settle(market, lambda: read_equity(soak_dsn), resolution=RESOLUTION)
+        settled = await settle(market, lambda: read_equity(durable_dsn), resolution=RESOLUTION)
         await recorder.logged_in()
         code = await recorder.stop(signal.SIGTERM)
-    verdict = compare(market, read_equity(soak_dsn), resolution=RESOLUTION)
+    verdict = compare(market, read_equity(durable_dsn), resolution=RESOLUTION)
     print(
         f"\nseed {seed}: {time.monotonic() - started:.0f} s; {', '.join(done)}; "
         f"settled {settled.ok}; last exit {code}\n{verdict.report()}"
